@@ -1,0 +1,436 @@
+//! RabbitMQ plumbing: the topology, a supervised connection that reconnects after a broker
+//! restart, confirmed publishes that pipeline across concurrent callers, and a bounded consumer
+//! loop. Messages carry only ids plus `traceparent` headers; Postgres holds the state.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::telemetry;
+
+/// How many times RabbitMQ redelivers a message before dead-lettering it. A run or delivery whose
+/// message dies is still in Postgres, where the sweepers find it.
+const DELIVERY_LIMIT: i64 = 50;
+
+/// The names and shape of every queue, under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+    /// The webhook retry delays; each gets a TTL queue that dead-letters back to `deliveries`.
+    pub retry_tiers: Vec<Duration>,
+}
+
+impl Topology {
+    /// A topology without retry tiers (the ingress and the worker do not need them).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            retry_tiers: Vec::new(),
+        }
+    }
+
+    /// Quorum queue of run ids waiting for a worker.
+    pub fn runs(&self) -> String {
+        format!("{}runs", self.prefix)
+    }
+
+    /// Where run messages go after too many redeliveries.
+    pub fn runs_dead(&self) -> String {
+        format!("{}runs.dead", self.prefix)
+    }
+
+    /// Quorum queue of delivery ids due for an attempt.
+    pub fn deliveries(&self) -> String {
+        format!("{}deliveries", self.prefix)
+    }
+
+    /// Where delivery messages go after too many redeliveries.
+    pub fn deliveries_dead(&self) -> String {
+        format!("{}deliveries.dead", self.prefix)
+    }
+
+    /// The TTL queue that holds a delivery id for `delay`, then dead-letters it to `deliveries`.
+    /// The delay is in the name, so changing the schedule declares new queues instead of clashing.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}deliveries.retry.{}ms", self.prefix, delay.as_millis())
+    }
+
+    /// Every queue this topology declares.
+    pub fn queues(&self) -> Vec<String> {
+        let mut all = vec![self.runs(), self.runs_dead(), self.deliveries(), self.deliveries_dead()];
+        all.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
+        all
+    }
+}
+
+fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if let Some(target) = dead_letter_to {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
+    }
+    args
+}
+
+/// Declares every queue of `topology`. Idempotent: redeclaring with the same arguments is a no-op.
+pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(topology.runs_dead().into(), durable, quorum_args(None))
+        .await?;
+    channel
+        .queue_declare(topology.deliveries_dead().into(), durable, quorum_args(None))
+        .await?;
+    channel
+        .queue_declare(topology.runs().into(), durable, quorum_args(Some(&topology.runs_dead())))
+        .await?;
+    let deliveries = topology.deliveries();
+    channel
+        .queue_declare(deliveries.as_str().into(), durable, quorum_args(Some(&topology.deliveries_dead())))
+        .await?;
+    for delay in &topology.retry_tiers {
+        let mut args = quorum_args(None);
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(deliveries.as_str().into()));
+        channel
+            .queue_declare(topology.retry_queue(*delay).into(), durable, args)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes every queue of `topology` (tests clean up with it).
+pub async fn delete_topology(url: &str, topology: &Topology) -> lapin::Result<()> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    for queue in topology.queues() {
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    conn.close(200, ShortString::from("bye")).await
+}
+
+/// Why a publish did not reach a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to RabbitMQ")]
+    Unavailable,
+    #[error("RabbitMQ did not confirm in time")]
+    Timeout,
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound to the routing key")]
+    Unroutable,
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
+#[derive(Clone)]
+struct Live {
+    conn: Arc<Connection>,
+    publisher: Channel,
+}
+
+struct Inner {
+    url: String,
+    topology: Topology,
+    publish_timeout: Duration,
+    live: RwLock<Option<Live>>,
+    connected: watch::Sender<bool>,
+}
+
+/// A supervised broker connection, cheap to clone. A background task connects, declares the
+/// topology, and reconnects with backoff whenever the connection or its publish channel dies;
+/// meanwhile publishes fail fast with [`PublishError::Unavailable`] and consumers wait.
+#[derive(Clone)]
+pub struct Broker(Arc<Inner>);
+
+/// The body of every work message: one id.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct IdMessage {
+    pub id: Uuid,
+}
+
+impl Broker {
+    /// Starts the supervisor; returns at once, connected or not.
+    pub fn start(url: &str, topology: Topology, publish_timeout: Duration, shutdown: CancellationToken) -> Self {
+        let (connected, _) = watch::channel(false);
+        let broker = Self(Arc::new(Inner {
+            url: url.to_owned(),
+            topology,
+            publish_timeout,
+            live: RwLock::new(None),
+            connected,
+        }));
+        tokio::spawn(broker.clone().supervise(shutdown));
+        broker
+    }
+
+    /// The topology this broker declared.
+    pub fn topology(&self) -> &Topology {
+        &self.0.topology
+    }
+
+    /// Whether a connection is up right now (for readiness).
+    pub fn is_connected(&self) -> bool {
+        *self.0.connected.borrow()
+    }
+
+    fn live(&self) -> Option<Live> {
+        self.0.live.read().ok().and_then(|guard| guard.clone())
+    }
+
+    fn set_live(&self, live: Option<Live>) {
+        let up = live.is_some();
+        if let Ok(mut guard) = self.0.live.write() {
+            *guard = live;
+        }
+        self.0.connected.send_replace(up);
+    }
+
+    async fn connect_once(&self) -> lapin::Result<Live> {
+        let conn = Connection::connect(&self.0.url, ConnectionProperties::default()).await?;
+        let publisher = conn.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare(&publisher, &self.0.topology).await?;
+        Ok(Live {
+            conn: Arc::new(conn),
+            publisher,
+        })
+    }
+
+    async fn supervise(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(5), self.connect_once());
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return,
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(Ok(live)) => {
+                    tracing::info!(prefix = %self.0.topology.prefix, "connected to RabbitMQ");
+                    backoff = Duration::from_millis(100);
+                    self.set_live(Some(live.clone()));
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {
+                                self.set_live(None);
+                                let _ = live.conn.close(200, ShortString::from("shutdown")).await;
+                                return;
+                            }
+                            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        if !live.conn.status().connected() || !live.publisher.status().connected() {
+                            break;
+                        }
+                    }
+                    self.set_live(None);
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                }
+                Ok(Err(err)) => tracing::warn!(error = %err, retry_in = ?backoff, "cannot connect to RabbitMQ"),
+                Err(_) => tracing::warn!(retry_in = ?backoff, "connecting to RabbitMQ timed out"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Waits until connected; `None` if `shutdown` fires first.
+    async fn wait_live(&self, shutdown: &CancellationToken) -> Option<Live> {
+        let mut rx = self.0.connected.subscribe();
+        loop {
+            if let Some(live) = self.live() {
+                return Some(live);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                changed = rx.changed() => if changed.is_err() { return None; },
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Publishes one id to `queue` and waits for the broker's confirm. Concurrent callers share
+    /// one channel, so their confirms are pipelined rather than serialised.
+    pub async fn publish_id(&self, queue: &str, id: Uuid) -> Result<(), PublishError> {
+        let live = self.live().ok_or(PublishError::Unavailable)?;
+        let confirm = tokio::time::timeout(self.0.publish_timeout, async {
+            send(&live.publisher, queue, id).await?.await.map_err(PublishError::from)
+        })
+        .await
+        .map_err(|_| PublishError::Timeout)??;
+        check(confirm)
+    }
+
+    /// Publishes many ids: all sent first, then all confirms awaited together. Returns how many
+    /// were confirmed; the rest stay to the sweepers.
+    pub async fn publish_ids(&self, queue: &str, ids: &[Uuid]) -> Result<usize, PublishError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let live = self.live().ok_or(PublishError::Unavailable)?;
+        tokio::time::timeout(self.0.publish_timeout, async {
+            let mut pending = Vec::with_capacity(ids.len());
+            for id in ids {
+                pending.push(send(&live.publisher, queue, *id).await?);
+            }
+            let confirmed = futures::future::join_all(pending)
+                .await
+                .into_iter()
+                .filter(|c| matches!(c, Ok(Confirmation::Ack(None))))
+                .count();
+            Ok(confirmed)
+        })
+        .await
+        .map_err(|_| PublishError::Timeout)?
+    }
+
+    /// Consumes `queue` until `shutdown`, with at most `concurrency` handlers running at once (and
+    /// as many messages prefetched). Survives broker restarts by consuming again on the new
+    /// connection. On shutdown it stops taking messages, then waits for running handlers.
+    pub async fn consume<F, Fut>(&self, queue: String, concurrency: usize, shutdown: CancellationToken, handler: F)
+    where
+        F: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let concurrency = concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let tracker = TaskTracker::new();
+        let tag = format!("{}-{}", queue, Uuid::now_v7().simple());
+        'connection: while let Some(live) = self.wait_live(&shutdown).await {
+            let setup = async {
+                let channel = live.conn.create_channel().await?;
+                channel
+                    .basic_qos(u16::try_from(concurrency).unwrap_or(u16::MAX), BasicQosOptions::default())
+                    .await?;
+                let consumer = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, lapin::Error>((channel, consumer))
+            };
+            let (channel, mut consumer) = match setup.await {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(%queue, error = %err, "cannot start consuming; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            tracing::info!(%queue, concurrency, "consuming");
+            loop {
+                let permit = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        tracker.close();
+                        tracker.wait().await;
+                        let _ = channel.close(200, ShortString::from("shutdown")).await;
+                        break 'connection;
+                    }
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break 'connection,
+                    },
+                };
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        drop(permit);
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                        tracker.close();
+                        tracker.wait().await;
+                        let _ = channel.close(200, ShortString::from("shutdown")).await;
+                        break 'connection;
+                    }
+                    next = consumer.next() => next,
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        let handler = handler.clone();
+                        tracker.spawn(async move {
+                            handler(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(%queue, error = %err, "consumer failed; consuming again");
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(%queue, "consumer ended; consuming again");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+async fn send(channel: &Channel, queue: &str, id: Uuid) -> lapin::Result<lapin::PublisherConfirm> {
+    let body = serde_json::to_vec(&IdMessage { id }).unwrap_or_default();
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(id.to_string().into())
+        .with_headers(telemetry::current_trace_headers());
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &body,
+            properties,
+        )
+        .await
+}
+
+fn check(confirm: Confirmation) -> Result<(), PublishError> {
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked),
+    }
+}
+
+/// Reads the id a work message carries; `None` for a malformed message (dead-letter it).
+pub fn parse_id(delivery: &Delivery) -> Option<Uuid> {
+    serde_json::from_slice::<IdMessage>(&delivery.data)
+        .ok()
+        .map(|m| m.id)
+}

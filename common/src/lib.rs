@@ -1,0 +1,40 @@
+//! Switchyard's shared core: configuration, the Postgres pool and migrations, the RabbitMQ
+//! topology and connection, telemetry, Standard Webhooks signing, the run and delivery state
+//! machines, and the problem+json error body.
+//!
+//! Architecture invariant: this crate knows nothing about HTTP servers. The binaries depend on it;
+//! it depends on none of them.
+
+pub mod amqp;
+pub mod config;
+pub mod db;
+pub mod deliveries;
+pub mod model;
+pub mod problem;
+pub mod runs;
+pub mod signing;
+pub mod telemetry;
+
+pub use model::{AgentSpec, Run, RunStatus};
+
+/// Resolves on SIGTERM or Ctrl-C, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,120 @@
+//! Domain types shared by every binary: run statuses and the public view of a run.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Where a run is in its lifecycle. Transitions happen only through [`crate::runs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Expired,
+}
+
+impl RunStatus {
+    /// The name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored status name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "timed_out" => Self::TimedOut,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+
+    /// Whether no further transition can leave this status.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+
+    /// The webhook event type announced when a run reaches this status.
+    pub fn event_type(self) -> Option<&'static str> {
+        match self {
+            Self::Completed => Some("run.completed"),
+            Self::Failed => Some("run.failed"),
+            Self::Cancelled => Some("run.cancelled"),
+            Self::TimedOut => Some("run.timed_out"),
+            Self::Expired => Some("run.expired"),
+            Self::Queued | Self::Running => None,
+        }
+    }
+}
+
+/// A run as the API shows it and as webhooks carry it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    pub id: Uuid,
+    pub status: RunStatus,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub agent_id: String,
+    pub message: Option<String>,
+    pub inputs: Option<serde_json::Value>,
+    pub metadata: serde_json::Value,
+    pub webhook_url: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub attempt: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+    #[serde(skip)]
+    pub max_attempts: i32,
+}
+
+/// The agent a claimed run executes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    pub kind: String,
+    pub config: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+            RunStatus::TimedOut,
+            RunStatus::Expired,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+            assert_eq!(s.is_terminal(), s.event_type().is_some());
+        }
+        assert_eq!(RunStatus::parse("pending"), None);
+    }
+}

@@ -1,0 +1,243 @@
+//! The run state machine. Every change of `runs.status` in the code base is one of the functions
+//! below, each a single guarded UPDATE: the `WHERE` names the status (and lease owner) it leaves,
+//! so of two actors racing for the same transition exactly one wins.
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::model::{AgentSpec, Run, RunStatus};
+
+/// The columns [`from_row`] reads, qualified by the alias `r`.
+const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
+    r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
+    r.created_at, r.started_at, r.completed_at";
+
+/// What the ingress records for a new run.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: Uuid,
+    pub tenant_id: String,
+    pub agent_id: String,
+    pub message: Option<String>,
+    pub inputs: Option<serde_json::Value>,
+    pub metadata: serde_json::Value,
+    pub webhook_url: Option<String>,
+}
+
+/// Reads a run from a row that selected [`COLUMNS`].
+pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        // The CHECK constraint admits only known names.
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        agent_id: row.try_get("agent_id")?,
+        message: row.try_get("message")?,
+        inputs: row.try_get("inputs")?,
+        metadata: row.try_get("metadata")?,
+        webhook_url: row.try_get("webhook_url")?,
+        result: row.try_get("result")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+/// Inserts a batch of runs as `queued` in one statement (group commit). Runs whose agent does not
+/// exist in their tenant are skipped; the returned rows say which were inserted.
+pub async fn insert_batch(
+    client: &impl GenericClient,
+    runs: &[NewRun],
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    let tenants: Vec<&str> = runs.iter().map(|r| r.tenant_id.as_str()).collect();
+    let agents: Vec<&str> = runs.iter().map(|r| r.agent_id.as_str()).collect();
+    let messages: Vec<Option<&str>> = runs.iter().map(|r| r.message.as_deref()).collect();
+    let inputs: Vec<Option<&serde_json::Value>> = runs.iter().map(|r| r.inputs.as_ref()).collect();
+    let metadata: Vec<&serde_json::Value> = runs.iter().map(|r| &r.metadata).collect();
+    let hooks: Vec<Option<&str>> = runs.iter().map(|r| r.webhook_url.as_deref()).collect();
+    let sql = format!(
+        "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
+                                webhook_url, max_attempts) \
+         SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
+                n.webhook_url, a.max_attempts \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[]) \
+              AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url) \
+         JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
+         RETURNING {COLUMNS}"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client
+        .query(&stmt, &[&ids, &tenants, &agents, &messages, &inputs, &metadata, &hooks])
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// One run of one tenant; `None` for another tenant's run as for a missing one.
+pub async fn get(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    id: Uuid,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM runs r WHERE r.tenant_id = $1 AND r.id = $2");
+    let row = client.query_opt(&sql, &[&tenant_id, &id]).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// `queued → running`: takes the run for `owner` with a lease, counting one more attempt.
+/// `None` means someone else has it, it was cancelled, or it is finished: ack and move on.
+pub async fn claim(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<(Run, AgentSpec)>, tokio_postgres::Error> {
+    let sql = format!(
+        "UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
+                lease_expires_at = now() + make_interval(secs => $3), \
+                started_at = coalesce(r.started_at, now()), updated_at = now() \
+         FROM agents a \
+         WHERE r.id = $1 AND r.status = 'queued' AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
+         RETURNING {COLUMNS}, a.kind AS agent_kind, a.config AS agent_config"
+    );
+    let row = client.query_opt(&sql, &[&id, &owner, &secs(lease)]).await?;
+    row.map(|row| {
+        Ok((
+            from_row(&row)?,
+            AgentSpec {
+                kind: row.try_get("agent_kind")?,
+                config: row.try_get("agent_config")?,
+            },
+        ))
+    })
+    .transpose()
+}
+
+/// Extends the lease `owner` holds. `false` means the lease is lost (reaped, or the run ended):
+/// the holder must stop working on the run.
+pub async fn heartbeat(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+            &[&id, &owner, &secs(lease)],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// `running → completed`, only while `owner` holds the lease.
+pub async fn complete(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    result: &serde_json::Value,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "UPDATE runs r SET status = 'completed', result = $3, lease_owner = NULL, lease_expires_at = NULL, \
+                completed_at = now(), updated_at = now() \
+         WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}"
+    );
+    let row = client.query_opt(&sql, &[&id, &owner, result]).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// `running → failed` with an error code, only while `owner` holds the lease.
+pub async fn fail(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    error_code: &str,
+    error_message: &str,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "UPDATE runs r SET status = 'failed', error_code = $3, error_message = $4, lease_owner = NULL, \
+                lease_expires_at = NULL, completed_at = now(), updated_at = now() \
+         WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}"
+    );
+    let row = client
+        .query_opt(&sql, &[&id, &owner, &error_code, &error_message])
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// `running → queued` without spending the attempt: a worker shutting down hands its run back so
+/// another can start it at once instead of waiting for the lease to expire.
+pub async fn release(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE runs SET status = 'queued', attempt = greatest(attempt - 1, 0), lease_owner = NULL, \
+                    lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+            &[&id, &owner],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// `running → queued` (or `→ failed` once attempts are spent) for runs whose lease expired: their
+/// worker died or stalled. Returns the runs changed, at most `limit`.
+pub async fn reap_expired(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH expired AS ( \
+             SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < now() \
+             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+         UPDATE runs r SET \
+             status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END, \
+             error_code = CASE WHEN r.attempt >= r.max_attempts THEN 'lease_expired' ELSE r.error_code END, \
+             error_message = CASE WHEN r.attempt >= r.max_attempts \
+                 THEN 'the worker running this run stopped answering, and no attempts are left' \
+                 ELSE r.error_message END, \
+             completed_at = CASE WHEN r.attempt >= r.max_attempts THEN now() ELSE NULL END, \
+             lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
+         FROM expired WHERE r.id = expired.id AND r.status = 'running' \
+         RETURNING {COLUMNS}"
+    );
+    let rows = client.query(&sql, &[&limit]).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Queued runs nobody claimed within `older_than` (their publish may have been lost): marks them
+/// as enqueued now and returns their ids, to be published again. Not a status change.
+pub async fn sweep_unclaimed(
+    client: &impl GenericClient,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "WITH stale AS ( \
+                 SELECT id FROM runs WHERE status = 'queued' \
+                   AND enqueued_at < now() - make_interval(secs => $1) \
+                 ORDER BY enqueued_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id",
+            &[&secs(older_than), &limit],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}

@@ -1,0 +1,108 @@
+//! Durable accept with group commit. Concurrent requests hand their run to one collector, which
+//! inserts whatever has queued up as one multi-row INSERT (one commit), with a bounded number of
+//! batches in flight. Under light load a batch is one run and adds no wait; under heavy load the
+//! batches grow, so commits per second stay flat while runs per second rise.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use switchyard_common::runs::{self, NewRun};
+use switchyard_common::{Run, db};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+/// Why a run could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres is down or too slow: answer 503.
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// Anything else: a bug.
+    #[error("storing the run failed: {0}")]
+    Internal(String),
+}
+
+type Reply = oneshot::Sender<Result<Option<Run>, StoreError>>;
+
+/// Handle to the group-commit collector.
+#[derive(Clone)]
+pub struct Accepter {
+    jobs: mpsc::Sender<(NewRun, Reply)>,
+}
+
+impl Accepter {
+    /// Starts the collector: batches of at most `max_batch` runs, at most `max_inflight` at once.
+    pub fn start(pool: Pool, max_batch: usize, max_inflight: usize) -> Self {
+        let (jobs, rx) = mpsc::channel(max_batch.max(1) * max_inflight.max(1) * 4);
+        tokio::spawn(collect(pool, rx, max_batch.max(1), max_inflight.max(1)));
+        Self { jobs }
+    }
+
+    /// Records `run` as queued; `Ok(None)` when its agent does not exist in its tenant.
+    /// Returns once the row is committed.
+    pub async fn insert(&self, run: NewRun) -> Result<Option<Run>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send((run, reply))
+            .await
+            .map_err(|_| StoreError::Internal("the accept collector stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Internal("the accept batch was dropped".into()))?
+    }
+}
+
+async fn collect(pool: Pool, mut rx: mpsc::Receiver<(NewRun, Reply)>, max_batch: usize, max_inflight: usize) {
+    let inflight = Arc::new(Semaphore::new(max_inflight));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a free slot is what lets the next batch grow under load.
+        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            flush(&pool, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn flush(pool: &Pool, batch: Vec<(NewRun, Reply)>) {
+    let (rows, replies): (Vec<NewRun>, Vec<Reply>) = batch.into_iter().unzip();
+    let outcome = async {
+        let client = pool.get().await.map_err(|e| {
+            if db::is_unavailable(&e) {
+                StoreError::Unavailable
+            } else {
+                StoreError::Internal(e.to_string())
+            }
+        })?;
+        runs::insert_batch(&client, &rows).await.map_err(|e| {
+            if db::pg_unavailable(&e) {
+                StoreError::Unavailable
+            } else {
+                StoreError::Internal(e.to_string())
+            }
+        })
+    }
+    .await;
+    match outcome {
+        Ok(inserted) => {
+            let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+            for (row, reply) in rows.iter().zip(replies) {
+                let _ = reply.send(Ok(by_id.remove(&row.id)));
+            }
+        }
+        Err(err) => {
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `ApiError`: the one error type handlers return. It renders problem+json with the request id and
+//! never leaks internals; 5xx causes are logged once, here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use switchyard_common::problem::{self, ErrorCode, Problem};
+
+use crate::request::RequestContext;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    detail: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a detail the caller may read.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, detail)
+    }
+
+    /// The database cannot be reached: 503 with `Retry-After`.
+    pub fn unavailable() -> Self {
+        Self {
+            code: ErrorCode::ServiceUnavailable,
+            detail: "the database is unavailable; retry shortly".into(),
+            retry_after_secs: Some(1),
+        }
+    }
+
+    /// A bug or unexpected failure: logs the cause, answers a bare 500.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::InternalServerError, "an unexpected error occurred")
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ctx = RequestContext::current();
+        let body = Problem::new(self.code, self.detail, ctx.path, ctx.request_id);
+        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

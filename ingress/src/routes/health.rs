@@ -1,0 +1,33 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use switchyard_common::db;
+
+use crate::AppState;
+
+/// Liveness: the process serves HTTP.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness. Postgres down means not ready (503): nothing can be accepted. RabbitMQ down is
+/// `degraded` but ready: runs are still accepted durably and the sweeper publishes them later.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let postgres = db::ping(&state.pool, Duration::from_millis(500)).await;
+    let rabbitmq = state.broker.is_connected();
+    let (code, status) = match (postgres, rabbitmq) {
+        (true, true) => (StatusCode::OK, "ready"),
+        (true, false) => (StatusCode::OK, "degraded"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
+    let up = |b: bool| if b { "up" } else { "down" };
+    (
+        code,
+        Json(json!({ "status": status, "postgres": up(postgres), "rabbitmq": up(rabbitmq) })),
+    )
+}

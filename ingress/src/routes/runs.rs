@@ -1,0 +1,223 @@
+//! The native runs API: `POST /v1/runs` and `GET /v1/runs/{id}`.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use switchyard_common::problem::ErrorCode;
+use switchyard_common::runs::{self, NewRun};
+use switchyard_common::{Run, db};
+use uuid::Uuid;
+
+use crate::accept::StoreError;
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::json::JsonBody;
+use crate::AppState;
+
+/// Largest `message`, in bytes.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest serialised `metadata`, in bytes.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Longest `webhookUrl`.
+const MAX_URL_LEN: usize = 2048;
+
+/// The body of `POST /v1/runs`. Unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateRun {
+    agent_id: Option<String>,
+    /// The agent-app API's name for the agent.
+    app_id: Option<String>,
+    message: Option<String>,
+    inputs: Option<Value>,
+    webhook_url: Option<String>,
+    metadata: Option<Value>,
+}
+
+/// A validated request: parse, don't validate.
+struct ValidRun {
+    agent_id: String,
+    message: Option<String>,
+    inputs: Option<Value>,
+    webhook_url: Option<String>,
+    metadata: Value,
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=255).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
+    let agent_id = body
+        .agent_id
+        .or(body.app_id)
+        .ok_or_else(|| ApiError::bad_request("`agentId` is required"))?;
+    if !valid_id(&agent_id) {
+        return Err(ApiError::bad_request(
+            "`agentId` must be 1 to 255 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if body.message.is_none() && body.inputs.is_none() {
+        return Err(ApiError::bad_request("give a `message`, `inputs`, or both"));
+    }
+    if let Some(message) = &body.message {
+        if message.len() > MAX_MESSAGE_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
+            )));
+        }
+    }
+    if let Some(inputs) = &body.inputs {
+        if !inputs.is_object() {
+            return Err(ApiError::bad_request("`inputs` must be a JSON object"));
+        }
+    }
+    let metadata = body.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+    if !metadata.is_object() {
+        return Err(ApiError::bad_request("`metadata` must be a JSON object"));
+    }
+    if metadata.to_string().len() > MAX_METADATA_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "`metadata` is larger than {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    let webhook_url = body.webhook_url.map(validate_webhook_url).transpose()?;
+    Ok(ValidRun {
+        agent_id,
+        message: body.message,
+        inputs: body.inputs,
+        webhook_url,
+        metadata,
+    })
+}
+
+fn validate_webhook_url(raw: String) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("`webhookUrl` must be an absolute http or https URL");
+    if raw.len() > MAX_URL_LEN {
+        return Err(bad());
+    }
+    let url = url::Url::parse(&raw).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad());
+    }
+    Ok(url.to_string())
+}
+
+fn run_location(id: Uuid) -> String {
+    format!("/v1/runs/{id}")
+}
+
+/// `POST /v1/runs`: records the run as `queued` (one INSERT, group-committed), publishes its id
+/// with a confirm, and answers 202. A publish failure still answers 202: the row is the outbox and
+/// the sweeper publishes it again.
+pub async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    JsonBody(body): JsonBody<CreateRun>,
+) -> Result<Response, ApiError> {
+    let valid = validate(body)?;
+    let new = NewRun {
+        id: Uuid::now_v7(),
+        tenant_id: tenant.0,
+        agent_id: valid.agent_id,
+        message: valid.message,
+        inputs: valid.inputs,
+        metadata: valid.metadata,
+        webhook_url: valid.webhook_url,
+    };
+    let agent_id = new.agent_id.clone();
+    let stored = tokio::time::timeout(state.accept_timeout, state.accepter.insert(new))
+        .await
+        .map_err(|_| ApiError::unavailable())?;
+    let run = match stored {
+        Ok(Some(run)) => run,
+        Ok(None) => return Err(ApiError::not_found(format!("agent `{agent_id}` was not found"))),
+        Err(StoreError::Unavailable) => return Err(ApiError::unavailable()),
+        Err(err @ StoreError::Internal(_)) => return Err(ApiError::internal(err)),
+    };
+    if let Err(err) = state
+        .broker
+        .publish_id(&state.broker.topology().runs(), run.id)
+        .await
+    {
+        tracing::warn!(run_id = %run.id, error = %err, "run stored but not published; the sweeper will publish it");
+    }
+    Ok(accepted(&run))
+}
+
+fn accepted(run: &Run) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    (StatusCode::ACCEPTED, headers, axum::Json(run)).into_response()
+}
+
+/// `GET /v1/runs/{id}`: the run, or 404 when it does not exist in the caller's tenant.
+pub async fn get(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Run>, ApiError> {
+    let not_found = || ApiError::not_found(format!("run `{id}` was not found"));
+    let run_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let client = state.pool.get().await.map_err(|e| {
+        if db::is_unavailable(&e) {
+            ApiError::unavailable()
+        } else {
+            ApiError::internal(e)
+        }
+    })?;
+    let run = runs::get(&client, &tenant.0, run_id).await.map_err(|e| {
+        if db::pg_unavailable(&e) {
+            ApiError::unavailable()
+        } else {
+            ApiError::internal(e)
+        }
+    })?;
+    run.map(axum::Json).ok_or_else(not_found)
+}
+
+/// Fallback for unknown routes.
+pub async fn no_route() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: serde_json::Value) -> CreateRun {
+        serde_json::from_value(v).expect("deserialises")
+    }
+
+    #[test]
+    fn accepts_agent_id_or_app_id() {
+        let a = validate(body(serde_json::json!({"agentId": "echo", "message": "hi"}))).expect("valid");
+        assert_eq!(a.agent_id, "echo");
+        let b = validate(body(serde_json::json!({"appId": "echo", "inputs": {"x": 1}}))).expect("valid");
+        assert_eq!(b.agent_id, "echo");
+        assert_eq!(b.metadata, serde_json::json!({}));
+    }
+
+    #[test]
+    fn rejects_missing_or_malformed_fields() {
+        for bad in [
+            serde_json::json!({"message": "hi"}),
+            serde_json::json!({"agentId": "echo"}),
+            serde_json::json!({"agentId": "bad id!", "message": "hi"}),
+            serde_json::json!({"agentId": "echo", "inputs": [1]}),
+            serde_json::json!({"agentId": "echo", "message": "hi", "metadata": "x"}),
+            serde_json::json!({"agentId": "echo", "message": "hi", "webhookUrl": "ftp://x/y"}),
+            serde_json::json!({"agentId": "echo", "message": "hi", "webhookUrl": "not a url"}),
+        ] {
+            let err = validate(body(bad.clone())).err().map(|e| e.code());
+            assert_eq!(err, Some(ErrorCode::BadRequest), "{bad} should be rejected");
+        }
+    }
+}
