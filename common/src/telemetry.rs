@@ -121,3 +121,11 @@ pub fn adopt_trace_parent(span: &tracing::Span, headers: Option<&FieldTable>) {
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
 }
+
+/// HTTP headers (`traceparent`, `tracestate`) carrying the current span, for outbound requests.
+pub fn current_trace_http_headers() -> Vec<(String, String)> {
+    let cx = tracing::Span::current().context();
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers.into_iter().collect()
+}

@@ -1,0 +1,265 @@
+//! The Switchyard notifier. Consumes delivery ids, claims each delivery for one attempt, POSTs the
+//! payload signed per Standard Webhooks, records the attempt, and schedules the next one in a
+//! RabbitMQ TTL queue that dead-letters back to the delivery queue. Nothing waits in memory.
+//!
+//! Architecture invariant: the notifier only reads runs (through the payload stored on the
+//! delivery) and changes delivery status only through `switchyard_common::deliveries`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use deadpool_postgres::Pool;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use switchyard_common::amqp::{self, Broker, Topology};
+use switchyard_common::config::{BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule};
+use switchyard_common::deliveries::{self, Attempt, Next, Outgoing};
+use switchyard_common::signing::Secret;
+use switchyard_common::telemetry;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+/// The most response body kept per attempt.
+const CAPTURE_BYTES: usize = 4096;
+
+/// Every notifier setting.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// The `whsec_…` secret that signs every webhook (the tenant default, for now).
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: String,
+
+    /// Delays between attempts, comma-separated; after the last one the delivery fails.
+    #[arg(long, env = "SWITCHYARD_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    pub retry_schedule: String,
+
+    /// Timeout of each webhook request, connection included.
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Deliveries attempted at once by this process.
+    #[arg(long, env = "SWITCHYARD_NOTIFIER_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    pool: Pool,
+    broker: Broker,
+    http: reqwest::Client,
+    secret: Secret,
+    schedule: Schedule,
+    lease: Duration,
+}
+
+/// Delivers webhooks until `shutdown`; attempts under way finish first.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let secret = Secret::parse(&config.webhook_secret).context("SWITCHYARD_WEBHOOK_SECRET is not a whsec_ secret")?;
+    let schedule = parse_schedule(&config.retry_schedule).map_err(anyhow::Error::msg)?;
+    let pool = switchyard_common::db::pool(&config.db)?;
+    let broker_shutdown = CancellationToken::new();
+    let mut topology = Topology::new(&config.broker.amqp_prefix);
+    topology.retry_tiers = schedule.0.clone();
+    let broker = Broker::start(
+        &config.broker.amqp_url,
+        topology,
+        config.broker.publish_timeout,
+        broker_shutdown.clone(),
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("Switchyard-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")?;
+    let ctx = Ctx {
+        pool,
+        broker: broker.clone(),
+        http,
+        secret,
+        schedule,
+        // Long enough that a live attempt is never swept from under us.
+        lease: config.request_timeout * 2 + Duration::from_secs(10),
+    };
+    tracing::info!(concurrency = config.concurrency, "notifier starting");
+    broker
+        .consume(broker.topology().deliveries(), config.concurrency, shutdown, move |delivery| {
+            handle(ctx.clone(), delivery)
+        })
+        .await;
+    broker_shutdown.cancel();
+    tracing::info!("notifier stopped");
+    Ok(())
+}
+
+async fn handle(ctx: Ctx, message: Delivery) {
+    let Some(delivery_id) = amqp::parse_id(&message) else {
+        tracing::warn!("malformed delivery message; dead-lettering it");
+        let _ = message.nack(BasicNackOptions::default()).await;
+        return;
+    };
+    let span = tracing::info_span!("process deliveries", %delivery_id, otel.kind = "consumer");
+    telemetry::adopt_trace_parent(&span, message.properties.headers().as_ref());
+    async move {
+        let claimed = async {
+            let client = ctx.pool.get().await?;
+            Ok::<_, anyhow::Error>(deliveries::claim(&client, delivery_id, ctx.lease).await?)
+        }
+        .await;
+        match claimed {
+            Ok(Some(out)) => {
+                attempt_and_record(&ctx, &out).await;
+                let _ = message.ack(BasicAckOptions::default()).await;
+            }
+            Ok(None) => {
+                let _ = message.ack(BasicAckOptions::default()).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "cannot claim the delivery; requeueing");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = message
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
+    let attempt = send(ctx, out)
+        .instrument(tracing::info_span!("webhook attempt", attempt = out.attempt, url = %out.url, otel.kind = "client"))
+        .await;
+    let next = decide(&ctx.schedule, out.attempt, &attempt);
+    tracing::info!(
+        delivery_id = %out.id,
+        run_id = %out.run_id,
+        attempt = out.attempt,
+        status = attempt.response_status,
+        error = attempt.error.as_deref(),
+        next = ?next,
+        "webhook attempted"
+    );
+    let recorded = async {
+        let mut client = ctx.pool.get().await?;
+        Ok::<_, anyhow::Error>(deliveries::finish(&mut client, out, &attempt, next).await?)
+    }
+    .await;
+    match recorded {
+        Ok(true) => {
+            if let Next::RetryAfter(delay) = next {
+                let queue = ctx.broker.topology().retry_queue(delay);
+                if let Err(err) = ctx.broker.publish_id(&queue, out.id).await {
+                    tracing::warn!(error = %err, "retry recorded but not queued; the sweeper will");
+                }
+            }
+        }
+        Ok(false) => tracing::warn!(delivery_id = %out.id, "the delivery was swept meanwhile; outcome not recorded"),
+        // The lease will expire and the sweeper will hand the delivery out again.
+        Err(err) => tracing::warn!(error = format!("{err:#}"), "cannot record the attempt"),
+    }
+}
+
+/// Only 2xx succeeds. 410 Gone stops retrying. Everything else (3xx, 4xx, 5xx, timeouts, refused
+/// connections) is retried on the schedule until it runs out.
+pub fn decide(schedule: &Schedule, attempt_number: i32, attempt: &Attempt) -> Next {
+    match attempt.response_status {
+        Some(s) if (200..300).contains(&s) => Next::Delivered,
+        Some(410) => Next::GiveUp,
+        _ => {
+            let failures = u32::try_from(attempt_number).unwrap_or(u32::MAX);
+            schedule.delay_after(failures).map_or(Next::GiveUp, Next::RetryAfter)
+        }
+    }
+}
+
+async fn send(ctx: &Ctx, out: &Outgoing) -> Attempt {
+    let started = Instant::now();
+    let body = serde_json::to_vec(&out.payload).unwrap_or_default();
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signature = ctx.secret.sign(&out.message_id, timestamp, &body);
+    let mut request = ctx
+        .http
+        .post(&out.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &out.message_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature);
+    for (name, value) in telemetry::current_trace_http_headers() {
+        request = request.header(name, value);
+    }
+    match request.body(body).send().await {
+        Ok(mut response) => {
+            let status = i32::from(response.status().as_u16());
+            let mut captured = Vec::new();
+            while captured.len() < CAPTURE_BYTES {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => captured.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            captured.truncate(CAPTURE_BYTES);
+            Attempt {
+                response_status: Some(status),
+                response_body: Some(String::from_utf8_lossy(&captured).into_owned()),
+                error: None,
+                latency: started.elapsed(),
+            }
+        }
+        Err(err) => Attempt {
+            response_status: None,
+            response_body: None,
+            error: Some(describe(&err)),
+            latency: started.elapsed(),
+        },
+    }
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "the request timed out".into()
+    } else if err.is_connect() {
+        "could not connect to the endpoint".into()
+    } else {
+        format!("request failed: {err}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: Option<i32>) -> Attempt {
+        Attempt {
+            response_status: status,
+            response_body: None,
+            error: status.is_none().then(|| "refused".into()),
+            latency: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn only_2xx_is_delivered_and_failures_follow_the_schedule() {
+        let schedule = parse_schedule("1s,2s").expect("valid");
+        assert_eq!(decide(&schedule, 1, &outcome(Some(204))), Next::Delivered);
+        assert_eq!(decide(&schedule, 1, &outcome(Some(500))), Next::RetryAfter(Duration::from_secs(1)));
+        assert_eq!(decide(&schedule, 2, &outcome(Some(302))), Next::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(decide(&schedule, 3, &outcome(None)), Next::GiveUp);
+        assert_eq!(decide(&schedule, 1, &outcome(Some(410))), Next::GiveUp);
+        assert_eq!(decide(&schedule, 1, &outcome(None)), Next::RetryAfter(Duration::from_secs(1)));
+    }
+}

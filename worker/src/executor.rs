@@ -1,0 +1,47 @@
+//! Agent executors, chosen by the agent's `kind`. For now only the built-in `echo`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_common::{AgentSpec, Run};
+
+/// The longest delay an echo agent may ask for.
+const MAX_ECHO_DELAY: Duration = Duration::from_secs(600);
+
+/// Why an execution failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Runs `run` on `agent` and returns its result.
+pub async fn execute(agent: &AgentSpec, run: &Run) -> Result<Value, ExecError> {
+    match agent.kind.as_str() {
+        "echo" => Ok(echo(agent, run).await),
+        other => Err(ExecError {
+            code: "agent_kind_unsupported",
+            message: format!("agents of kind `{other}` cannot run on this worker yet"),
+        }),
+    }
+}
+
+/// Deterministic: after the agent's `delayMs` (default 0), returns the message, or the inputs as
+/// compact JSON when there is no message.
+async fn echo(agent: &AgentSpec, run: &Run) -> Value {
+    let delay = agent
+        .config
+        .get("delayMs")
+        .and_then(Value::as_u64)
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(MAX_ECHO_DELAY);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let output = match (&run.message, &run.inputs) {
+        (Some(message), _) => message.clone(),
+        (None, Some(inputs)) => inputs.to_string(),
+        (None, None) => String::new(),
+    };
+    json!({ "output": output })
+}

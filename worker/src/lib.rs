@@ -1,0 +1,310 @@
+//! The Switchyard worker. Consumes run ids, claims each run in Postgres with a lease (then acks:
+//! from there the lease, not the broker, owns the run), executes it while heartbeating, and
+//! completes it in one transaction together with its webhook deliveries. Its maintenance loop
+//! reaps expired leases and republishes what the broker may have lost.
+//!
+//! Architecture invariant: the worker never sends webhooks and never serves the public API; it
+//! changes run status only through `switchyard_common::runs`.
+
+pub mod executor;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deadpool_postgres::Pool;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use switchyard_common::amqp::{self, Broker, Topology};
+use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_duration};
+use switchyard_common::{AgentSpec, Run, deliveries, runs, telemetry};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+/// Every worker setting.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// This worker's name as lease owner; defaults to host name, process id and a random suffix.
+    #[arg(long, env = "SWITCHYARD_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Runs executed at once by this process.
+    #[arg(long, env = "SWITCHYARD_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// How long a claim holds a run without a heartbeat; heartbeats come every third of it.
+    #[arg(long, env = "SWITCHYARD_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// How often the maintenance loop reaps expired leases and sweeps for lost messages.
+    #[arg(long, env = "SWITCHYARD_MAINTENANCE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
+
+    /// A queued run unclaimed for this long is published again (its message may be lost).
+    #[arg(long, env = "SWITCHYARD_SWEEP_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub sweep_after: Duration,
+
+    /// A pending delivery overdue by this long is published again.
+    #[arg(long, env = "SWITCHYARD_DELIVERY_SWEEP_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub delivery_sweep_after: Duration,
+
+    /// On SIGTERM, how long running runs may take to finish before they are handed back.
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    pool: Pool,
+    broker: Broker,
+    owner: String,
+    lease: Duration,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}-{}", std::process::id(), &Uuid::now_v7().simple().to_string()[24..])
+}
+
+/// Runs the worker until `shutdown`, then drains: no new runs are taken, running ones get
+/// `shutdown_grace` to finish and are handed back otherwise.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = switchyard_common::db::pool(&config.db)?;
+    let broker_shutdown = CancellationToken::new();
+    let broker = Broker::start(
+        &config.broker.amqp_url,
+        Topology::new(&config.broker.amqp_prefix),
+        config.broker.publish_timeout,
+        broker_shutdown.clone(),
+    );
+    let ctx = Ctx {
+        pool,
+        broker: broker.clone(),
+        owner: config.worker_id.clone().unwrap_or_else(default_worker_id),
+        lease: config.lease,
+        shutdown: shutdown.clone(),
+        grace: config.shutdown_grace,
+    };
+    tracing::info!(worker_id = %ctx.owner, concurrency = config.concurrency, "worker starting");
+    let maintenance = tokio::spawn(maintain(ctx.clone(), config.clone()));
+    let handler_ctx = ctx.clone();
+    broker
+        .consume(broker.topology().runs(), config.concurrency, shutdown.clone(), move |delivery| {
+            handle(handler_ctx.clone(), delivery)
+        })
+        .await;
+    maintenance.abort();
+    broker_shutdown.cancel();
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn handle(ctx: Ctx, delivery: Delivery) {
+    let Some(run_id) = amqp::parse_id(&delivery) else {
+        tracing::warn!("malformed run message; dead-lettering it");
+        let _ = delivery.nack(BasicNackOptions::default()).await;
+        return;
+    };
+    let span = tracing::info_span!("process runs", %run_id, tenant_id = tracing::field::Empty, otel.kind = "consumer");
+    telemetry::adopt_trace_parent(&span, delivery.properties.headers().as_ref());
+    async move {
+        let claimed = async {
+            let client = ctx.pool.get().await.context("getting a connection")?;
+            runs::claim(&client, run_id, &ctx.owner, ctx.lease)
+                .await
+                .context("claiming the run")
+        }
+        .await;
+        match claimed {
+            Ok(Some((run, agent))) => {
+                tracing::Span::current().record("tenant_id", run.tenant_id.as_str());
+                // The lease owns the run from here; a failed ack only means a duplicate later.
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                execute(&ctx, run, agent).await;
+            }
+            Ok(None) => {
+                tracing::debug!("run already claimed, cancelled or finished; skipping");
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "cannot claim; requeueing the message");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
+    let lost = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone()));
+    let drained = async {
+        ctx.shutdown.cancelled().await;
+        tokio::time::sleep(ctx.grace).await;
+    };
+    let outcome = tokio::select! {
+        outcome = executor::execute(&agent, &run) => Some(outcome),
+        () = lost.cancelled() => {
+            tracing::warn!(run_id = %run.id, "lease lost; abandoning the run");
+            None
+        }
+        () = drained => {
+            tracing::warn!(run_id = %run.id, "shutting down; handing the run back");
+            if let Ok(client) = ctx.pool.get().await {
+                let _ = runs::release(&client, run.id, &ctx.owner).await;
+            }
+            None
+        }
+    };
+    heartbeat.abort();
+    if let Some(outcome) = outcome {
+        finish(ctx, &run, outcome).await;
+    }
+}
+
+async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
+    let every = ctx.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let beat = async {
+            let client = ctx.pool.get().await.ok()?;
+            runs::heartbeat(&client, run_id, &ctx.owner, ctx.lease).await.ok()
+        };
+        match beat.await {
+            Some(true) => {}
+            Some(false) => {
+                lost.cancel();
+                return;
+            }
+            // The database is unreachable: keep trying until the lease runs out.
+            None => tracing::warn!(%run_id, "heartbeat failed"),
+        }
+    }
+}
+
+/// Records the outcome and its deliveries in one transaction, then publishes the delivery ids.
+/// Retries while the database is unreachable, for as long as the lease could still be ours.
+async fn finish(ctx: &Ctx, run: &Run, outcome: Result<serde_json::Value, executor::ExecError>) {
+    let deadline = tokio::time::Instant::now() + ctx.lease;
+    loop {
+        match commit_outcome(ctx, run, &outcome).await {
+            Ok(Some(delivery_ids)) => {
+                let queue = ctx.broker.topology().deliveries();
+                if let Err(err) = ctx.broker.publish_ids(&queue, &delivery_ids).await {
+                    tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+                }
+                tracing::info!(run_id = %run.id, ok = outcome.is_ok(), "run finished");
+                return;
+            }
+            Ok(None) => {
+                tracing::warn!(run_id = %run.id, "the lease was lost before completion; result dropped");
+                return;
+            }
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot record the outcome; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => {
+                tracing::error!(run_id = %run.id, error = format!("{err:#}"), "giving up recording; the reaper will requeue");
+                return;
+            }
+        }
+    }
+}
+
+async fn commit_outcome(
+    ctx: &Ctx,
+    run: &Run,
+    outcome: &Result<serde_json::Value, executor::ExecError>,
+) -> anyhow::Result<Option<Vec<Uuid>>> {
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    let finished = match outcome {
+        Ok(result) => runs::complete(&tx, run.id, &ctx.owner, result).await?,
+        Err(err) => runs::fail(&tx, run.id, &ctx.owner, err.code, &err.message).await?,
+    };
+    let Some(finished) = finished else {
+        return Ok(None);
+    };
+    let ids = deliveries::create_for_run(&tx, &finished).await?;
+    tx.commit().await?;
+    Ok(Some(ids))
+}
+
+/// The maintenance loop: reaper and sweepers. Every worker runs it; `SKIP LOCKED` keeps them from
+/// doing the same row twice.
+async fn maintain(ctx: Ctx, config: Config) {
+    let mut tick = tokio::time::interval(config.maintenance_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = maintain_once(&ctx, &config).await {
+            tracing::debug!(error = format!("{err:#}"), "maintenance pass failed");
+        }
+    }
+}
+
+async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
+    const BATCH: i64 = 500;
+    let topology = ctx.broker.topology();
+    // Reap: expired leases go back to the queue, or fail once their attempts are spent.
+    let (requeued, failed_deliveries) = {
+        let mut client = ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let reaped = runs::reap_expired(&tx, BATCH).await?;
+        let mut requeued = Vec::new();
+        let mut delivery_ids = Vec::new();
+        for run in &reaped {
+            if run.status.is_terminal() {
+                delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
+            } else {
+                requeued.push(run.id);
+            }
+        }
+        tx.commit().await?;
+        if !reaped.is_empty() {
+            tracing::warn!(requeued = requeued.len(), failed = reaped.len() - requeued.len(), "reaped expired leases");
+        }
+        (requeued, delivery_ids)
+    };
+    ctx.broker.publish_ids(&topology.runs(), &requeued).await.ok();
+    ctx.broker
+        .publish_ids(&topology.deliveries(), &failed_deliveries)
+        .await
+        .ok();
+
+    // Sweep: queued runs and pending deliveries whose messages may have been lost.
+    if !ctx.broker.is_connected() {
+        return Ok(());
+    }
+    let client = ctx.pool.get().await?;
+    let unclaimed = runs::sweep_unclaimed(&client, config.sweep_after, BATCH).await?;
+    if !unclaimed.is_empty() {
+        let sent = ctx.broker.publish_ids(&topology.runs(), &unclaimed).await.unwrap_or(0);
+        tracing::info!(found = unclaimed.len(), sent, "republished unclaimed runs");
+    }
+    let stalled = deliveries::sweep_stalled(&client, config.delivery_sweep_after, BATCH).await?;
+    if !stalled.is_empty() {
+        let sent = ctx.broker.publish_ids(&topology.deliveries(), &stalled).await.unwrap_or(0);
+        tracing::info!(found = stalled.len(), sent, "republished stalled deliveries");
+    }
+    Ok(())
+}
