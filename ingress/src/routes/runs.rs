@@ -1,5 +1,7 @@
 //! The native runs API: `POST /v1/runs` and `GET /v1/runs/{id}`.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +36,9 @@ pub struct CreateRun {
     inputs: Option<Value>,
     webhook_url: Option<String>,
     metadata: Option<Value>,
+    /// Seconds to wait for the run to finish before answering (0 to 60). A run that finishes in
+    /// time is answered 200 with its result; otherwise 202 as usual.
+    wait: Option<f64>,
 }
 
 /// A validated request: parse, don't validate.
@@ -43,7 +48,11 @@ struct ValidRun {
     inputs: Option<Value>,
     webhook_url: Option<String>,
     metadata: Value,
+    wait: Option<Duration>,
 }
+
+/// The longest `wait` a request may ask for.
+const MAX_WAIT_SECS: f64 = 60.0;
 
 fn valid_id(id: &str) -> bool {
     (1..=255).contains(&id.len())
@@ -87,7 +96,17 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
         )));
     }
     let webhook_url = body.webhook_url.map(validate_webhook_url).transpose()?;
+    let wait = match body.wait {
+        None => None,
+        Some(secs) if (0.0..=MAX_WAIT_SECS).contains(&secs) => Some(Duration::from_secs_f64(secs)),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "`wait` must be a number of seconds from 0 to {MAX_WAIT_SECS}"
+            )));
+        }
+    };
     Ok(ValidRun {
+        wait,
         agent_id,
         message: body.message,
         inputs: body.inputs,
@@ -121,6 +140,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateRun>,
 ) -> Result<Response, ApiError> {
     let valid = validate(body)?;
+    let wait = valid.wait;
     let new = NewRun {
         id: Uuid::now_v7(),
         tenant_id: tenant.0,
@@ -147,7 +167,33 @@ pub async fn create(
     {
         tracing::warn!(run_id = %run.id, error = %err, "run stored but not published; the sweeper will publish it");
     }
+    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+        if let Some(done) = wait_for_end(&state, &run, wait).await {
+            return Ok((StatusCode::OK, axum::Json(done)).into_response());
+        }
+    }
     Ok(accepted(&run))
+}
+
+/// Polls the run until it is terminal or `wait` passes. Polling is a stopgap until run events
+/// stream; it reads one row per tick, and backs off from 50 ms to 250 ms.
+async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut every = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(every.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        if let Ok(client) = state.pool.get().await {
+            if let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await {
+                if now.status.is_terminal() {
+                    return Some(now);
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        every = (every * 2).min(Duration::from_millis(250));
+    }
 }
 
 fn accepted(run: &Run) -> Response {

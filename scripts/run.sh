@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Starts the whole Switchyard stack on this machine and shows one run end to end:
+# PostgreSQL and RabbitMQ (started or installed when missing), migrations, the ingress, two workers,
+# the notifier, and a local webhook inbox that verifies and prints every delivery.
+# Stop everything with Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PORT=${SWITCHYARD_PORT:-8080}
+INBOX_PORT=${INBOX_PORT:-9090}
+DB=${SWITCHYARD_DB_NAME:-switchyard}
+export SWITCHYARD_DATABASE_URL=${SWITCHYARD_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/$DB}
+export SWITCHYARD_AMQP_URL=${SWITCHYARD_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+export SWITCHYARD_AMQP_PREFIX=${SWITCHYARD_AMQP_PREFIX:-switchyard.}
+export SWITCHYARD_API_TOKEN=${SWITCHYARD_API_TOKEN:-dev-token-change-me}
+export SWITCHYARD_WEBHOOK_SECRET=${SWITCHYARD_WEBHOOK_SECRET:-whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}
+export SWITCHYARD_LOG=${SWITCHYARD_LOG:-info}
+export SWITCHYARD_LOG_FORMAT=${SWITCHYARD_LOG_FORMAT:-text}
+export SWITCHYARD_INGRESS_LISTEN=127.0.0.1:$PORT
+
+scripts/ensure-services.sh
+echo "[run] building" >&2
+cargo build --workspace --bins --quiet
+bin=target/debug
+
+psql "postgres://postgres@127.0.0.1:5432/postgres" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1 \
+  || psql "postgres://postgres@127.0.0.1:5432/postgres" -qc "CREATE DATABASE $DB"
+$bin/switchyard-ingress migrate
+
+logs=.run/logs
+mkdir -p "$logs"
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo "[run] stopping" >&2
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+$bin/webhook-inbox --listen "127.0.0.1:$INBOX_PORT" &
+pids+=($!)
+$bin/switchyard-ingress serve >"$logs/ingress.log" 2>&1 &
+pids+=($!)
+SWITCHYARD_WORKER_ID=worker-1 $bin/switchyard-worker serve >"$logs/worker-1.log" 2>&1 &
+pids+=($!)
+SWITCHYARD_WORKER_ID=worker-2 $bin/switchyard-worker serve >"$logs/worker-2.log" 2>&1 &
+pids+=($!)
+$bin/switchyard-notifier serve >"$logs/notifier.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$PORT/readyz" 2>/dev/null | grep -q '"ready"'; then break; fi
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "[run] the ingress is not ready; see $logs" >&2; exit 1; }
+
+demo="curl -sS http://127.0.0.1:$PORT/v1/runs \\
+  -H 'Authorization: Bearer $SWITCHYARD_API_TOKEN' -H 'Content-Type: application/json' \\
+  -d '{\"agentId\":\"echo\",\"message\":\"Hello from Switchyard\",\"webhookUrl\":\"http://127.0.0.1:$INBOX_PORT/hook\",\"wait\":10}'"
+
+echo
+echo "Switchyard is up: ingress http://127.0.0.1:$PORT, 2 workers, notifier, inbox :$INBOX_PORT (logs in $logs)."
+echo "A first run, end to end (the completed run, then its verified webhook from the inbox):"
+echo
+bash -c "$demo"
+echo
+sleep 1
+echo
+echo "Paste this to run another:"
+echo
+echo "$demo"
+echo
+echo "Ctrl-C stops everything."
+wait

@@ -1,0 +1,157 @@
+//! A webhook receiver for tests, the quickstart and the bench. It verifies each request with the
+//! Standard Webhooks algorithm, records it, and answers with the next status of its script (then
+//! 200 for good).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use switchyard_common::signing::{DEFAULT_TOLERANCE_SECS, Secret};
+use tokio::sync::Notify;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub webhook_id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: serde_json::Value,
+    /// Whether the signature verified.
+    pub verified: bool,
+    /// The status the receiver answered.
+    pub answered: u16,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    script: std::collections::VecDeque<u16>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    secret: Secret,
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+    on_receive: Option<Arc<dyn Fn(&Received) + Send + Sync>>,
+}
+
+/// A running receiver on a loopback port; stops when dropped.
+pub struct Receiver {
+    pub url: String,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts on a free loopback port.
+    pub async fn start(secret: &str, script: Vec<u16>) -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0", secret, script, None).await
+    }
+
+    /// Starts on `addr`, calling `on_receive` for each request.
+    pub async fn start_on(
+        addr: &str,
+        secret: &str,
+        script: Vec<u16>,
+        on_receive: Option<Arc<dyn Fn(&Received) + Send + Sync>>,
+    ) -> anyhow::Result<Self> {
+        let shared = Shared {
+            secret: Secret::parse(secret).map_err(|e| anyhow::anyhow!("{e}"))?,
+            inner: Arc::new(Mutex::new(Inner {
+                received: Vec::new(),
+                script: script.into(),
+            })),
+            notify: Arc::new(Notify::new()),
+            on_receive,
+        };
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let app = axum::Router::new()
+            .route("/hook", post(receive))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { url, shared, task })
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared
+            .inner
+            .lock()
+            .map(|i| i.received.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `pred` holds for what was received, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: std::time::Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> anyhow::Result<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.notify.notified();
+            let now = self.received();
+            if pred(&now) {
+                return Ok(now);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let now = self.received();
+                if pred(&now) {
+                    return Ok(now);
+                }
+                anyhow::bail!("receiver: condition not met within {timeout:?} ({} received)", now.len());
+            }
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let id = header(&headers, "webhook-id");
+    let ts = header(&headers, "webhook-timestamp");
+    let sig = header(&headers, "webhook-signature");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let verified = shared
+        .secret
+        .verify(id.as_deref(), ts.as_deref(), sig.as_deref(), &body, now, DEFAULT_TOLERANCE_SECS)
+        .is_ok();
+    let record = {
+        let Ok(mut inner) = shared.inner.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        };
+        let answered = inner.script.pop_front().unwrap_or(200);
+        let record = Received {
+            webhook_id: id.unwrap_or_default(),
+            timestamp: ts.unwrap_or_default(),
+            signature: sig.unwrap_or_default(),
+            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            verified,
+            answered,
+            at: Instant::now(),
+        };
+        inner.received.push(record.clone());
+        record
+    };
+    if let Some(callback) = &shared.on_receive {
+        callback(&record);
+    }
+    shared.notify.notify_waiters();
+    StatusCode::from_u16(record.answered).unwrap_or(StatusCode::OK)
+}
