@@ -106,3 +106,51 @@ async fn flush(pool: &Pool, batch: Vec<(NewRun, Reply)>) {
         }
     }
 }
+
+/// Run ids whose publish failed (the broker was down or slow). A background task publishes them
+/// as soon as the broker is back, so a short outage costs seconds rather than the sweeper's
+/// threshold. Best effort and bounded: when it is full, or the process dies, the sweeper in the
+/// workers still finds every queued run in Postgres.
+#[derive(Clone)]
+pub struct Backlog {
+    ids: mpsc::Sender<Uuid>,
+}
+
+impl Backlog {
+    /// Starts the background publisher, holding at most `capacity` ids.
+    pub fn start(broker: switchyard_common::amqp::Broker, capacity: usize) -> Self {
+        let (ids, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(drain(broker, rx));
+        Self { ids }
+    }
+
+    /// Queues `id` for publishing; drops it when full (the sweeper covers it).
+    pub fn push(&self, id: Uuid) {
+        let _ = self.ids.try_send(id);
+    }
+}
+
+async fn drain(broker: switchyard_common::amqp::Broker, mut rx: mpsc::Receiver<Uuid>) {
+    const BATCH: usize = 500;
+    let queue = broker.topology().runs();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(id) => batch.push(id),
+                Err(_) => break,
+            }
+        }
+        loop {
+            if broker.is_connected() {
+                // A partial confirm republishes the whole batch: duplicates are harmless, since
+                // the worker's claim is guarded.
+                if matches!(broker.publish_ids(&queue, &batch).await, Ok(n) if n == batch.len()) {
+                    tracing::info!(count = batch.len(), "published runs accepted while the broker was away");
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+}

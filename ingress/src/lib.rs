@@ -24,7 +24,7 @@ use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_d
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::Accepter;
+use crate::accept::{Accepter, Backlog};
 
 /// Every ingress setting.
 #[derive(clap::Args, Debug, Clone)]
@@ -69,6 +69,7 @@ pub struct AppState {
     pub pool: Pool,
     pub broker: Broker,
     pub accepter: Accepter,
+    pub backlog: Backlog,
     pub token_digest: [u8; 32],
     pub accept_timeout: Duration,
 }
@@ -97,10 +98,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         shutdown.clone(),
     );
     let accepter = Accepter::start(pool.clone(), config.accept_batch, config.accept_inflight);
+    let backlog = Backlog::start(broker.clone(), 100_000);
     let state = AppState {
         pool,
         broker,
         accepter,
+        backlog,
         token_digest: auth::digest(config.api_token.trim()),
         accept_timeout: config.accept_timeout,
     };

@@ -68,8 +68,9 @@ impl TestDb {
         if !exists {
             let building = format!("{template}_build");
             admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {building}; CREATE DATABASE {building}"))
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
                 .await?;
+            admin.batch_execute(&format!("CREATE DATABASE {building}")).await?;
             switchyard_common::db::migrate(&format!("{}/{building}", postgres_base())).await?;
             admin
                 .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
@@ -240,15 +241,16 @@ impl Default for StackOptions {
 /// A whole Switchyard on its own database and broker prefix: ingress, workers, notifier, and a
 /// verifying webhook receiver.
 pub struct Stack {
-    pub db: TestDb,
-    pub prefix: String,
-    pub base_url: String,
-    pub receiver: Receiver,
+    // Processes first: fields drop in order, and the database must outlive its clients.
     pub ingress: Proc,
     pub workers: Vec<Proc>,
     pub notifier: Proc,
+    pub receiver: Receiver,
+    pub prefix: String,
+    pub base_url: String,
     pub http: reqwest::Client,
     options: StackOptions,
+    pub db: TestDb,
 }
 
 impl Stack {
@@ -299,13 +301,18 @@ impl Stack {
         Ok(())
     }
 
+    /// Waits until the ingress reports `ready` (both dependencies up), or only until it serves
+    /// HTTP when a dependency was deliberately pointed elsewhere.
     async fn wait_healthy(&self) -> anyhow::Result<()> {
-        let url = format!("{}/healthz", self.base_url);
-        poll(Duration::from_secs(20), || async {
-            matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success()).then_some(())
+        let broken = self.options.ingress_amqp_url.is_some() || self.options.ingress_database_url.is_some();
+        let url = format!("{}/{}", self.base_url, if broken { "healthz" } else { "readyz" });
+        poll(Duration::from_secs(30), || async {
+            let response = self.http.get(&url).send().await.ok()?;
+            let body: serde_json::Value = response.json().await.ok()?;
+            matches!(body["status"].as_str(), Some("ok" | "ready")).then_some(())
         })
         .await
-        .context("the ingress did not come up")
+        .context("the ingress did not become ready")
     }
 
     /// `POST /v1/runs` with the test token.

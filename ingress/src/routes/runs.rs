@@ -165,7 +165,8 @@ pub async fn create(
         .publish_id(&state.broker.topology().runs(), run.id)
         .await
     {
-        tracing::warn!(run_id = %run.id, error = %err, "run stored but not published; the sweeper will publish it");
+        tracing::warn!(run_id = %run.id, error = %err, "run stored but not published yet; retrying in the background");
+        state.backlog.push(run.id);
     }
     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
         if let Some(done) = wait_for_end(&state, &run, wait).await {

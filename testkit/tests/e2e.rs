@@ -1,0 +1,220 @@
+//! End to end with the real binaries as processes, on the real PostgreSQL and RabbitMQ.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_testkit::{API_TOKEN, Stack, StackOptions, poll};
+
+#[tokio::test]
+async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
+    let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let hook = stack.receiver.url.clone();
+
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let http = stack.http.clone();
+        let url = format!("{}/v1/runs", stack.base_url);
+        let hook = hook.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(API_TOKEN)
+                .json(&json!({"agentId": "echo", "message": format!("hello #{n}"), "webhookUrl": hook}))
+                .send()
+                .await
+                .expect("request sent");
+            assert_eq!(response.status(), 202);
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .expect("Location header");
+            let run: Value = response.json().await.expect("json body");
+            assert_eq!(run["status"], "queued");
+            assert_eq!(location, format!("/v1/runs/{}", run["id"].as_str().expect("id")));
+            (run["id"].as_str().expect("id").to_owned(), format!("hello #{n}"))
+        }));
+    }
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for task in tasks {
+        let (id, message) = task.await.expect("join");
+        expected.insert(id, message);
+    }
+    assert_eq!(expected.len(), 200, "200 distinct runs accepted");
+
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(60), |r| r.len() >= 200)
+        .await
+        .expect("200 webhooks arrive");
+    // Let any duplicate show itself: the sweepers and retries run every second or so.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = stack.receiver.received();
+    assert_eq!(received.len(), 200, "exactly one webhook per run");
+    let mut seen_runs = HashSet::new();
+    for hook in &received {
+        assert!(hook.verified, "signature of {} must verify", hook.webhook_id);
+        assert_eq!(hook.body["type"], "run.completed");
+        let run_id = hook.body["data"]["id"].as_str().expect("run id").to_owned();
+        let message = expected.get(&run_id).expect("webhook for a run we created");
+        assert_eq!(hook.body["data"]["status"], "completed");
+        assert_eq!(&hook.body["data"]["result"]["output"], message);
+        assert!(seen_runs.insert(run_id), "one webhook per run");
+    }
+    assert_eq!(seen_runs.len(), 200);
+
+    // Every run reads back as completed through the API.
+    for id in expected.keys().take(20) {
+        let run = stack.get_run(id).await.expect("get run");
+        assert_eq!(run["status"], "completed");
+        assert_eq!(run["attempt"], 1);
+    }
+    let _ = received;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn waiting_for_a_run_answers_200_with_its_result() {
+    let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let started = Instant::now();
+    let response = stack
+        .create_run(&json!({"agentId": "echo", "inputs": {"city": "Oslo"}, "wait": 10}))
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let run: Value = response.json().await.expect("json");
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["result"]["output"], r#"{"city":"Oslo"}"#);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A slow run that outlasts the wait is answered 202 and keeps going.
+    stack.add_echo_agent("slow", 1500).await.expect("agent");
+    let response = stack
+        .create_run(&json!({"agentId": "slow", "message": "later", "wait": 0.2}))
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 202);
+    let run: Value = response.json().await.expect("json");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let done = poll(Duration::from_secs(20), || async {
+        let run = stack.get_run(&id).await.ok()?;
+        (run["status"] == "completed").then_some(run)
+    })
+    .await
+    .expect("the run completes after the wait ended");
+    assert_eq!(done["result"]["output"], "later");
+    stack.shutdown().await;
+}
+
+async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id header");
+    assert_eq!(
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["code"], code);
+    assert_eq!(body["status"], status);
+    assert_eq!(body["error"]["code"], code);
+    assert_eq!(body["requestId"], request_id.as_str());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    body
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_json_with_a_request_id() {
+    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() })
+        .await
+        .expect("stack starts");
+    let runs = format!("{}/v1/runs", stack.base_url);
+
+    let no_token = stack.http.post(&runs).json(&json!({"agentId": "echo", "message": "x"})).send().await.expect("send");
+    assert_eq!(no_token.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    problem(no_token, 401, "unauthorized").await;
+
+    let wrong_token = stack.http.post(&runs).bearer_auth("nope").json(&json!({})).send().await.expect("send");
+    problem(wrong_token, 401, "unauthorized").await;
+
+    let missing_agent = stack.create_run(&json!({"message": "x"})).await.expect("send");
+    let body = problem(missing_agent, 400, "bad_request").await;
+    assert!(body["detail"].as_str().unwrap_or_default().contains("agentId"));
+    assert_eq!(body["instance"], "/v1/runs");
+
+    let not_json = stack
+        .http
+        .post(&runs)
+        .bearer_auth(API_TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    problem(not_json, 400, "bad_request").await;
+
+    let wrong_type = stack.http.post(&runs).bearer_auth(API_TOKEN).body("agentId=echo").send().await.expect("send");
+    problem(wrong_type, 415, "unsupported_media_type").await;
+
+    let huge = "x".repeat(300 * 1024);
+    let too_large = stack.create_run(&json!({"agentId": "echo", "message": huge})).await.expect("send");
+    problem(too_large, 413, "payload_too_large").await;
+
+    let unknown_agent = stack.create_run(&json!({"agentId": "ghost", "message": "x"})).await.expect("send");
+    problem(unknown_agent, 404, "not_found").await;
+
+    let bad_wait = stack.create_run(&json!({"agentId": "echo", "message": "x", "wait": 600})).await.expect("send");
+    problem(bad_wait, 400, "bad_request").await;
+
+    let missing_run = stack
+        .http
+        .get(format!("{}/v1/runs/01890a5d-ac96-774b-bcce-b302099a8057", stack.base_url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("send");
+    problem(missing_run, 404, "not_found").await;
+
+    let garbage_id = stack.http.get(format!("{}/v1/runs/abc", stack.base_url)).bearer_auth(API_TOKEN).send().await.expect("send");
+    problem(garbage_id, 404, "not_found").await;
+
+    // A caller's request id is echoed back.
+    let echoed = stack
+        .http
+        .get(format!("{}/v1/runs/abc", stack.base_url))
+        .bearer_auth(API_TOKEN)
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .expect("send");
+    let body = problem(echoed, 404, "not_found").await;
+    assert_eq!(body["requestId"], "trace-me-42");
+
+    let no_route = stack.http.get(format!("{}/nope", stack.base_url)).send().await.expect("send");
+    problem(no_route, 404, "not_found").await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_reports_both_dependencies() {
+    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() })
+        .await
+        .expect("stack starts");
+    let ready = poll(Duration::from_secs(10), || async {
+        let r = stack.http.get(format!("{}/readyz", stack.base_url)).send().await.ok()?;
+        let body: Value = r.json().await.ok()?;
+        (body["status"] == "ready").then_some(body)
+    })
+    .await
+    .expect("becomes ready");
+    assert_eq!(ready["postgres"], "up");
+    assert_eq!(ready["rabbitmq"], "up");
+    stack.shutdown().await;
+}
