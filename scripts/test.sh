@@ -12,4 +12,7 @@ fi
 
 # The end-to-end tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+
+# The broker-restart test stops the shared RabbitMQ, so it runs alone, first; then everything else.
+cargo nextest run --workspace --locked -E 'binary(broker_restart)' "$@"
+cargo nextest run --workspace --locked -E 'not binary(broker_restart)' "$@"

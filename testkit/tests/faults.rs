@@ -1,0 +1,253 @@
+//! Failure paths with the real binaries: a killed worker, an unreachable broker, an unreachable
+//! database, and a webhook receiver that fails.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_testkit::{Stack, StackOptions, free_port, poll};
+
+async fn run_id(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 202);
+    let run: Value = response.json().await.expect("json");
+    run["id"].as_str().expect("id").to_owned()
+}
+
+async fn wait_status(stack: &Stack, id: &str, status: &str, timeout: Duration) -> Value {
+    poll(timeout, || async {
+        let run = stack.get_run(id).await.ok()?;
+        (run["status"] == status).then_some(run)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("run {id} did not become {status}"))
+}
+
+#[tokio::test]
+async fn killed_worker_run_completes_once() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 1,
+        worker_lease: "2s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack.add_echo_agent("slow-echo", 3000).await.expect("agent");
+    let id = run_id(
+        stack
+            .create_run(&json!({"agentId": "slow-echo", "message": "survive", "webhookUrl": stack.receiver.url}))
+            .await
+            .expect("request"),
+    )
+    .await;
+    wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
+
+    // kill -9 mid-run, then bring up a replacement.
+    stack.workers[0].kill9();
+    stack.add_worker().expect("new worker");
+
+    let done = wait_status(&stack, &id, "completed", Duration::from_secs(30)).await;
+    assert_eq!(done["result"]["output"], "survive");
+    assert_eq!(done["attempt"], 2, "the reaped run was executed a second time, by the new worker");
+
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(15), |r| !r.is_empty())
+        .await
+        .expect("the completion webhook arrives");
+    // Give a duplicate the time it would need (sweeps run every 500 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = stack.receiver.received();
+    assert_eq!(received.len(), 1, "exactly one completion webhook: {received:?}");
+    assert!(received[0].verified);
+    assert_eq!(received[0].body["data"]["id"], id.as_str());
+    let client = stack.db.client().await.expect("db");
+    let deliveries: i64 = client
+        .query_one("SELECT count(*) FROM deliveries WHERE run_id = $1::text::uuid", &[&id])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(deliveries, 1);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_accepted_while_the_broker_is_unreachable_complete_once_it_is_back() {
+    // The ingress's broker is a closed port; the workers' is the real one, and their sweeper
+    // publishes what the ingress could not.
+    let closed = free_port().expect("port");
+    let stack = Stack::start(StackOptions {
+        ingress_amqp_url: Some(format!("amqp://guest:guest@127.0.0.1:{closed}/%2f")),
+        sweep_after: "1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+
+    let ready: Value = stack
+        .http
+        .get(format!("{}/readyz", stack.base_url))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["rabbitmq"], "down");
+
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let started = Instant::now();
+        let response = stack
+            .create_run(&json!({"agentId": "echo", "message": format!("offline {n}"), "webhookUrl": stack.receiver.url}))
+            .await
+            .expect("request");
+        assert!(started.elapsed() < Duration::from_secs(3), "accept must not hang on the broker");
+        ids.push(run_id(response).await);
+    }
+    for id in &ids {
+        wait_status(&stack, id, "completed", Duration::from_secs(30)).await;
+    }
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| r.len() >= 10)
+        .await
+        .expect("ten webhooks");
+    let runs: HashSet<&str> = received.iter().filter_map(|r| r.body["data"]["id"].as_str()).collect();
+    assert_eq!(runs.len(), 10);
+    assert!(received.iter().all(|r| r.verified));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn database_down_answers_503_with_retry_after_within_a_second() {
+    let closed = free_port().expect("port");
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ingress_database_url: Some(format!("postgres://postgres@127.0.0.1:{closed}/nowhere")),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = stack
+            .create_run(&json!({"agentId": "echo", "message": "x"}))
+            .await
+            .expect("request");
+        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        let body: Value = response.json().await.expect("problem");
+        assert_eq!(body["code"], "service_unavailable");
+        assert!(body["requestId"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    let started = Instant::now();
+    let get = stack.get_run("01890a5d-ac96-774b-bcce-b302099a8057").await.expect("get");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(get["status"], 503);
+    let ready = stack.http.get(format!("{}/readyz", stack.base_url)).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
+    let stack = Stack::start(StackOptions {
+        receiver_script: vec![500, 500],
+        retry_schedule: "1s,1s,2s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let id = run_id(
+        stack
+            .create_run(&json!({"agentId": "echo", "message": "retry me", "webhookUrl": stack.receiver.url}))
+            .await
+            .expect("request"),
+    )
+    .await;
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| r.len() >= 3)
+        .await
+        .expect("three attempts");
+    let statuses: Vec<u16> = received.iter().map(|r| r.answered).collect();
+    assert_eq!(statuses, vec![500, 500, 200]);
+    assert!(received.iter().all(|r| r.verified), "every attempt is signed validly");
+    assert!(received.iter().all(|r| r.webhook_id == received[0].webhook_id), "webhook-id is stable");
+    assert_ne!(received[0].signature, received[1].signature, "each attempt is signed afresh");
+    assert_ne!(received[1].signature, received[2].signature);
+    assert!(received[1].timestamp > received[0].timestamp);
+    let gap = received[1].at - received[0].at;
+    assert!(gap >= Duration::from_millis(900), "the retry waited its tier ({gap:?})");
+
+    let client = stack.db.client().await.expect("db");
+    let row = client
+        .query_one(
+            "SELECT d.status, d.attempts, (SELECT count(*) FROM delivery_attempts a WHERE a.delivery_id = d.id) \
+             FROM deliveries d WHERE d.run_id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, String>(0), "delivered");
+    assert_eq!(row.get::<_, i32>(1), 3);
+    assert_eq!(row.get::<_, i64>(2), 3, "every attempt recorded");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delivery_that_exhausts_its_schedule_is_marked_failed() {
+    let stack = Stack::start(StackOptions {
+        receiver_script: vec![503, 503, 503, 503],
+        retry_schedule: "1s,1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let id = run_id(
+        stack
+            .create_run(&json!({"agentId": "echo", "message": "doomed", "webhookUrl": stack.receiver.url}))
+            .await
+            .expect("request"),
+    )
+    .await;
+    let client = stack.db.client().await.expect("db");
+    let (status, attempts) = poll(Duration::from_secs(30), || async {
+        let row = client
+            .query_one("SELECT status, attempts FROM deliveries WHERE run_id = $1::text::uuid", &[&id])
+            .await
+            .ok()?;
+        let status: String = row.get(0);
+        (status == "failed").then(|| (status, row.get::<_, i32>(1)))
+    })
+    .await
+    .expect("the delivery fails after its last tier");
+    assert_eq!(status, "failed");
+    assert_eq!(attempts, 3, "one first attempt plus one per tier");
+    assert_eq!(stack.receiver.received().len(), 3);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_terminated_worker_finishes_its_run_before_exiting() {
+    let mut stack = Stack::start(StackOptions { workers: 1, ..StackOptions::default() })
+        .await
+        .expect("stack starts");
+    stack.add_echo_agent("one-second", 1000).await.expect("agent");
+    let id = run_id(
+        stack
+            .create_run(&json!({"agentId": "one-second", "message": "graceful"}))
+            .await
+            .expect("request"),
+    )
+    .await;
+    wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
+    let exit = stack.workers[0].terminate(Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| s.success()), "SIGTERM exits cleanly: {exit:?}");
+    let run = stack.get_run(&id).await.expect("get");
+    assert_eq!(run["status"], "completed", "the run in hand finished within the grace period");
+    assert_eq!(run["attempt"], 1);
+    stack.shutdown().await;
+}
