@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -70,7 +70,12 @@ impl Topology {
 
     /// Every queue this topology declares.
     pub fn queues(&self) -> Vec<String> {
-        let mut all = vec![self.runs(), self.runs_dead(), self.deliveries(), self.deliveries_dead()];
+        let mut all = vec![
+            self.runs(),
+            self.runs_dead(),
+            self.deliveries(),
+            self.deliveries_dead(),
+        ];
         all.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
         all
     }
@@ -78,11 +83,23 @@ impl Topology {
 
 fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     if let Some(target) = dead_letter_to {
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(target.into()),
+        );
     }
     args
 }
@@ -97,21 +114,39 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         .queue_declare(topology.runs_dead().into(), durable, quorum_args(None))
         .await?;
     channel
-        .queue_declare(topology.deliveries_dead().into(), durable, quorum_args(None))
+        .queue_declare(
+            topology.deliveries_dead().into(),
+            durable,
+            quorum_args(None),
+        )
         .await?;
     channel
-        .queue_declare(topology.runs().into(), durable, quorum_args(Some(&topology.runs_dead())))
+        .queue_declare(
+            topology.runs().into(),
+            durable,
+            quorum_args(Some(&topology.runs_dead())),
+        )
         .await?;
     let deliveries = topology.deliveries();
     channel
-        .queue_declare(deliveries.as_str().into(), durable, quorum_args(Some(&topology.deliveries_dead())))
+        .queue_declare(
+            deliveries.as_str().into(),
+            durable,
+            quorum_args(Some(&topology.deliveries_dead())),
+        )
         .await?;
     for delay in &topology.retry_tiers {
         let mut args = quorum_args(None);
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(deliveries.as_str().into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(deliveries.as_str().into()),
+        );
         channel
             .queue_declare(topology.retry_queue(*delay).into(), durable, args)
             .await?;
@@ -174,7 +209,12 @@ pub struct IdMessage {
 
 impl Broker {
     /// Starts the supervisor; returns at once, connected or not.
-    pub fn start(url: &str, topology: Topology, publish_timeout: Duration, shutdown: CancellationToken) -> Self {
+    pub fn start(
+        url: &str,
+        topology: Topology,
+        publish_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (connected, _) = watch::channel(false);
         let broker = Self(Arc::new(Inner {
             url: url.to_owned(),
@@ -251,7 +291,9 @@ impl Broker {
                     self.set_live(None);
                     tracing::warn!("lost the RabbitMQ connection; reconnecting");
                 }
-                Ok(Err(err)) => tracing::warn!(error = %err, retry_in = ?backoff, "cannot connect to RabbitMQ"),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot connect to RabbitMQ")
+                }
                 Err(_) => tracing::warn!(retry_in = ?backoff, "connecting to RabbitMQ timed out"),
             }
             tokio::select! {
@@ -282,7 +324,10 @@ impl Broker {
     pub async fn publish_id(&self, queue: &str, id: Uuid) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::Unavailable)?;
         let confirm = tokio::time::timeout(self.0.publish_timeout, async {
-            send(&live.publisher, queue, id).await?.await.map_err(PublishError::from)
+            send(&live.publisher, queue, id)
+                .await?
+                .await
+                .map_err(PublishError::from)
         })
         .await
         .map_err(|_| PublishError::Timeout)??;
@@ -315,8 +360,13 @@ impl Broker {
     /// Consumes `queue` until `shutdown`, with at most `concurrency` handlers running at once (and
     /// as many messages prefetched). Survives broker restarts by consuming again on the new
     /// connection. On shutdown it stops taking messages, then waits for running handlers.
-    pub async fn consume<F, Fut>(&self, queue: String, concurrency: usize, shutdown: CancellationToken, handler: F)
-    where
+    pub async fn consume<F, Fut>(
+        &self,
+        queue: String,
+        concurrency: usize,
+        shutdown: CancellationToken,
+        handler: F,
+    ) where
         F: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
@@ -328,7 +378,10 @@ impl Broker {
             let setup = async {
                 let channel = live.conn.create_channel().await?;
                 channel
-                    .basic_qos(u16::try_from(concurrency).unwrap_or(u16::MAX), BasicQosOptions::default())
+                    .basic_qos(
+                        u16::try_from(concurrency).unwrap_or(u16::MAX),
+                        BasicQosOptions::default(),
+                    )
                     .await?;
                 let consumer = channel
                     .basic_consume(

@@ -32,7 +32,11 @@ pub struct DatabaseArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BrokerArgs {
     /// AMQP 0.9.1 URL of RabbitMQ.
-    #[arg(long, env = "SWITCHYARD_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
 
     /// Prefix of every queue and exchange name, so that several deployments (or tests) share a broker.
@@ -82,7 +86,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "m" => value.checked_mul(60_000),
         "h" => value.checked_mul(3_600_000),
         "d" => value.checked_mul(86_400_000),
-        other => return Err(format!("unknown duration unit `{other}` in `{raw}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{raw}` (use ms, s, m, h or d)"
+            ));
+        }
     };
     millis
         .map(Duration::from_millis)
@@ -177,7 +185,9 @@ mod tests {
         assert_eq!(demo.broker.amqp_prefix, "t1.");
         assert_eq!(demo.telemetry.log_format, LogFormat::Auto);
 
-        let help = <Demo as clap::CommandFactory>::command().render_long_help().to_string();
+        let help = <Demo as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
         for var in [
             "SWITCHYARD_DATABASE_URL",
             "SWITCHYARD_DB_POOL_SIZE",

@@ -56,7 +56,8 @@ pub async fn create_for_run(
     client: &impl GenericClient,
     run: &Run,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let (Some(url), Some(event_type)) = (run.webhook_url.as_deref(), run.status.event_type()) else {
+    let (Some(url), Some(event_type)) = (run.webhook_url.as_deref(), run.status.event_type())
+    else {
         return Ok(Vec::new());
     };
     let id = Uuid::now_v7();

@@ -81,7 +81,12 @@ pub struct Problem {
 
 impl Problem {
     /// Builds a problem for `code` with a detail safe to show to the caller.
-    pub fn new(code: ErrorCode, detail: impl Into<String>, instance: impl Into<String>, request_id: impl Into<String>) -> Self {
+    pub fn new(
+        code: ErrorCode,
+        detail: impl Into<String>,
+        instance: impl Into<String>,
+        request_id: impl Into<String>,
+    ) -> Self {
         let detail = detail.into();
         Self {
             code,

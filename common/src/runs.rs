@@ -77,7 +77,12 @@ pub async fn insert_batch(
     );
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client
-        .query(&stmt, &[&ids, &tenants, &agents, &messages, &inputs, &metadata, &hooks])
+        .query(
+            &stmt,
+            &[
+                &ids, &tenants, &agents, &messages, &inputs, &metadata, &hooks,
+            ],
+        )
         .await?;
     rows.iter().map(from_row).collect()
 }

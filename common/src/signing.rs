@@ -172,8 +172,14 @@ mod tests {
 
     #[test]
     fn rejects_timestamps_beyond_tolerance() {
-        assert_eq!(verify(V1_SIG, V1_TS, V1_TS + 301), Err(SignatureError::TimestampTooOld));
-        assert_eq!(verify(V1_SIG, V1_TS, V1_TS - 301), Err(SignatureError::TimestampTooNew));
+        assert_eq!(
+            verify(V1_SIG, V1_TS, V1_TS + 301),
+            Err(SignatureError::TimestampTooOld)
+        );
+        assert_eq!(
+            verify(V1_SIG, V1_TS, V1_TS - 301),
+            Err(SignatureError::TimestampTooNew)
+        );
     }
 
     #[test]
@@ -192,7 +198,14 @@ mod tests {
             Err(SignatureError::MissingHeader)
         );
         assert_eq!(
-            s.verify(Some(V1_ID), Some("yesterday"), Some(V1_SIG), V1_BODY, V1_TS, 300),
+            s.verify(
+                Some(V1_ID),
+                Some("yesterday"),
+                Some(V1_SIG),
+                V1_BODY,
+                V1_TS,
+                300
+            ),
             Err(SignatureError::InvalidTimestamp)
         );
     }
@@ -200,11 +213,35 @@ mod tests {
     #[test]
     fn rejects_empty_truncated_and_tampered_signatures() {
         assert_eq!(verify("v1,", V1_TS, V1_TS), Err(SignatureError::NoMatch));
-        assert_eq!(verify(&V1_SIG[..V1_SIG.len() - 4], V1_TS, V1_TS), Err(SignatureError::NoMatch));
-        assert_eq!(verify("v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", V1_TS, V1_TS), Err(SignatureError::NoMatch));
-        let other_body = secret().verify(Some(V1_ID), Some(&V1_TS.to_string()), Some(V1_SIG), b"{}", V1_TS, 300);
+        assert_eq!(
+            verify(&V1_SIG[..V1_SIG.len() - 4], V1_TS, V1_TS),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            verify(
+                "v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+                V1_TS,
+                V1_TS
+            ),
+            Err(SignatureError::NoMatch)
+        );
+        let other_body = secret().verify(
+            Some(V1_ID),
+            Some(&V1_TS.to_string()),
+            Some(V1_SIG),
+            b"{}",
+            V1_TS,
+            300,
+        );
         assert_eq!(other_body, Err(SignatureError::NoMatch));
-        let other_id = secret().verify(Some("msg_other"), Some(&V1_TS.to_string()), Some(V1_SIG), V1_BODY, V1_TS, 300);
+        let other_id = secret().verify(
+            Some("msg_other"),
+            Some(&V1_TS.to_string()),
+            Some(V1_SIG),
+            V1_BODY,
+            V1_TS,
+            300,
+        );
         assert_eq!(other_id, Err(SignatureError::NoMatch));
     }
 
@@ -219,8 +256,14 @@ mod tests {
     #[test]
     fn rejects_empty_secrets_and_accepts_any_padding() {
         assert_eq!(Secret::parse("").err(), Some(SignatureError::InvalidSecret));
-        assert_eq!(Secret::parse("whsec_").err(), Some(SignatureError::InvalidSecret));
-        assert_eq!(Secret::parse("whsec_!!!").err(), Some(SignatureError::InvalidSecret));
+        assert_eq!(
+            Secret::parse("whsec_").err(),
+            Some(SignatureError::InvalidSecret)
+        );
+        assert_eq!(
+            Secret::parse("whsec_!!!").err(),
+            Some(SignatureError::InvalidSecret)
+        );
         // 3, 2 and 1 bytes need 0, 1 and 2 padding characters; unpadded forms parse too.
         for (padded, unpadded) in [("YWJj", "YWJj"), ("YWI=", "YWI"), ("YQ==", "YQ")] {
             let a = Secret::parse(padded).expect("padded parses");
@@ -237,7 +280,10 @@ mod tests {
         let generated = Secret::generate();
         let reparsed = Secret::parse(&generated.to_whsec()).expect("round trip");
         let sig = generated.sign("msg_1", 10, b"body");
-        assert_eq!(reparsed.verify(Some("msg_1"), Some("10"), Some(&sig), b"body", 10, 300), Ok(()));
+        assert_eq!(
+            reparsed.verify(Some("msg_1"), Some("10"), Some(&sig), b"body", 10, 300),
+            Ok(())
+        );
         assert_ne!(Secret::generate().to_whsec(), generated.to_whsec());
     }
 }

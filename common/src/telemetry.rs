@@ -118,7 +118,8 @@ pub fn current_trace_headers() -> FieldTable {
 /// Makes `span` a child of the trace named in a message's headers, if any.
 pub fn adopt_trace_parent(span: &tracing::Span, headers: Option<&FieldTable>) {
     let Some(headers) = headers else { return };
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
 }
 

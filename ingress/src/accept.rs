@@ -53,11 +53,18 @@ impl Accepter {
     }
 }
 
-async fn collect(pool: Pool, mut rx: mpsc::Receiver<(NewRun, Reply)>, max_batch: usize, max_inflight: usize) {
+async fn collect(
+    pool: Pool,
+    mut rx: mpsc::Receiver<(NewRun, Reply)>,
+    max_batch: usize,
+    max_inflight: usize,
+) {
     let inflight = Arc::new(Semaphore::new(max_inflight));
     while let Some(first) = rx.recv().await {
         // Waiting for a free slot is what lets the next batch grow under load.
-        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -146,7 +153,10 @@ async fn drain(broker: switchyard_common::amqp::Broker, mut rx: mpsc::Receiver<U
                 // A partial confirm republishes the whole batch: duplicates are harmless, since
                 // the worker's claim is guarded.
                 if matches!(broker.publish_ids(&queue, &batch).await, Ok(n) if n == batch.len()) {
-                    tracing::info!(count = batch.len(), "published runs accepted while the broker was away");
+                    tracing::info!(
+                        count = batch.len(),
+                        "published runs accepted while the broker was away"
+                    );
                     break;
                 }
             }

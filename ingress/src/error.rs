@@ -49,7 +49,10 @@ impl ApiError {
     /// A bug or unexpected failure: logs the cause, answers a bare 500.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(ErrorCode::InternalServerError, "an unexpected error occurred")
+        Self::new(
+            ErrorCode::InternalServerError,
+            "an unexpected error occurred",
+        )
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -61,10 +64,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let ctx = RequestContext::current();
         let body = Problem::new(self.code, self.detail, ctx.path, ctx.request_id);
-        let status = StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(problem::CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(problem::CONTENT_TYPE),
+        );
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

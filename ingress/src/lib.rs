@@ -30,7 +30,11 @@ use crate::accept::{Accepter, Backlog};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long, env = "SWITCHYARD_INGRESS_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_INGRESS_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// The static bearer token that authenticates API calls (for the `default` tenant).
@@ -88,8 +92,15 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
 }
 
 /// Serves on `listener` until `shutdown`, then drains in-flight requests.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(!config.api_token.trim().is_empty(), "SWITCHYARD_API_TOKEN must not be empty");
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.api_token.trim().is_empty(),
+        "SWITCHYARD_API_TOKEN must not be empty"
+    );
     let pool = switchyard_common::db::pool(&config.db)?;
     let broker = Broker::start(
         &config.broker.amqp_url,
@@ -107,7 +118,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         token_digest: auth::digest(config.api_token.trim()),
         accept_timeout: config.accept_timeout,
     };
-    let addr = listener.local_addr().context("reading the listen address")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
     tracing::info!(%addr, "ingress listening");
     axum::serve(listener, app(state, config.max_body_bytes))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(applied, "migrations applied");
         }
         Command::Serve(config) => {
-            let _guard = switchyard_common::telemetry::init("switchyard-ingress", &config.telemetry)?;
+            let _guard =
+                switchyard_common::telemetry::init("switchyard-ingress", &config.telemetry)?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();

@@ -12,7 +12,9 @@ use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
-use switchyard_common::config::{BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule};
+use switchyard_common::config::{
+    BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
+};
 use switchyard_common::deliveries::{self, Attempt, Next, Outgoing};
 use switchyard_common::signing::Secret;
 use switchyard_common::telemetry;
@@ -30,7 +32,11 @@ pub struct Config {
     pub webhook_secret: String,
 
     /// Delays between attempts, comma-separated; after the last one the delivery fails.
-    #[arg(long, env = "SWITCHYARD_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
     pub retry_schedule: String,
 
     /// Timeout of each webhook request, connection included.
@@ -63,7 +69,8 @@ struct Ctx {
 
 /// Delivers webhooks until `shutdown`; attempts under way finish first.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let secret = Secret::parse(&config.webhook_secret).context("SWITCHYARD_WEBHOOK_SECRET is not a whsec_ secret")?;
+    let secret = Secret::parse(&config.webhook_secret)
+        .context("SWITCHYARD_WEBHOOK_SECRET is not a whsec_ secret")?;
     let schedule = parse_schedule(&config.retry_schedule).map_err(anyhow::Error::msg)?;
     let pool = switchyard_common::db::pool(&config.db)?;
     let broker_shutdown = CancellationToken::new();
@@ -93,9 +100,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     tracing::info!(concurrency = config.concurrency, "notifier starting");
     broker
-        .consume(broker.topology().deliveries(), config.concurrency, shutdown, move |delivery| {
-            handle(ctx.clone(), delivery)
-        })
+        .consume(
+            broker.topology().deliveries(),
+            config.concurrency,
+            shutdown,
+            move |delivery| handle(ctx.clone(), delivery),
+        )
         .await;
     broker_shutdown.cancel();
     tracing::info!("notifier stopped");
@@ -125,7 +135,10 @@ async fn handle(ctx: Ctx, message: Delivery) {
                 let _ = message.ack(BasicAckOptions::default()).await;
             }
             Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), "cannot claim the delivery; requeueing");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot claim the delivery; requeueing"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = message
                     .nack(BasicNackOptions {
@@ -168,7 +181,9 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
                 }
             }
         }
-        Ok(false) => tracing::warn!(delivery_id = %out.id, "the delivery was swept meanwhile; outcome not recorded"),
+        Ok(false) => {
+            tracing::warn!(delivery_id = %out.id, "the delivery was swept meanwhile; outcome not recorded")
+        }
         // The lease will expire and the sweeper will hand the delivery out again.
         Err(err) => tracing::warn!(error = format!("{err:#}"), "cannot record the attempt"),
     }
@@ -182,7 +197,9 @@ pub fn decide(schedule: &Schedule, attempt_number: i32, attempt: &Attempt) -> Ne
         Some(410) => Next::GiveUp,
         _ => {
             let failures = u32::try_from(attempt_number).unwrap_or(u32::MAX);
-            schedule.delay_after(failures).map_or(Next::GiveUp, Next::RetryAfter)
+            schedule
+                .delay_after(failures)
+                .map_or(Next::GiveUp, Next::RetryAfter)
         }
     }
 }
@@ -256,10 +273,19 @@ mod tests {
     fn only_2xx_is_delivered_and_failures_follow_the_schedule() {
         let schedule = parse_schedule("1s,2s").expect("valid");
         assert_eq!(decide(&schedule, 1, &outcome(Some(204))), Next::Delivered);
-        assert_eq!(decide(&schedule, 1, &outcome(Some(500))), Next::RetryAfter(Duration::from_secs(1)));
-        assert_eq!(decide(&schedule, 2, &outcome(Some(302))), Next::RetryAfter(Duration::from_secs(2)));
+        assert_eq!(
+            decide(&schedule, 1, &outcome(Some(500))),
+            Next::RetryAfter(Duration::from_secs(1))
+        );
+        assert_eq!(
+            decide(&schedule, 2, &outcome(Some(302))),
+            Next::RetryAfter(Duration::from_secs(2))
+        );
         assert_eq!(decide(&schedule, 3, &outcome(None)), Next::GiveUp);
         assert_eq!(decide(&schedule, 1, &outcome(Some(410))), Next::GiveUp);
-        assert_eq!(decide(&schedule, 1, &outcome(None)), Next::RetryAfter(Duration::from_secs(1)));
+        assert_eq!(
+            decide(&schedule, 1, &outcome(None)),
+            Next::RetryAfter(Duration::from_secs(1))
+        );
     }
 }

@@ -6,7 +6,11 @@ use switchyard_notifier::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "switchyard-notifier", version, about = "Switchyard's webhook notifier")]
+#[command(
+    name = "switchyard-notifier",
+    version,
+    about = "Switchyard's webhook notifier"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(applied, "migrations applied");
         }
         Command::Serve(config) => {
-            let _guard = switchyard_common::telemetry::init("switchyard-notifier", &config.telemetry)?;
+            let _guard =
+                switchyard_common::telemetry::init("switchyard-notifier", &config.telemetry)?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {

@@ -19,12 +19,14 @@ pub use receiver::{Received, Receiver};
 
 /// The PostgreSQL server the tests use (trust auth).
 pub fn postgres_base() -> String {
-    std::env::var("SWITCHYARD_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("SWITCHYARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// The RabbitMQ the tests use.
 pub fn amqp_url() -> String {
-    std::env::var("SWITCHYARD_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("SWITCHYARD_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// The bearer token every test stack uses.
@@ -70,7 +72,9 @@ impl TestDb {
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
                 .await?;
-            admin.batch_execute(&format!("CREATE DATABASE {building}")).await?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {building}"))
+                .await?;
             switchyard_common::db::migrate(&format!("{}/{building}", postgres_base())).await?;
             admin
                 .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
@@ -157,15 +161,21 @@ impl Proc {
         let path = bin_path(bin);
         let mut cmd = Command::new(&path);
         cmd.arg("serve")
-            .env("SWITCHYARD_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "SWITCHYARD_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("SWITCHYARD_LOG_FORMAT", "text")
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {} (run `cargo build --workspace --bins` first)", path.display()))?;
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (run `cargo build --workspace --bins` first)",
+                path.display()
+            )
+        })?;
         Ok(Self {
             name: bin.to_owned(),
             child,
@@ -267,7 +277,10 @@ impl Stack {
                 ("SWITCHYARD_API_TOKEN", API_TOKEN.into()),
                 (
                     "SWITCHYARD_DATABASE_URL",
-                    options.ingress_database_url.clone().unwrap_or_else(|| db.url.clone()),
+                    options
+                        .ingress_database_url
+                        .clone()
+                        .unwrap_or_else(|| db.url.clone()),
                 ),
                 (
                     "SWITCHYARD_AMQP_URL",
@@ -304,8 +317,13 @@ impl Stack {
     /// Waits until the ingress reports `ready` (both dependencies up), or only until it serves
     /// HTTP when a dependency was deliberately pointed elsewhere.
     async fn wait_healthy(&self) -> anyhow::Result<()> {
-        let broken = self.options.ingress_amqp_url.is_some() || self.options.ingress_database_url.is_some();
-        let url = format!("{}/{}", self.base_url, if broken { "healthz" } else { "readyz" });
+        let broken =
+            self.options.ingress_amqp_url.is_some() || self.options.ingress_database_url.is_some();
+        let url = format!(
+            "{}/{}",
+            self.base_url,
+            if broken { "healthz" } else { "readyz" }
+        );
         poll(Duration::from_secs(30), || async {
             let response = self.http.get(&url).send().await.ok()?;
             let body: serde_json::Value = response.json().await.ok()?;
@@ -354,9 +372,10 @@ impl Stack {
     /// The topology to delete on drop.
     fn topology(&self) -> Topology {
         let mut topology = Topology::new(&self.prefix);
-        topology.retry_tiers = switchyard_common::config::parse_schedule(self.options.retry_schedule)
-            .map(|s| s.0)
-            .unwrap_or_default();
+        topology.retry_tiers =
+            switchyard_common::config::parse_schedule(self.options.retry_schedule)
+                .map(|s| s.0)
+                .unwrap_or_default();
         topology
     }
 
@@ -381,7 +400,10 @@ fn worker_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'stati
     let mut env = common_env(db, prefix);
     env.push(("SWITCHYARD_LEASE", options.worker_lease.into()));
     env.push(("SWITCHYARD_SWEEP_AFTER", options.sweep_after.into()));
-    env.push(("SWITCHYARD_DELIVERY_SWEEP_AFTER", options.sweep_after.into()));
+    env.push((
+        "SWITCHYARD_DELIVERY_SWEEP_AFTER",
+        options.sweep_after.into(),
+    ));
     env.push(("SWITCHYARD_MAINTENANCE_INTERVAL", "500ms".into()));
     env.push(("SWITCHYARD_SHUTDOWN_GRACE", "2s".into()));
     env

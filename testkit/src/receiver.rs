@@ -12,6 +12,9 @@ use axum::routing::post;
 use switchyard_common::signing::{DEFAULT_TOLERANCE_SECS, Secret};
 use tokio::sync::Notify;
 
+/// A callback run for each request received.
+pub type OnReceive = Arc<dyn Fn(&Received) + Send + Sync>;
+
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -37,7 +40,7 @@ struct Shared {
     secret: Secret,
     inner: Arc<Mutex<Inner>>,
     notify: Arc<Notify>,
-    on_receive: Option<Arc<dyn Fn(&Received) + Send + Sync>>,
+    on_receive: Option<OnReceive>,
 }
 
 /// A running receiver on a loopback port; stops when dropped.
@@ -58,7 +61,7 @@ impl Receiver {
         addr: &str,
         secret: &str,
         script: Vec<u16>,
-        on_receive: Option<Arc<dyn Fn(&Received) + Send + Sync>>,
+        on_receive: Option<OnReceive>,
     ) -> anyhow::Result<Self> {
         let shared = Shared {
             secret: Secret::parse(secret).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -107,7 +110,10 @@ impl Receiver {
                 if pred(&now) {
                     return Ok(now);
                 }
-                anyhow::bail!("receiver: condition not met within {timeout:?} ({} received)", now.len());
+                anyhow::bail!(
+                    "receiver: condition not met within {timeout:?} ({} received)",
+                    now.len()
+                );
             }
         }
     }
@@ -120,7 +126,10 @@ impl Drop for Receiver {
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -130,7 +139,14 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let verified = shared
         .secret
-        .verify(id.as_deref(), ts.as_deref(), sig.as_deref(), &body, now, DEFAULT_TOLERANCE_SECS)
+        .verify(
+            id.as_deref(),
+            ts.as_deref(),
+            sig.as_deref(),
+            &body,
+            now,
+            DEFAULT_TOLERANCE_SECS,
+        )
         .is_ok();
     let record = {
         let Ok(mut inner) = shared.inner.lock() else {

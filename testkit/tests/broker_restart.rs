@@ -26,7 +26,9 @@ impl Drop for RestartGuard {
 
 async fn create(stack: &Stack, message: &str) -> String {
     let response = stack
-        .create_run(&json!({"agentId": "echo", "message": message, "webhookUrl": stack.receiver.url}))
+        .create_run(
+            &json!({"agentId": "echo", "message": message, "webhookUrl": stack.receiver.url}),
+        )
         .await
         .expect("request");
     assert_eq!(response.status(), 202);
@@ -36,7 +38,9 @@ async fn create(stack: &Stack, message: &str) -> String {
 
 #[tokio::test]
 async fn every_run_completes_and_every_webhook_arrives_across_a_broker_restart() {
-    let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let stack = Stack::start(StackOptions::default())
+        .await
+        .expect("stack starts");
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(create(&stack, &format!("before {n}")).await);
@@ -50,11 +54,22 @@ async fn every_run_completes_and_every_webhook_arrives_across_a_broker_restart()
     let guard = RestartGuard;
     assert!(rabbitmqctl("stop_app"), "rabbitmqctl stop_app");
     let degraded = poll(Duration::from_secs(10), || async {
-        let body: Value = stack.http.get(format!("{}/readyz", stack.base_url)).send().await.ok()?.json().await.ok()?;
+        let body: Value = stack
+            .http
+            .get(format!("{}/readyz", stack.base_url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         (body["status"] == "degraded").then_some(())
     })
     .await;
-    assert!(degraded.is_ok(), "readiness reports the broker outage as degraded");
+    assert!(
+        degraded.is_ok(),
+        "readiness reports the broker outage as degraded"
+    );
     for n in 0..5 {
         ids.push(create(&stack, &format!("during {n}")).await);
     }
@@ -69,7 +84,10 @@ async fn every_run_completes_and_every_webhook_arrives_across_a_broker_restart()
         .wait_for(Duration::from_secs(60), |r| r.len() >= 15)
         .await
         .expect("every webhook arrives after the restart");
-    let runs: HashSet<&str> = received.iter().filter_map(|r| r.body["data"]["id"].as_str()).collect();
+    let runs: HashSet<&str> = received
+        .iter()
+        .filter_map(|r| r.body["data"]["id"].as_str())
+        .collect();
     for id in &ids {
         assert!(runs.contains(id.as_str()), "run {id} was delivered");
         let run = stack.get_run(id).await.expect("get");

@@ -8,7 +8,9 @@ use switchyard_testkit::{API_TOKEN, Stack, StackOptions, poll};
 
 #[tokio::test]
 async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
-    let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let stack = Stack::start(StackOptions::default())
+        .await
+        .expect("stack starts");
     let hook = stack.receiver.url.clone();
 
     let mut tasks = Vec::new();
@@ -44,7 +46,7 @@ async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
     }
     assert_eq!(expected.len(), 200, "200 distinct runs accepted");
 
-    let received = stack
+    let _received = stack
         .receiver
         .wait_for(Duration::from_secs(60), |r| r.len() >= 200)
         .await
@@ -55,7 +57,11 @@ async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
     assert_eq!(received.len(), 200, "exactly one webhook per run");
     let mut seen_runs = HashSet::new();
     for hook in &received {
-        assert!(hook.verified, "signature of {} must verify", hook.webhook_id);
+        assert!(
+            hook.verified,
+            "signature of {} must verify",
+            hook.webhook_id
+        );
         assert_eq!(hook.body["type"], "run.completed");
         let run_id = hook.body["data"]["id"].as_str().expect("run id").to_owned();
         let message = expected.get(&run_id).expect("webhook for a run we created");
@@ -71,13 +77,14 @@ async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
         assert_eq!(run["status"], "completed");
         assert_eq!(run["attempt"], 1);
     }
-    let _ = received;
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn waiting_for_a_run_answers_200_with_its_result() {
-    let stack = Stack::start(StackOptions::default()).await.expect("stack starts");
+    let stack = Stack::start(StackOptions::default())
+        .await
+        .expect("stack starts");
     let started = Instant::now();
     let response = stack
         .create_run(&json!({"agentId": "echo", "inputs": {"city": "Oslo"}, "wait": 10}))
@@ -117,7 +124,10 @@ async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value 
         .map(str::to_owned)
         .expect("x-request-id header");
     assert_eq!(
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("application/problem+json")
     );
     let body: Value = response.json().await.expect("problem body");
@@ -132,21 +142,51 @@ async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value 
 
 #[tokio::test]
 async fn bad_requests_get_problem_json_with_a_request_id() {
-    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() })
-        .await
-        .expect("stack starts");
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
     let runs = format!("{}/v1/runs", stack.base_url);
 
-    let no_token = stack.http.post(&runs).json(&json!({"agentId": "echo", "message": "x"})).send().await.expect("send");
-    assert_eq!(no_token.headers().get("www-authenticate").and_then(|v| v.to_str().ok()), Some("Bearer"));
+    let no_token = stack
+        .http
+        .post(&runs)
+        .json(&json!({"agentId": "echo", "message": "x"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        no_token
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer")
+    );
     problem(no_token, 401, "unauthorized").await;
 
-    let wrong_token = stack.http.post(&runs).bearer_auth("nope").json(&json!({})).send().await.expect("send");
+    let wrong_token = stack
+        .http
+        .post(&runs)
+        .bearer_auth("nope")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
     problem(wrong_token, 401, "unauthorized").await;
 
-    let missing_agent = stack.create_run(&json!({"message": "x"})).await.expect("send");
+    let missing_agent = stack
+        .create_run(&json!({"message": "x"}))
+        .await
+        .expect("send");
     let body = problem(missing_agent, 400, "bad_request").await;
-    assert!(body["detail"].as_str().unwrap_or_default().contains("agentId"));
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agentId")
+    );
     assert_eq!(body["instance"], "/v1/runs");
 
     let not_json = stack
@@ -160,29 +200,54 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
         .expect("send");
     problem(not_json, 400, "bad_request").await;
 
-    let wrong_type = stack.http.post(&runs).bearer_auth(API_TOKEN).body("agentId=echo").send().await.expect("send");
+    let wrong_type = stack
+        .http
+        .post(&runs)
+        .bearer_auth(API_TOKEN)
+        .body("agentId=echo")
+        .send()
+        .await
+        .expect("send");
     problem(wrong_type, 415, "unsupported_media_type").await;
 
     let huge = "x".repeat(300 * 1024);
-    let too_large = stack.create_run(&json!({"agentId": "echo", "message": huge})).await.expect("send");
+    let too_large = stack
+        .create_run(&json!({"agentId": "echo", "message": huge}))
+        .await
+        .expect("send");
     problem(too_large, 413, "payload_too_large").await;
 
-    let unknown_agent = stack.create_run(&json!({"agentId": "ghost", "message": "x"})).await.expect("send");
+    let unknown_agent = stack
+        .create_run(&json!({"agentId": "ghost", "message": "x"}))
+        .await
+        .expect("send");
     problem(unknown_agent, 404, "not_found").await;
 
-    let bad_wait = stack.create_run(&json!({"agentId": "echo", "message": "x", "wait": 600})).await.expect("send");
+    let bad_wait = stack
+        .create_run(&json!({"agentId": "echo", "message": "x", "wait": 600}))
+        .await
+        .expect("send");
     problem(bad_wait, 400, "bad_request").await;
 
     let missing_run = stack
         .http
-        .get(format!("{}/v1/runs/01890a5d-ac96-774b-bcce-b302099a8057", stack.base_url))
+        .get(format!(
+            "{}/v1/runs/01890a5d-ac96-774b-bcce-b302099a8057",
+            stack.base_url
+        ))
         .bearer_auth(API_TOKEN)
         .send()
         .await
         .expect("send");
     problem(missing_run, 404, "not_found").await;
 
-    let garbage_id = stack.http.get(format!("{}/v1/runs/abc", stack.base_url)).bearer_auth(API_TOKEN).send().await.expect("send");
+    let garbage_id = stack
+        .http
+        .get(format!("{}/v1/runs/abc", stack.base_url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("send");
     problem(garbage_id, 404, "not_found").await;
 
     // A caller's request id is echoed back.
@@ -197,18 +262,31 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
     let body = problem(echoed, 404, "not_found").await;
     assert_eq!(body["requestId"], "trace-me-42");
 
-    let no_route = stack.http.get(format!("{}/nope", stack.base_url)).send().await.expect("send");
+    let no_route = stack
+        .http
+        .get(format!("{}/nope", stack.base_url))
+        .send()
+        .await
+        .expect("send");
     problem(no_route, 404, "not_found").await;
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn readiness_reports_both_dependencies() {
-    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() })
-        .await
-        .expect("stack starts");
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
     let ready = poll(Duration::from_secs(10), || async {
-        let r = stack.http.get(format!("{}/readyz", stack.base_url)).send().await.ok()?;
+        let r = stack
+            .http
+            .get(format!("{}/readyz", stack.base_url))
+            .send()
+            .await
+            .ok()?;
         let body: Value = r.json().await.ok()?;
         (body["status"] == "ready").then_some(body)
     })

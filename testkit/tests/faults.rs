@@ -31,7 +31,10 @@ async fn killed_worker_run_completes_once() {
     })
     .await
     .expect("stack starts");
-    stack.add_echo_agent("slow-echo", 3000).await.expect("agent");
+    stack
+        .add_echo_agent("slow-echo", 3000)
+        .await
+        .expect("agent");
     let id = run_id(
         stack
             .create_run(&json!({"agentId": "slow-echo", "message": "survive", "webhookUrl": stack.receiver.url}))
@@ -47,9 +50,12 @@ async fn killed_worker_run_completes_once() {
 
     let done = wait_status(&stack, &id, "completed", Duration::from_secs(30)).await;
     assert_eq!(done["result"]["output"], "survive");
-    assert_eq!(done["attempt"], 2, "the reaped run was executed a second time, by the new worker");
+    assert_eq!(
+        done["attempt"], 2,
+        "the reaped run was executed a second time, by the new worker"
+    );
 
-    let received = stack
+    let _received = stack
         .receiver
         .wait_for(Duration::from_secs(15), |r| !r.is_empty())
         .await
@@ -57,12 +63,19 @@ async fn killed_worker_run_completes_once() {
     // Give a duplicate the time it would need (sweeps run every 500 ms).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let received = stack.receiver.received();
-    assert_eq!(received.len(), 1, "exactly one completion webhook: {received:?}");
+    assert_eq!(
+        received.len(),
+        1,
+        "exactly one completion webhook: {received:?}"
+    );
     assert!(received[0].verified);
     assert_eq!(received[0].body["data"]["id"], id.as_str());
     let client = stack.db.client().await.expect("db");
     let deliveries: i64 = client
-        .query_one("SELECT count(*) FROM deliveries WHERE run_id = $1::text::uuid", &[&id])
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE run_id = $1::text::uuid",
+            &[&id],
+        )
         .await
         .expect("query")
         .get(0);
@@ -102,7 +115,10 @@ async fn runs_accepted_while_the_broker_is_unreachable_complete_once_it_is_back(
             .create_run(&json!({"agentId": "echo", "message": format!("offline {n}"), "webhookUrl": stack.receiver.url}))
             .await
             .expect("request");
-        assert!(started.elapsed() < Duration::from_secs(3), "accept must not hang on the broker");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "accept must not hang on the broker"
+        );
         ids.push(run_id(response).await);
     }
     for id in &ids {
@@ -113,7 +129,10 @@ async fn runs_accepted_while_the_broker_is_unreachable_complete_once_it_is_back(
         .wait_for(Duration::from_secs(20), |r| r.len() >= 10)
         .await
         .expect("ten webhooks");
-    let runs: HashSet<&str> = received.iter().filter_map(|r| r.body["data"]["id"].as_str()).collect();
+    let runs: HashSet<&str> = received
+        .iter()
+        .filter_map(|r| r.body["data"]["id"].as_str())
+        .collect();
     assert_eq!(runs.len(), 10);
     assert!(received.iter().all(|r| r.verified));
     stack.shutdown().await;
@@ -135,18 +154,36 @@ async fn database_down_answers_503_with_retry_after_within_a_second() {
             .create_run(&json!({"agentId": "echo", "message": "x"}))
             .await
             .expect("request");
-        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
         assert_eq!(response.status(), 503);
-        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
         let body: Value = response.json().await.expect("problem");
         assert_eq!(body["code"], "service_unavailable");
         assert!(body["requestId"].as_str().is_some_and(|s| !s.is_empty()));
     }
     let started = Instant::now();
-    let get = stack.get_run("01890a5d-ac96-774b-bcce-b302099a8057").await.expect("get");
+    let get = stack
+        .get_run("01890a5d-ac96-774b-bcce-b302099a8057")
+        .await
+        .expect("get");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(get["status"], 503);
-    let ready = stack.http.get(format!("{}/readyz", stack.base_url)).send().await.expect("readyz");
+    let ready = stack
+        .http
+        .get(format!("{}/readyz", stack.base_url))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 503);
     stack.shutdown().await;
 }
@@ -174,13 +211,27 @@ async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
         .expect("three attempts");
     let statuses: Vec<u16> = received.iter().map(|r| r.answered).collect();
     assert_eq!(statuses, vec![500, 500, 200]);
-    assert!(received.iter().all(|r| r.verified), "every attempt is signed validly");
-    assert!(received.iter().all(|r| r.webhook_id == received[0].webhook_id), "webhook-id is stable");
-    assert_ne!(received[0].signature, received[1].signature, "each attempt is signed afresh");
+    assert!(
+        received.iter().all(|r| r.verified),
+        "every attempt is signed validly"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r.webhook_id == received[0].webhook_id),
+        "webhook-id is stable"
+    );
+    assert_ne!(
+        received[0].signature, received[1].signature,
+        "each attempt is signed afresh"
+    );
     assert_ne!(received[1].signature, received[2].signature);
     assert!(received[1].timestamp > received[0].timestamp);
     let gap = received[1].at - received[0].at;
-    assert!(gap >= Duration::from_millis(900), "the retry waited its tier ({gap:?})");
+    assert!(
+        gap >= Duration::from_millis(900),
+        "the retry waited its tier ({gap:?})"
+    );
 
     let client = stack.db.client().await.expect("db");
     let row = client
@@ -208,7 +259,9 @@ async fn a_delivery_that_exhausts_its_schedule_is_marked_failed() {
     .expect("stack starts");
     let id = run_id(
         stack
-            .create_run(&json!({"agentId": "echo", "message": "doomed", "webhookUrl": stack.receiver.url}))
+            .create_run(
+                &json!({"agentId": "echo", "message": "doomed", "webhookUrl": stack.receiver.url}),
+            )
             .await
             .expect("request"),
     )
@@ -216,7 +269,10 @@ async fn a_delivery_that_exhausts_its_schedule_is_marked_failed() {
     let client = stack.db.client().await.expect("db");
     let (status, attempts) = poll(Duration::from_secs(30), || async {
         let row = client
-            .query_one("SELECT status, attempts FROM deliveries WHERE run_id = $1::text::uuid", &[&id])
+            .query_one(
+                "SELECT status, attempts FROM deliveries WHERE run_id = $1::text::uuid",
+                &[&id],
+            )
             .await
             .ok()?;
         let status: String = row.get(0);
@@ -232,10 +288,16 @@ async fn a_delivery_that_exhausts_its_schedule_is_marked_failed() {
 
 #[tokio::test]
 async fn a_terminated_worker_finishes_its_run_before_exiting() {
-    let mut stack = Stack::start(StackOptions { workers: 1, ..StackOptions::default() })
+    let mut stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack
+        .add_echo_agent("one-second", 1000)
         .await
-        .expect("stack starts");
-    stack.add_echo_agent("one-second", 1000).await.expect("agent");
+        .expect("agent");
     let id = run_id(
         stack
             .create_run(&json!({"agentId": "one-second", "message": "graceful"}))
@@ -245,9 +307,15 @@ async fn a_terminated_worker_finishes_its_run_before_exiting() {
     .await;
     wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
     let exit = stack.workers[0].terminate(Duration::from_secs(10));
-    assert!(exit.is_some_and(|s| s.success()), "SIGTERM exits cleanly: {exit:?}");
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM exits cleanly: {exit:?}"
+    );
     let run = stack.get_run(&id).await.expect("get");
-    assert_eq!(run["status"], "completed", "the run in hand finished within the grace period");
+    assert_eq!(
+        run["status"], "completed",
+        "the run in hand finished within the grace period"
+    );
     assert_eq!(run["attempt"], 1);
     stack.shutdown().await;
 }

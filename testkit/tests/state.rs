@@ -50,9 +50,14 @@ async fn of_concurrent_claims_exactly_one_wins() {
             let pool = pool.clone();
             racers.push(tokio::spawn(async move {
                 let client = pool.get().await.expect("connection");
-                runs::claim(&client, run.id, &format!("worker-{n}"), Duration::from_secs(30))
-                    .await
-                    .expect("claim query")
+                runs::claim(
+                    &client,
+                    run.id,
+                    &format!("worker-{n}"),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("claim query")
             }));
         }
         let mut winners = 0;
@@ -83,19 +88,49 @@ async fn a_finished_run_never_changes_again() {
     let stranger = runs::complete(&client, run.id, "w2", &serde_json::json!({"output": "x"}))
         .await
         .expect("query");
-    assert!(stranger.is_none(), "a worker without the lease must not complete the run");
-    let done = runs::complete(&client, run.id, "w1", &serde_json::json!({"output": "hello"}))
-        .await
-        .expect("query")
-        .expect("completed");
+    assert!(
+        stranger.is_none(),
+        "a worker without the lease must not complete the run"
+    );
+    let done = runs::complete(
+        &client,
+        run.id,
+        "w1",
+        &serde_json::json!({"output": "hello"}),
+    )
+    .await
+    .expect("query")
+    .expect("completed");
     assert_eq!(done.status, RunStatus::Completed);
     assert!(done.completed_at.is_some());
-    assert!(runs::claim(&client, run.id, "w3", Duration::from_secs(30)).await.expect("q").is_none());
-    assert!(runs::complete(&client, run.id, "w1", &serde_json::json!({})).await.expect("q").is_none());
-    assert!(runs::fail(&client, run.id, "w1", "x", "y").await.expect("q").is_none());
-    assert!(!runs::heartbeat(&client, run.id, "w1", Duration::from_secs(30)).await.expect("q"));
+    assert!(
+        runs::claim(&client, run.id, "w3", Duration::from_secs(30))
+            .await
+            .expect("q")
+            .is_none()
+    );
+    assert!(
+        runs::complete(&client, run.id, "w1", &serde_json::json!({}))
+            .await
+            .expect("q")
+            .is_none()
+    );
+    assert!(
+        runs::fail(&client, run.id, "w1", "x", "y")
+            .await
+            .expect("q")
+            .is_none()
+    );
+    assert!(
+        !runs::heartbeat(&client, run.id, "w1", Duration::from_secs(30))
+            .await
+            .expect("q")
+    );
     assert!(!runs::release(&client, run.id, "w1").await.expect("q"));
-    let stored = runs::get(&client, "default", run.id).await.expect("q").expect("found");
+    let stored = runs::get(&client, "default", run.id)
+        .await
+        .expect("q")
+        .expect("found");
     assert_eq!(stored.status, RunStatus::Completed);
     assert_eq!(stored.result, Some(serde_json::json!({"output": "hello"})));
 }
@@ -115,21 +150,40 @@ async fn expired_leases_are_requeued_then_failed_when_attempts_run_out() {
     let client = pool.get().await.expect("connection");
     let run = insert(&pool, new_run("twice", Some("http://127.0.0.1:9/hook"))).await;
 
-    runs::claim(&client, run.id, "dead-1", Duration::ZERO).await.expect("q").expect("claimed");
+    runs::claim(&client, run.id, "dead-1", Duration::ZERO)
+        .await
+        .expect("q")
+        .expect("claimed");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let reaped = runs::reap_expired(&client, 10).await.expect("reap");
     assert_eq!(reaped.len(), 1);
-    assert_eq!(reaped[0].status, RunStatus::Queued, "attempts remain, so back to the queue");
-    assert!(!runs::heartbeat(&client, run.id, "dead-1", Duration::from_secs(30)).await.expect("q"));
+    assert_eq!(
+        reaped[0].status,
+        RunStatus::Queued,
+        "attempts remain, so back to the queue"
+    );
+    assert!(
+        !runs::heartbeat(&client, run.id, "dead-1", Duration::from_secs(30))
+            .await
+            .expect("q")
+    );
 
-    let (second, _) = runs::claim(&client, run.id, "dead-2", Duration::ZERO).await.expect("q").expect("claimed");
+    let (second, _) = runs::claim(&client, run.id, "dead-2", Duration::ZERO)
+        .await
+        .expect("q")
+        .expect("claimed");
     assert_eq!(second.attempt, 2);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let reaped = runs::reap_expired(&client, 10).await.expect("reap");
     assert_eq!(reaped.len(), 1);
     assert_eq!(reaped[0].status, RunStatus::Failed, "no attempts left");
     assert_eq!(reaped[0].error_code.as_deref(), Some("lease_expired"));
-    assert!(runs::reap_expired(&client, 10).await.expect("reap").is_empty());
+    assert!(
+        runs::reap_expired(&client, 10)
+            .await
+            .expect("reap")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -138,9 +192,15 @@ async fn a_released_run_keeps_its_attempt_and_can_be_claimed_again() {
     let pool = pool(&db);
     let client = pool.get().await.expect("connection");
     let run = insert(&pool, new_run("echo", None)).await;
-    runs::claim(&client, run.id, "w1", Duration::from_secs(30)).await.expect("q").expect("claimed");
+    runs::claim(&client, run.id, "w1", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
     assert!(runs::release(&client, run.id, "w1").await.expect("q"));
-    let (again, _) = runs::claim(&client, run.id, "w2", Duration::from_secs(30)).await.expect("q").expect("claimed");
+    let (again, _) = runs::claim(&client, run.id, "w2", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
     assert_eq!(again.attempt, 1, "a hand-back does not spend an attempt");
 }
 
@@ -156,10 +216,19 @@ async fn runs_of_unknown_agents_are_not_inserted_and_batches_insert_the_rest() {
     batch.push(new_run("no-such-agent", None));
     let inserted = runs::insert_batch(&client, &batch).await.expect("insert");
     assert_eq!(inserted.len(), 50);
-    assert!(inserted.iter().all(|r| r.status == RunStatus::Queued && r.project_id == "default"));
+    assert!(
+        inserted
+            .iter()
+            .all(|r| r.status == RunStatus::Queued && r.project_id == "default")
+    );
     assert!(!inserted.iter().any(|r| r.id == other_tenant.id));
     // Another tenant cannot read the run.
-    assert!(runs::get(&client, "someone-else", inserted[0].id).await.expect("q").is_none());
+    assert!(
+        runs::get(&client, "someone-else", inserted[0].id)
+            .await
+            .expect("q")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -168,12 +237,22 @@ async fn unclaimed_runs_are_swept_once_per_threshold() {
     let pool = pool(&db);
     let client = pool.get().await.expect("connection");
     let run = insert(&pool, new_run("echo", None)).await;
-    assert!(runs::sweep_unclaimed(&client, Duration::from_secs(60), 10).await.expect("q").is_empty());
+    assert!(
+        runs::sweep_unclaimed(&client, Duration::from_secs(60), 10)
+            .await
+            .expect("q")
+            .is_empty()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let swept = runs::sweep_unclaimed(&client, Duration::from_millis(200), 10).await.expect("q");
+    let swept = runs::sweep_unclaimed(&client, Duration::from_millis(200), 10)
+        .await
+        .expect("q");
     assert_eq!(swept, vec![run.id]);
     assert!(
-        runs::sweep_unclaimed(&client, Duration::from_millis(200), 10).await.expect("q").is_empty(),
+        runs::sweep_unclaimed(&client, Duration::from_millis(200), 10)
+            .await
+            .expect("q")
+            .is_empty(),
         "a swept run waits a whole threshold again"
     );
 }
@@ -184,17 +263,41 @@ async fn a_delivery_is_claimed_once_and_every_attempt_is_recorded() {
     let pool = pool(&db);
     let mut client = pool.get().await.expect("connection");
     let run = insert(&pool, new_run("echo", Some("http://127.0.0.1:9/hook"))).await;
-    runs::claim(&client, run.id, "w", Duration::from_secs(30)).await.expect("q").expect("claimed");
-    let done = runs::complete(&client, run.id, "w", &serde_json::json!({"output": "hello"}))
+    runs::claim(&client, run.id, "w", Duration::from_secs(30))
         .await
         .expect("q")
-        .expect("completed");
-    let ids = deliveries::create_for_run(&client, &done).await.expect("create");
+        .expect("claimed");
+    let done = runs::complete(
+        &client,
+        run.id,
+        "w",
+        &serde_json::json!({"output": "hello"}),
+    )
+    .await
+    .expect("q")
+    .expect("completed");
+    let ids = deliveries::create_for_run(&client, &done)
+        .await
+        .expect("create");
     assert_eq!(ids.len(), 1);
-    assert!(deliveries::create_for_run(&client, &done).await.expect("again").is_empty(), "idempotent");
+    assert!(
+        deliveries::create_for_run(&client, &done)
+            .await
+            .expect("again")
+            .is_empty(),
+        "idempotent"
+    );
 
-    let first = deliveries::claim(&client, ids[0], Duration::from_secs(30)).await.expect("q").expect("claimed");
-    assert!(deliveries::claim(&client, ids[0], Duration::from_secs(30)).await.expect("q").is_none());
+    let first = deliveries::claim(&client, ids[0], Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
+    assert!(
+        deliveries::claim(&client, ids[0], Duration::from_secs(30))
+            .await
+            .expect("q")
+            .is_none()
+    );
     assert_eq!(first.attempt, 1);
     assert_eq!(first.payload["type"], "run.completed");
     assert_eq!(first.payload["data"]["id"], run.id.to_string());
@@ -204,13 +307,42 @@ async fn a_delivery_is_claimed_once_and_every_attempt_is_recorded() {
         error: None,
         latency: Duration::from_millis(3),
     };
-    assert!(deliveries::finish(&mut client, &first, &failed, Next::RetryAfter(Duration::ZERO)).await.expect("q"));
-    let second = deliveries::claim(&client, ids[0], Duration::from_secs(30)).await.expect("q").expect("claimed");
+    assert!(
+        deliveries::finish(
+            &mut client,
+            &first,
+            &failed,
+            Next::RetryAfter(Duration::ZERO)
+        )
+        .await
+        .expect("q")
+    );
+    let second = deliveries::claim(&client, ids[0], Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
     assert_eq!(second.attempt, 2);
-    assert_eq!(second.message_id, first.message_id, "webhook-id is stable across attempts");
-    let ok = Attempt { response_status: Some(204), response_body: None, error: None, latency: Duration::from_millis(1) };
-    assert!(deliveries::finish(&mut client, &second, &ok, Next::Delivered).await.expect("q"));
-    assert!(!deliveries::finish(&mut client, &second, &ok, Next::Delivered).await.expect("q"), "already finished");
+    assert_eq!(
+        second.message_id, first.message_id,
+        "webhook-id is stable across attempts"
+    );
+    let ok = Attempt {
+        response_status: Some(204),
+        response_body: None,
+        error: None,
+        latency: Duration::from_millis(1),
+    };
+    assert!(
+        deliveries::finish(&mut client, &second, &ok, Next::Delivered)
+            .await
+            .expect("q")
+    );
+    assert!(
+        !deliveries::finish(&mut client, &second, &ok, Next::Delivered)
+            .await
+            .expect("q"),
+        "already finished"
+    );
     let row = client
         .query_one(
             "SELECT d.status, count(a.*) FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id \
@@ -229,7 +361,9 @@ async fn concurrent_migrations_apply_each_migration_once() {
     // A second, empty database migrated by several processes' worth of callers at once.
     let raw = db.client().await.expect("client");
     let empty = format!("{}_empty", db.name);
-    raw.batch_execute(&format!("CREATE DATABASE {empty}")).await.expect("create");
+    raw.batch_execute(&format!("CREATE DATABASE {empty}"))
+        .await
+        .expect("create");
     let url = format!("{}/{empty}", switchyard_testkit::postgres_base());
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -240,8 +374,13 @@ async fn concurrent_migrations_apply_each_migration_once() {
     for task in tasks {
         applied += task.await.expect("join").expect("migrate succeeds");
     }
-    assert_eq!(applied, 2, "each migration applied exactly once across all callers");
-    let (check, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    assert_eq!(
+        applied, 2,
+        "each migration applied exactly once across all callers"
+    );
+    let (check, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     let driver = tokio::spawn(conn);
     let n: i64 = check
         .query_one("SELECT count(*) FROM refinery_schema_history", &[])
@@ -251,5 +390,7 @@ async fn concurrent_migrations_apply_each_migration_once() {
     assert_eq!(n, 2);
     drop(check);
     driver.abort();
-    raw.batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)")).await.expect("drop");
+    raw.batch_execute(&format!("DROP DATABASE {empty} WITH (FORCE)"))
+        .await
+        .expect("drop");
 }

@@ -74,7 +74,11 @@ struct Ctx {
 
 fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-    format!("{host}-{}-{}", std::process::id(), &Uuid::now_v7().simple().to_string()[24..])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &Uuid::now_v7().simple().to_string()[24..]
+    )
 }
 
 /// Runs the worker until `shutdown`, then drains: no new runs are taken, running ones get
@@ -100,9 +104,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let maintenance = tokio::spawn(maintain(ctx.clone(), config.clone()));
     let handler_ctx = ctx.clone();
     broker
-        .consume(broker.topology().runs(), config.concurrency, shutdown.clone(), move |delivery| {
-            handle(handler_ctx.clone(), delivery)
-        })
+        .consume(
+            broker.topology().runs(),
+            config.concurrency,
+            shutdown.clone(),
+            move |delivery| handle(handler_ctx.clone(), delivery),
+        )
         .await;
     maintenance.abort();
     broker_shutdown.cancel();
@@ -138,7 +145,10 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), "cannot claim; requeueing the message");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "cannot claim; requeueing the message"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = delivery
                     .nack(BasicNackOptions {
@@ -186,7 +196,9 @@ async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
         tokio::time::sleep(every).await;
         let beat = async {
             let client = ctx.pool.get().await.ok()?;
-            runs::heartbeat(&client, run_id, &ctx.owner, ctx.lease).await.ok()
+            runs::heartbeat(&client, run_id, &ctx.owner, ctx.lease)
+                .await
+                .ok()
         };
         match beat.await {
             Some(true) => {}
@@ -281,11 +293,18 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
         }
         tx.commit().await?;
         if !reaped.is_empty() {
-            tracing::warn!(requeued = requeued.len(), failed = reaped.len() - requeued.len(), "reaped expired leases");
+            tracing::warn!(
+                requeued = requeued.len(),
+                failed = reaped.len() - requeued.len(),
+                "reaped expired leases"
+            );
         }
         (requeued, delivery_ids)
     };
-    ctx.broker.publish_ids(&topology.runs(), &requeued).await.ok();
+    ctx.broker
+        .publish_ids(&topology.runs(), &requeued)
+        .await
+        .ok();
     ctx.broker
         .publish_ids(&topology.deliveries(), &failed_deliveries)
         .await
@@ -298,13 +317,25 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     let client = ctx.pool.get().await?;
     let unclaimed = runs::sweep_unclaimed(&client, config.sweep_after, BATCH).await?;
     if !unclaimed.is_empty() {
-        let sent = ctx.broker.publish_ids(&topology.runs(), &unclaimed).await.unwrap_or(0);
+        let sent = ctx
+            .broker
+            .publish_ids(&topology.runs(), &unclaimed)
+            .await
+            .unwrap_or(0);
         tracing::info!(found = unclaimed.len(), sent, "republished unclaimed runs");
     }
     let stalled = deliveries::sweep_stalled(&client, config.delivery_sweep_after, BATCH).await?;
     if !stalled.is_empty() {
-        let sent = ctx.broker.publish_ids(&topology.deliveries(), &stalled).await.unwrap_or(0);
-        tracing::info!(found = stalled.len(), sent, "republished stalled deliveries");
+        let sent = ctx
+            .broker
+            .publish_ids(&topology.deliveries(), &stalled)
+            .await
+            .unwrap_or(0);
+        tracing::info!(
+            found = stalled.len(),
+            sent,
+            "republished stalled deliveries"
+        );
     }
     Ok(())
 }

@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(applied, "migrations applied");
         }
         Command::Serve(config) => {
-            let _guard = switchyard_common::telemetry::init("switchyard-worker", &config.telemetry)?;
+            let _guard =
+                switchyard_common::telemetry::init("switchyard-worker", &config.telemetry)?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {

@@ -12,11 +12,11 @@ use switchyard_common::runs::{self, NewRun};
 use switchyard_common::{Run, db};
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::accept::StoreError;
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::json::JsonBody;
-use crate::AppState;
 
 /// Largest `message`, in bytes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -74,19 +74,21 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
     if body.message.is_none() && body.inputs.is_none() {
         return Err(ApiError::bad_request("give a `message`, `inputs`, or both"));
     }
-    if let Some(message) = &body.message {
-        if message.len() > MAX_MESSAGE_BYTES {
-            return Err(ApiError::bad_request(format!(
-                "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
-            )));
-        }
+    if let Some(message) = &body.message
+        && message.len() > MAX_MESSAGE_BYTES
+    {
+        return Err(ApiError::bad_request(format!(
+            "`message` is longer than {MAX_MESSAGE_BYTES} bytes"
+        )));
     }
-    if let Some(inputs) = &body.inputs {
-        if !inputs.is_object() {
-            return Err(ApiError::bad_request("`inputs` must be a JSON object"));
-        }
+    if let Some(inputs) = &body.inputs
+        && !inputs.is_object()
+    {
+        return Err(ApiError::bad_request("`inputs` must be a JSON object"));
     }
-    let metadata = body.metadata.unwrap_or_else(|| Value::Object(Default::default()));
+    let metadata = body
+        .metadata
+        .unwrap_or_else(|| Value::Object(Default::default()));
     if !metadata.is_object() {
         return Err(ApiError::bad_request("`metadata` must be a JSON object"));
     }
@@ -156,7 +158,11 @@ pub async fn create(
         .map_err(|_| ApiError::unavailable())?;
     let run = match stored {
         Ok(Some(run)) => run,
-        Ok(None) => return Err(ApiError::not_found(format!("agent `{agent_id}` was not found"))),
+        Ok(None) => {
+            return Err(ApiError::not_found(format!(
+                "agent `{agent_id}` was not found"
+            )));
+        }
         Err(StoreError::Unavailable) => return Err(ApiError::unavailable()),
         Err(err @ StoreError::Internal(_)) => return Err(ApiError::internal(err)),
     };
@@ -168,10 +174,10 @@ pub async fn create(
         tracing::warn!(run_id = %run.id, error = %err, "run stored but not published yet; retrying in the background");
         state.backlog.push(run.id);
     }
-    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-        if let Some(done) = wait_for_end(&state, &run, wait).await {
-            return Ok((StatusCode::OK, axum::Json(done)).into_response());
-        }
+    if let Some(wait) = wait.filter(|w| !w.is_zero())
+        && let Some(done) = wait_for_end(&state, &run, wait).await
+    {
+        return Ok((StatusCode::OK, axum::Json(done)).into_response());
     }
     Ok(accepted(&run))
 }
@@ -182,13 +188,15 @@ async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run
     let deadline = tokio::time::Instant::now() + wait;
     let mut every = Duration::from_millis(50);
     loop {
-        tokio::time::sleep(every.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
-        if let Ok(client) = state.pool.get().await {
-            if let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await {
-                if now.status.is_terminal() {
-                    return Some(now);
-                }
-            }
+        tokio::time::sleep(
+            every.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+        if let Ok(client) = state.pool.get().await
+            && let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await
+            && now.status.is_terminal()
+        {
+            return Some(now);
         }
         if tokio::time::Instant::now() >= deadline {
             return None;
@@ -245,9 +253,15 @@ mod tests {
 
     #[test]
     fn accepts_agent_id_or_app_id() {
-        let a = validate(body(serde_json::json!({"agentId": "echo", "message": "hi"}))).expect("valid");
+        let a = validate(body(
+            serde_json::json!({"agentId": "echo", "message": "hi"}),
+        ))
+        .expect("valid");
         assert_eq!(a.agent_id, "echo");
-        let b = validate(body(serde_json::json!({"appId": "echo", "inputs": {"x": 1}}))).expect("valid");
+        let b = validate(body(
+            serde_json::json!({"appId": "echo", "inputs": {"x": 1}}),
+        ))
+        .expect("valid");
         assert_eq!(b.agent_id, "echo");
         assert_eq!(b.metadata, serde_json::json!({}));
     }

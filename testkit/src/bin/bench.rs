@@ -1,1 +1,226 @@
-fn main() {}
+//! `bench`: measures Switchyard on this machine with the echo agent, beside the raw pgbench
+//! single-row INSERT rate taken in the same run. Prints a Markdown report.
+//!
+//! - durable accept: `POST /v1/runs` throughput and latency at several concurrencies, workers off;
+//! - end to end: invocation → echo run → verified webhook, latency and throughput, with the CPU
+//!   time the ingress, workers and notifier spent per run.
+//!
+//! Run it through `scripts/bench.sh`, which builds the release binaries first.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use serde_json::{Value, json};
+use switchyard_testkit::{API_TOKEN, Stack, StackOptions, postgres_base, unique};
+use tokio::sync::Semaphore;
+
+#[derive(Parser)]
+#[command(name = "bench", about = "Switchyard throughput and latency on this machine")]
+struct Args {
+    /// Requests per accept measurement.
+    #[arg(long, default_value_t = 5000)]
+    accept_requests: usize,
+    /// Client concurrencies to measure accept at.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    accept_concurrency: Vec<usize>,
+    /// Runs per end-to-end measurement.
+    #[arg(long, default_value_t = 3000)]
+    e2e_runs: usize,
+    /// Client concurrencies to measure end to end at.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    e2e_concurrency: Vec<usize>,
+    /// Workers in the end-to-end stack.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds each pgbench measurement runs.
+    #[arg(long, default_value_t = 10)]
+    pgbench_seconds: u32,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+/// pgbench's rate of single-row INSERT commits with `clients` connections.
+fn pgbench(clients: u32, seconds: u32) -> anyhow::Result<f64> {
+    let db = format!("sy_pgbench_{}", unique());
+    let base = postgres_base();
+    let psql = |sql: &str| {
+        Command::new("psql")
+            .args([&format!("{base}/postgres"), "-qc", sql])
+            .status()
+    };
+    psql(&format!("CREATE DATABASE {db}"))?;
+    let url = format!("{base}/{db}");
+    Command::new("psql")
+        .args([&url, "-qc", "CREATE TABLE t (id bigserial PRIMARY KEY, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now())"])
+        .status()?;
+    let script = std::env::temp_dir().join(format!("{db}.sql"));
+    std::fs::write(&script, "INSERT INTO t (payload) VALUES ('{\"message\":\"hello\"}');\n")?;
+    let out = Command::new("pgbench")
+        .args(["-n", "-f"])
+        .arg(&script)
+        .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string(), &url])
+        .output()
+        .context("running pgbench (apt-get install postgresql-contrib if it is missing)")?;
+    let _ = std::fs::remove_file(&script);
+    psql(&format!("DROP DATABASE {db} WITH (FORCE)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no tps in pgbench output: {text}"))
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn stack_cpu(stack: &Stack) -> f64 {
+    let mut pids = vec![stack.ingress.pid(), stack.notifier.pid()];
+    pids.extend(stack.workers.iter().map(|w| w.pid()));
+    pids.into_iter().map(cpu_seconds).sum()
+}
+
+struct Load {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    sent_at: HashMap<String, Instant>,
+    failures: usize,
+}
+
+async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&str>) -> Load {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap_or_default();
+    let url = format!("{}/v1/runs", stack.base_url);
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for n in 0..total {
+        let Ok(permit) = gate.clone().acquire_owned().await else { break };
+        let http = http.clone();
+        let url = url.clone();
+        let mut body = json!({"agentId": "echo", "message": format!("bench {n}")});
+        if let Some(hook) = webhook {
+            body["webhookUrl"] = json!(hook);
+        }
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = http.post(url).bearer_auth(API_TOKEN).json(&body).send().await;
+            let latency = sent.elapsed();
+            drop(permit);
+            let id = match response {
+                Ok(r) if r.status() == 202 => r.json::<Value>().await.ok().and_then(|v| v["id"].as_str().map(str::to_owned)),
+                _ => None,
+            };
+            (id, sent, latency)
+        }));
+    }
+    let mut result = Load { latencies: Vec::with_capacity(total), elapsed: Duration::ZERO, sent_at: HashMap::new(), failures: 0 };
+    for task in tasks {
+        match task.await {
+            Ok((Some(id), sent, latency)) => {
+                result.latencies.push(latency);
+                result.sent_at.insert(id, sent);
+            }
+            _ => result.failures += 1,
+        }
+    }
+    result.elapsed = started.elapsed();
+    result.latencies.sort();
+    result
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("## Run of {}\n", time::OffsetDateTime::now_utc().date());
+    println!("Machine: {cores} cores, shared by PostgreSQL, RabbitMQ, Switchyard and the load generator.\n");
+
+    eprintln!("[bench] pgbench");
+    let pg1 = pgbench(1, args.pgbench_seconds)?;
+    let pg32 = pgbench(32, args.pgbench_seconds)?;
+    println!("### Baseline: pgbench single-row INSERT commits\n");
+    println!("| clients | INSERT commits/s |\n|---|---|");
+    println!("| 1 | {pg1:.0} |\n| 32 | {pg32:.0} |\n");
+
+    println!("### Durable accept (`POST /v1/runs` → 202; workers off)\n");
+    println!("| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|");
+    for &c in &args.accept_concurrency {
+        eprintln!("[bench] accept at concurrency {c}");
+        let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await?;
+        // Warm the connections up.
+        let _ = load(&stack, 200.min(args.accept_requests), c, None).await;
+        let run = load(&stack, args.accept_requests, c, None).await;
+        println!(
+            "| {c} | {} | {:.0} | {} | {} | {} |",
+            args.accept_requests,
+            run.latencies.len() as f64 / run.elapsed.as_secs_f64(),
+            ms(percentile(&run.latencies, 50.0)),
+            ms(percentile(&run.latencies, 99.0)),
+            run.failures
+        );
+        stack.shutdown().await;
+    }
+
+    println!("\n### End to end (invocation → echo run → verified webhook; {} workers)\n", args.workers);
+    println!("| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run |\n|---|---|---|---|---|---|---|");
+    for &c in &args.e2e_concurrency {
+        eprintln!("[bench] end to end at concurrency {c}");
+        let stack = Stack::start(StackOptions { workers: args.workers, ..StackOptions::default() }).await?;
+        let hook = stack.receiver.url.clone();
+        let _ = load(&stack, 200.min(args.e2e_runs), c, Some(&hook)).await;
+        stack.receiver.wait_for(Duration::from_secs(60), |r| r.len() >= 200.min(args.e2e_runs)).await?;
+        let base = stack.receiver.received().len();
+        let cpu_before = stack_cpu(&stack);
+        let started = Instant::now();
+        let run = load(&stack, args.e2e_runs, c, Some(&hook)).await;
+        let expected = base + run.sent_at.len();
+        let received = stack.receiver.wait_for(Duration::from_secs(300), |r| r.len() >= expected).await?;
+        let cpu = stack_cpu(&stack) - cpu_before;
+        let mut e2e: Vec<Duration> = received[base..]
+            .iter()
+            .filter_map(|r| {
+                let id = r.body["data"]["id"].as_str()?;
+                run.sent_at.get(id).map(|sent| r.at.duration_since(*sent))
+            })
+            .collect();
+        e2e.sort();
+        let last = received[base..].iter().map(|r| r.at).max().unwrap_or(started);
+        let verified = received[base..].iter().filter(|r| r.verified).count();
+        println!(
+            "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {:.2} |",
+            run.sent_at.len(),
+            e2e.len() as f64 / last.duration_since(started).as_secs_f64(),
+            ms(percentile(&e2e, 50.0)),
+            ms(percentile(&e2e, 99.0)),
+            e2e.len(),
+            cpu * 1e3 / e2e.len().max(1) as f64,
+        );
+        stack.shutdown().await;
+    }
+    Ok(())
+}
