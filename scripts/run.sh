@@ -17,6 +17,8 @@ export SWITCHYARD_WEBHOOK_SECRET=${SWITCHYARD_WEBHOOK_SECRET:-whsec_MfKQ9r8GKYqr
 export SWITCHYARD_LOG=${SWITCHYARD_LOG:-info}
 export SWITCHYARD_LOG_FORMAT=${SWITCHYARD_LOG_FORMAT:-text}
 export SWITCHYARD_INGRESS_LISTEN=127.0.0.1:$PORT
+# The inbox is on loopback, which the egress guard refuses unless allow-listed.
+export SWITCHYARD_EGRESS_ALLOW=${SWITCHYARD_EGRESS_ALLOW:-127.0.0.0/8}
 
 scripts/ensure-services.sh
 echo "[run] building" >&2

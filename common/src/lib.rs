@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod config;
 pub mod db;
 pub mod deliveries;
+pub mod egress;
 pub mod model;
 pub mod problem;
 pub mod runs;

@@ -16,6 +16,7 @@ use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
 };
 use switchyard_common::deliveries::{self, Attempt, Next, Outgoing};
+use switchyard_common::egress::{self, Guard, Refused};
 use switchyard_common::signing::Secret;
 use switchyard_common::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// Networks webhooks may reach besides public addresses, comma-separated CIDRs
+    /// (e.g. `127.0.0.0/8` for local development). Everything else non-public is refused.
+    #[arg(long, env = "SWITCHYARD_EGRESS_ALLOW", default_value = "")]
+    pub egress_allow: String,
+
     /// Deliveries attempted at once by this process.
     #[arg(long, env = "SWITCHYARD_NOTIFIER_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
@@ -62,6 +68,7 @@ struct Ctx {
     pool: Pool,
     broker: Broker,
     http: reqwest::Client,
+    guard: Guard,
     secret: Secret,
     schedule: Schedule,
     lease: Duration,
@@ -82,17 +89,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.broker.publish_timeout,
         broker_shutdown.clone(),
     );
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(config.request_timeout)
-        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
-        .user_agent(concat!("Switchyard-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("building the HTTP client")?;
+    let guard = Guard::parse(&config.egress_allow).map_err(anyhow::Error::msg)?;
+    let http = egress::client(
+        &guard,
+        config.request_timeout,
+        concat!("Switchyard-Webhooks/", env!("CARGO_PKG_VERSION")),
+    )
+    .context("building the HTTP client")?;
     let ctx = Ctx {
         pool,
         broker: broker.clone(),
         http,
+        guard,
         secret,
         schedule,
         // Long enough that a live attempt is never swept from under us.
@@ -154,10 +162,15 @@ async fn handle(ctx: Ctx, message: Delivery) {
 }
 
 async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
-    let attempt = send(ctx, out)
+    let (attempt, refused) = send(ctx, out)
         .instrument(tracing::info_span!("webhook attempt", attempt = out.attempt, url = %out.url, otel.kind = "client"))
         .await;
-    let next = decide(&ctx.schedule, out.attempt, &attempt);
+    // A refused destination will not become allowed by waiting.
+    let next = if refused {
+        Next::GiveUp
+    } else {
+        decide(&ctx.schedule, out.attempt, &attempt)
+    };
     tracing::info!(
         delivery_id = %out.id,
         run_id = %out.run_id,
@@ -204,8 +217,24 @@ pub fn decide(schedule: &Schedule, attempt_number: i32, attempt: &Attempt) -> Ne
     }
 }
 
-async fn send(ctx: &Ctx, out: &Outgoing) -> Attempt {
+/// Makes one attempt; the flag says the SSRF guard refused the destination.
+async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
     let started = Instant::now();
+    let refusal = match reqwest::Url::parse(&out.url) {
+        Ok(url) => egress::check_url(&ctx.guard, &url)
+            .err()
+            .map(|r| r.to_string()),
+        Err(_) => Some("the webhook URL is not valid".to_owned()),
+    };
+    if let Some(reason) = refusal {
+        let attempt = Attempt {
+            response_status: None,
+            response_body: None,
+            error: Some(reason),
+            latency: started.elapsed(),
+        };
+        return (attempt, true);
+    }
     let body = serde_json::to_vec(&out.payload).unwrap_or_default();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = ctx.secret.sign(&out.message_id, timestamp, &body);
@@ -230,24 +259,42 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> Attempt {
                 }
             }
             captured.truncate(CAPTURE_BYTES);
-            Attempt {
+            let attempt = Attempt {
                 response_status: Some(status),
                 response_body: Some(String::from_utf8_lossy(&captured).into_owned()),
                 error: None,
                 latency: started.elapsed(),
-            }
+            };
+            (attempt, false)
         }
-        Err(err) => Attempt {
-            response_status: None,
-            response_body: None,
-            error: Some(describe(&err)),
-            latency: started.elapsed(),
-        },
+        Err(err) => {
+            let refused = refused_by_guard(&err);
+            let attempt = Attempt {
+                response_status: None,
+                response_body: None,
+                error: Some(describe(&err)),
+                latency: started.elapsed(),
+            };
+            (attempt, refused)
+        }
     }
 }
 
+fn refused_by_guard(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<Refused>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn describe(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
+    if refused_by_guard(err) {
+        "refused by the egress guard: the host resolves to no public or allow-listed address".into()
+    } else if err.is_timeout() {
         "the request timed out".into()
     } else if err.is_connect() {
         "could not connect to the endpoint".into()

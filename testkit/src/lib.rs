@@ -232,6 +232,8 @@ pub struct StackOptions {
     /// Point the ingress at this database URL instead of the test database.
     pub ingress_database_url: Option<String>,
     pub receiver_script: Vec<u16>,
+    /// `SWITCHYARD_EGRESS_ALLOW` of the notifier; loopback by default, since receivers live there.
+    pub egress_allow: &'static str,
 }
 
 impl Default for StackOptions {
@@ -244,6 +246,7 @@ impl Default for StackOptions {
             ingress_amqp_url: None,
             ingress_database_url: None,
             receiver_script: Vec::new(),
+            egress_allow: "127.0.0.0/8",
         }
     }
 }
@@ -414,6 +417,7 @@ fn notifier_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'sta
     env.push(("SWITCHYARD_WEBHOOK_SECRET", WEBHOOK_SECRET.into()));
     env.push(("SWITCHYARD_RETRY_SCHEDULE", options.retry_schedule.into()));
     env.push(("SWITCHYARD_WEBHOOK_TIMEOUT", "5s".into()));
+    env.push(("SWITCHYARD_EGRESS_ALLOW", options.egress_allow.into()));
     env
 }
 

@@ -319,3 +319,50 @@ async fn a_terminated_worker_finishes_its_run_before_exiting() {
     assert_eq!(run["attempt"], 1);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn webhooks_to_private_addresses_are_refused_without_a_request() {
+    let stack = Stack::start(StackOptions {
+        egress_allow: "",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let literal = stack.receiver.url.clone();
+    let by_name = literal.replace("127.0.0.1", "localhost");
+    let mut ids = Vec::new();
+    for hook in [&literal, &by_name] {
+        ids.push(
+            run_id(
+                stack
+                    .create_run(&json!({"agentId": "echo", "message": "nope", "webhookUrl": hook}))
+                    .await
+                    .expect("request"),
+            )
+            .await,
+        );
+    }
+    let client = stack.db.client().await.expect("db");
+    for id in &ids {
+        let (attempts, error) = poll(Duration::from_secs(20), || async {
+            let row = client
+                .query_one("SELECT status, attempts, last_error FROM deliveries WHERE run_id = $1::text::uuid", &[id])
+                .await
+                .ok()?;
+            (row.get::<_, String>(0) == "failed").then(|| (row.get::<_, i32>(1), row.get::<_, Option<String>>(2)))
+        })
+        .await
+        .expect("the delivery fails at once");
+        assert_eq!(attempts, 1, "a refused destination is not retried");
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("not a public address") || error.contains("egress guard"),
+            "{error}"
+        );
+    }
+    assert!(
+        stack.receiver.received().is_empty(),
+        "no request reached the private address"
+    );
+    stack.shutdown().await;
+}

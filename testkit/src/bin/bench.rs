@@ -19,7 +19,10 @@ use switchyard_testkit::{API_TOKEN, Stack, StackOptions, postgres_base, unique};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
-#[command(name = "bench", about = "Switchyard throughput and latency on this machine")]
+#[command(
+    name = "bench",
+    about = "Switchyard throughput and latency on this machine"
+)]
 struct Args {
     /// Requests per accept measurement.
     #[arg(long, default_value_t = 5000)]
@@ -68,11 +71,22 @@ fn pgbench(clients: u32, seconds: u32) -> anyhow::Result<f64> {
         .args([&url, "-qc", "CREATE TABLE t (id bigserial PRIMARY KEY, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now())"])
         .status()?;
     let script = std::env::temp_dir().join(format!("{db}.sql"));
-    std::fs::write(&script, "INSERT INTO t (payload) VALUES ('{\"message\":\"hello\"}');\n")?;
+    std::fs::write(
+        &script,
+        "INSERT INTO t (payload) VALUES ('{\"message\":\"hello\"}');\n",
+    )?;
     let out = Command::new("pgbench")
         .args(["-n", "-f"])
         .arg(&script)
-        .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string(), "-T", &seconds.to_string(), &url])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-T",
+            &seconds.to_string(),
+            &url,
+        ])
         .output()
         .context("running pgbench (apt-get install postgresql-contrib if it is missing)")?;
     let _ = std::fs::remove_file(&script);
@@ -87,11 +101,20 @@ fn pgbench(clients: u32, seconds: u32) -> anyhow::Result<f64> {
 
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -119,7 +142,9 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for n in 0..total {
-        let Ok(permit) = gate.clone().acquire_owned().await else { break };
+        let Ok(permit) = gate.clone().acquire_owned().await else {
+            break;
+        };
         let http = http.clone();
         let url = url.clone();
         let mut body = json!({"agentId": "echo", "message": format!("bench {n}")});
@@ -128,17 +153,31 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
         }
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
-            let response = http.post(url).bearer_auth(API_TOKEN).json(&body).send().await;
+            let response = http
+                .post(url)
+                .bearer_auth(API_TOKEN)
+                .json(&body)
+                .send()
+                .await;
             let latency = sent.elapsed();
             drop(permit);
             let id = match response {
-                Ok(r) if r.status() == 202 => r.json::<Value>().await.ok().and_then(|v| v["id"].as_str().map(str::to_owned)),
+                Ok(r) if r.status() == 202 => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
                 _ => None,
             };
             (id, sent, latency)
         }));
     }
-    let mut result = Load { latencies: Vec::with_capacity(total), elapsed: Duration::ZERO, sent_at: HashMap::new(), failures: 0 };
+    let mut result = Load {
+        latencies: Vec::with_capacity(total),
+        elapsed: Duration::ZERO,
+        sent_at: HashMap::new(),
+        failures: 0,
+    };
     for task in tasks {
         match task.await {
             Ok((Some(id), sent, latency)) => {
@@ -156,9 +195,13 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("## Run of {}\n", time::OffsetDateTime::now_utc().date());
-    println!("Machine: {cores} cores, shared by PostgreSQL, RabbitMQ, Switchyard and the load generator.\n");
+    println!(
+        "Machine: {cores} cores, shared by PostgreSQL, RabbitMQ, Switchyard and the load generator.\n"
+    );
 
     eprintln!("[bench] pgbench");
     let pg1 = pgbench(1, args.pgbench_seconds)?;
@@ -168,10 +211,16 @@ async fn main() -> anyhow::Result<()> {
     println!("| 1 | {pg1:.0} |\n| 32 | {pg32:.0} |\n");
 
     println!("### Durable accept (`POST /v1/runs` → 202; workers off)\n");
-    println!("| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|");
+    println!(
+        "| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|"
+    );
     for &c in &args.accept_concurrency {
         eprintln!("[bench] accept at concurrency {c}");
-        let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await?;
+        let stack = Stack::start(StackOptions {
+            workers: 0,
+            ..StackOptions::default()
+        })
+        .await?;
         // Warm the connections up.
         let _ = load(&stack, 200.min(args.accept_requests), c, None).await;
         let run = load(&stack, args.accept_requests, c, None).await;
@@ -186,20 +235,37 @@ async fn main() -> anyhow::Result<()> {
         stack.shutdown().await;
     }
 
-    println!("\n### End to end (invocation → echo run → verified webhook; {} workers)\n", args.workers);
-    println!("| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run |\n|---|---|---|---|---|---|---|");
+    println!(
+        "\n### End to end (invocation → echo run → verified webhook; {} workers)\n",
+        args.workers
+    );
+    println!(
+        "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run |\n|---|---|---|---|---|---|---|"
+    );
     for &c in &args.e2e_concurrency {
         eprintln!("[bench] end to end at concurrency {c}");
-        let stack = Stack::start(StackOptions { workers: args.workers, ..StackOptions::default() }).await?;
+        let stack = Stack::start(StackOptions {
+            workers: args.workers,
+            ..StackOptions::default()
+        })
+        .await?;
         let hook = stack.receiver.url.clone();
         let _ = load(&stack, 200.min(args.e2e_runs), c, Some(&hook)).await;
-        stack.receiver.wait_for(Duration::from_secs(60), |r| r.len() >= 200.min(args.e2e_runs)).await?;
+        stack
+            .receiver
+            .wait_for(Duration::from_secs(60), |r| {
+                r.len() >= 200.min(args.e2e_runs)
+            })
+            .await?;
         let base = stack.receiver.received().len();
         let cpu_before = stack_cpu(&stack);
         let started = Instant::now();
         let run = load(&stack, args.e2e_runs, c, Some(&hook)).await;
         let expected = base + run.sent_at.len();
-        let received = stack.receiver.wait_for(Duration::from_secs(300), |r| r.len() >= expected).await?;
+        let received = stack
+            .receiver
+            .wait_for(Duration::from_secs(300), |r| r.len() >= expected)
+            .await?;
         let cpu = stack_cpu(&stack) - cpu_before;
         let mut e2e: Vec<Duration> = received[base..]
             .iter()
@@ -209,7 +275,11 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect();
         e2e.sort();
-        let last = received[base..].iter().map(|r| r.at).max().unwrap_or(started);
+        let last = received[base..]
+            .iter()
+            .map(|r| r.at)
+            .max()
+            .unwrap_or(started);
         let verified = received[base..].iter().filter(|r| r.verified).count();
         println!(
             "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {:.2} |",
