@@ -130,3 +130,51 @@ pub fn current_trace_http_headers() -> Vec<(String, String)> {
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
     headers.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    #[test]
+    fn trace_context_travels_through_amqp_headers() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let producer = tracing::info_span!("publish");
+            let headers = producer.in_scope(current_trace_headers);
+            let sent_trace = producer.context().span().span_context().trace_id();
+            let traceparent = match headers.inner().get("traceparent") {
+                Some(AMQPValue::LongString(s)) => {
+                    String::from_utf8_lossy(s.as_bytes()).into_owned()
+                }
+                other => panic!("no traceparent header: {other:?}"),
+            };
+            assert!(traceparent.starts_with("00-"), "{traceparent}");
+            assert!(traceparent.contains(&sent_trace.to_string()));
+
+            let consumer = tracing::info_span!("process");
+            adopt_trace_parent(&consumer, Some(&headers));
+            let received_trace = consumer.context().span().span_context().trace_id();
+            assert_eq!(
+                received_trace, sent_trace,
+                "the consumer joins the producer's trace"
+            );
+
+            let http = producer.in_scope(current_trace_http_headers);
+            assert!(
+                http.iter()
+                    .any(|(k, v)| k == "traceparent" && v.contains(&sent_trace.to_string()))
+            );
+        });
+    }
+
+    #[test]
+    fn no_headers_leave_the_span_alone() {
+        let span = tracing::info_span!("orphan");
+        adopt_trace_parent(&span, None);
+        assert!(current_trace_headers().inner().get("traceparent").is_none());
+    }
+}
