@@ -319,6 +319,25 @@ impl Broker {
         }
     }
 
+    /// How many messages wait in `queue`, ready for a consumer (unacked ones not counted).
+    /// `None` when not connected.
+    pub async fn ready_count(&self, queue: &str) -> Option<u32> {
+        let live = self.live()?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = tokio::time::timeout(
+            self.0.publish_timeout,
+            live.publisher
+                .queue_declare(queue.into(), options, FieldTable::default()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(declared.message_count())
+    }
+
     /// Publishes one id to `queue` and waits for the broker's confirm. Concurrent callers share
     /// one channel, so their confirms are pipelined rather than serialised.
     pub async fn publish_id(&self, queue: &str, id: Uuid) -> Result<(), PublishError> {

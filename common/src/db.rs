@@ -99,6 +99,17 @@ pub fn pg_unavailable(err: &tokio_postgres::Error) -> bool {
     match err.code() {
         // statement_timeout, admin shutdown, crash shutdown, cannot connect now.
         Some(code) => matches!(code.code(), "57014" | "57P01" | "57P02" | "57P03" | "55P03"),
-        None => true,
+        // No SQLSTATE: a connection-level failure if an I/O error lies beneath, else a bug
+        // (a type mismatch, say) that must not hide behind a 503.
+        None => {
+            let mut source = std::error::Error::source(err);
+            while let Some(e) = source {
+                if e.is::<std::io::Error>() {
+                    return true;
+                }
+                source = e.source();
+            }
+            false
+        }
     }
 }

@@ -105,7 +105,8 @@ pub async fn claim(
 }
 
 /// Records an attempt and moves the delivery on (`sending → delivered | pending | failed`), in one
-/// transaction. Returns `false` if the delivery was no longer ours (its lease was swept).
+/// transaction. Guarded by the attempt number, so a late finish of a swept attempt cannot
+/// overwrite a newer one. Returns `false` if the delivery was no longer ours.
 pub async fn finish(
     client: &mut deadpool_postgres::Client,
     out: &Outgoing,
@@ -140,8 +141,8 @@ pub async fn finish(
             tx.execute(
                 "UPDATE deliveries SET status = 'delivered', delivered_at = now(), lease_expires_at = NULL, \
                         last_error = NULL, updated_at = now() \
-                 WHERE id = $1 AND status = 'sending'",
-                &[&out.id],
+                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+                &[&out.id, &out.attempt],
             )
             .await?
         }
@@ -149,8 +150,8 @@ pub async fn finish(
             tx.execute(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = now() + make_interval(secs => $2), \
                         lease_expires_at = NULL, last_error = $3, updated_at = now() \
-                 WHERE id = $1 AND status = 'sending'",
-                &[&out.id, &delay.as_secs_f64(), &last_error],
+                 WHERE id = $1 AND status = 'sending' AND attempts = $4",
+                &[&out.id, &delay.as_secs_f64(), &last_error, &out.attempt],
             )
             .await?
         }
@@ -158,8 +159,8 @@ pub async fn finish(
             tx.execute(
                 "UPDATE deliveries SET status = 'failed', lease_expires_at = NULL, last_error = $2, \
                         updated_at = now() \
-                 WHERE id = $1 AND status = 'sending'",
-                &[&out.id, &last_error],
+                 WHERE id = $1 AND status = 'sending' AND attempts = $3",
+                &[&out.id, &last_error, &out.attempt],
             )
             .await?
         }

@@ -78,6 +78,10 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
                 || (first == 0x0064 && v6.segments()[1] == 0xff9b) // NAT64, may reach v4 privates
                 || first == 0x2002 // 6to4, the same
+                || (first == 0x2001 && v6.segments()[1] == 0) // Teredo 2001::/32
+                || (first & 0xffc0) == 0xfec0 // deprecated site-local fec0::/10
+                || (first == 0x0100 && v6.segments()[1..4] == [0, 0, 0]) // discard 100::/64
+                || v6.segments()[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible ::/96
                 || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
         }
     }
@@ -96,6 +100,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
         || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
         || (a == 198 && (18..20).contains(&b)) // benchmarking 198.18.0.0/15
+        || (a == 192 && b == 88 && ip.octets()[2] == 99) // 6to4 relay anycast
         || a >= 240) // reserved and broadcast
 }
 

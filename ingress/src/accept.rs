@@ -82,28 +82,14 @@ async fn collect(
 
 async fn flush(pool: &Pool, batch: Vec<(NewRun, Reply)>) {
     let (rows, replies): (Vec<NewRun>, Vec<Reply>) = batch.into_iter().unzip();
-    let outcome = async {
-        let client = pool.get().await.map_err(|e| {
-            if db::is_unavailable(&e) {
-                StoreError::Unavailable
-            } else {
-                StoreError::Internal(e.to_string())
-            }
-        })?;
-        runs::insert_batch(&client, &rows).await.map_err(|e| {
-            if db::pg_unavailable(&e) {
-                StoreError::Unavailable
-            } else {
-                StoreError::Internal(e.to_string())
-            }
-        })
-    }
-    .await;
-    match outcome {
-        Ok(inserted) => {
-            let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
-            for (row, reply) in rows.iter().zip(replies) {
-                let _ = reply.send(Ok(by_id.remove(&row.id)));
+    match insert(pool, &rows).await {
+        Ok(inserted) => answer(&rows, replies, inserted),
+        // A row the database refuses must not fail the requests that shared its batch: insert
+        // them one by one, so only the culprit sees the error.
+        Err(StoreError::Internal(_)) if rows.len() > 1 => {
+            for (row, reply) in rows.into_iter().zip(replies) {
+                let outcome = insert(pool, std::slice::from_ref(&row)).await;
+                let _ = reply.send(outcome.map(|mut inserted| inserted.pop()));
             }
         }
         Err(err) => {
@@ -111,6 +97,31 @@ async fn flush(pool: &Pool, batch: Vec<(NewRun, Reply)>) {
                 let _ = reply.send(Err(err.clone()));
             }
         }
+    }
+}
+
+async fn insert(pool: &Pool, rows: &[NewRun]) -> Result<Vec<Run>, StoreError> {
+    let client = pool.get().await.map_err(|e| {
+        if db::is_unavailable(&e) {
+            StoreError::Unavailable
+        } else {
+            StoreError::Internal(e.to_string())
+        }
+    })?;
+    runs::insert_batch(&client, rows).await.map_err(|e| {
+        if db::pg_unavailable(&e) {
+            StoreError::Unavailable
+        } else {
+            tracing::error!(error = %e, rows = rows.len(), "inserting runs failed");
+            StoreError::Internal(e.to_string())
+        }
+    })
+}
+
+fn answer(rows: &[NewRun], replies: Vec<Reply>, inserted: Vec<Run>) {
+    let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+    for (row, reply) in rows.iter().zip(replies) {
+        let _ = reply.send(Ok(by_id.remove(&row.id)));
     }
 }
 

@@ -54,7 +54,7 @@ pub struct Config {
     pub accept_inflight: usize,
 
     /// Longest a request waits for its run to be recorded before answering 503.
-    #[arg(long, env = "SWITCHYARD_ACCEPT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SWITCHYARD_ACCEPT_TIMEOUT", default_value = "900ms", value_parser = parse_duration)]
     pub accept_timeout: Duration,
 
     #[command(flatten)]
@@ -102,11 +102,13 @@ pub async fn run(
         "SWITCHYARD_API_TOKEN must not be empty"
     );
     let pool = switchyard_common::db::pool(&config.db)?;
+    // The broker outlives the HTTP server, so requests still draining can publish.
+    let broker_shutdown = CancellationToken::new();
     let broker = Broker::start(
         &config.broker.amqp_url,
         Topology::new(&config.broker.amqp_prefix),
         config.broker.publish_timeout,
-        shutdown.clone(),
+        broker_shutdown.clone(),
     );
     let accepter = Accepter::start(pool.clone(), config.accept_batch, config.accept_inflight);
     let backlog = Backlog::start(broker.clone(), 100_000);
@@ -122,8 +124,10 @@ pub async fn run(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "ingress listening");
-    axum::serve(listener, app(state, config.max_body_bytes))
+    let served = axum::serve(listener, app(state, config.max_body_bytes))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-        .context("serving HTTP")
+        .context("serving HTTP");
+    broker_shutdown.cancel();
+    served
 }

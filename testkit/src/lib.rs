@@ -290,6 +290,8 @@ impl Stack {
                     options.ingress_amqp_url.clone().unwrap_or_else(amqp_url),
                 ),
                 ("SWITCHYARD_AMQP_PREFIX", prefix.clone()),
+                // Generous: four stacks share two cores under nextest.
+                ("SWITCHYARD_ACCEPT_TIMEOUT", "10s".into()),
             ],
         )?;
         let mut stack = Self {
@@ -310,9 +312,13 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Starts one more worker.
+    /// Starts one more worker, named `worker-<index>` (its lease owner name).
     pub fn add_worker(&mut self) -> anyhow::Result<()> {
-        let env = worker_env(&self.db, &self.prefix, &self.options);
+        let mut env = worker_env(&self.db, &self.prefix, &self.options);
+        env.push((
+            "SWITCHYARD_WORKER_ID",
+            format!("worker-{}", self.workers.len()),
+        ));
         self.workers.push(Proc::spawn("switchyard-worker", &env)?);
         Ok(())
     }

@@ -26,13 +26,13 @@ async fn wait_status(stack: &Stack, id: &str, status: &str, timeout: Duration) -
 async fn killed_worker_run_completes_once() {
     let mut stack = Stack::start(StackOptions {
         workers: 1,
-        worker_lease: "2s",
+        worker_lease: "3s",
         ..StackOptions::default()
     })
     .await
     .expect("stack starts");
     stack
-        .add_echo_agent("slow-echo", 3000)
+        .add_echo_agent("slow-echo", 4000)
         .await
         .expect("agent");
     let id = run_id(
@@ -50,9 +50,11 @@ async fn killed_worker_run_completes_once() {
 
     let done = wait_status(&stack, &id, "completed", Duration::from_secs(30)).await;
     assert_eq!(done["result"]["output"], "survive");
-    assert_eq!(
-        done["attempt"], 2,
-        "the reaped run was executed a second time, by the new worker"
+    // At least one more execution, by the new worker (two if a late heartbeat let it reap once).
+    assert!(
+        done["attempt"].as_i64().is_some_and(|a| a >= 2),
+        "attempt: {}",
+        done["attempt"]
     );
 
     let _received = stack
@@ -234,15 +236,20 @@ async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
     );
 
     let client = stack.db.client().await.expect("db");
-    let row = client
-        .query_one(
-            "SELECT d.status, d.attempts, (SELECT count(*) FROM delivery_attempts a WHERE a.delivery_id = d.id) \
-             FROM deliveries d WHERE d.run_id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .expect("query");
-    assert_eq!(row.get::<_, String>(0), "delivered");
+    // The notifier records the attempt just after the receiver answers: poll for it.
+    let row = poll(Duration::from_secs(10), || async {
+        let row = client
+            .query_one(
+                "SELECT d.status, d.attempts, (SELECT count(*) FROM delivery_attempts a WHERE a.delivery_id = d.id) \
+                 FROM deliveries d WHERE d.run_id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, String>(0) == "delivered").then_some(row)
+    })
+    .await
+    .expect("the delivery is recorded as delivered");
     assert_eq!(row.get::<_, i32>(1), 3);
     assert_eq!(row.get::<_, i64>(2), 3, "every attempt recorded");
     stack.shutdown().await;
@@ -365,4 +372,103 @@ async fn webhooks_to_private_addresses_are_refused_without_a_request() {
         "no request reached the private address"
     );
     stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_outlasting_the_shutdown_grace_is_handed_to_another_worker_at_once() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 2,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack
+        .add_echo_agent("six-seconds", 6000)
+        .await
+        .expect("agent");
+    let id = run_id(
+        stack
+            .create_run(&json!({"agentId": "six-seconds", "message": "handed over"}))
+            .await
+            .expect("request"),
+    )
+    .await;
+    wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
+    let client = stack.db.client().await.expect("db");
+    let owner: String = client
+        .query_one(
+            "SELECT lease_owner FROM runs WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    let index: usize = owner
+        .trim_start_matches("worker-")
+        .parse()
+        .expect("worker index");
+    let started = Instant::now();
+    // The grace is 2 s in test stacks: the run is handed back long before it could finish.
+    let exit = stack.workers[index].terminate(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "SIGTERM exits cleanly: {exit:?}"
+    );
+    let done = wait_status(&stack, &id, "completed", Duration::from_secs(20)).await;
+    assert_eq!(done["attempt"], 1, "a hand-back does not spend an attempt");
+    // Well under the 30 s sweep: the hand-back republished the run itself.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let finisher: Option<String> = client
+        .query_one(
+            "SELECT lease_owner FROM runs WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(finisher, None, "the lease is released on completion");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_database_that_accepts_but_never_answers_still_gets_a_503_within_a_second() {
+    // A TCP listener that accepts connections and never speaks PostgreSQL.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ingress_database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/silent")),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let started = Instant::now();
+    let response = stack
+        .create_run(&json!({"agentId": "echo", "message": "x"}))
+        .await
+        .expect("request");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    stack.shutdown().await;
+    holder.abort();
 }

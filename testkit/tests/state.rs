@@ -39,17 +39,23 @@ async fn insert(pool: &Pool, run: NewRun) -> switchyard_common::Run {
     rows.pop().expect("one row inserted")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_concurrent_claims_exactly_one_wins() {
     let db = TestDb::create().await.expect("test db");
     let pool = pool(&db);
     for _ in 0..5 {
         let run = insert(&pool, new_run("echo", None)).await;
+        // Connections first, then all claims released together.
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            clients.push(pool.get().await.expect("connection"));
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
         let mut racers = Vec::new();
-        for n in 0..8 {
-            let pool = pool.clone();
+        for (n, client) in clients.into_iter().enumerate() {
+            let start = start.clone();
             racers.push(tokio::spawn(async move {
-                let client = pool.get().await.expect("connection");
+                start.wait().await;
                 runs::claim(
                     &client,
                     run.id,

@@ -179,7 +179,10 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         () = drained => {
             tracing::warn!(run_id = %run.id, "shutting down; handing the run back");
             if let Ok(client) = ctx.pool.get().await {
-                let _ = runs::release(&client, run.id, &ctx.owner).await;
+                if matches!(runs::release(&client, run.id, &ctx.owner).await, Ok(true)) {
+                    // The broker outlives the consumers, so another worker can start it now.
+                    let _ = ctx.broker.publish_id(&ctx.broker.topology().runs(), run.id).await;
+                }
             }
             None
         }
@@ -315,7 +318,14 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = ctx.pool.get().await?;
-    let unclaimed = runs::sweep_unclaimed(&client, config.sweep_after, BATCH).await?;
+    // While run messages wait in the queue, an old queued run is most likely one of them, not a
+    // lost one: republishing would only pile duplicates onto a backlog. Sweep once it drains.
+    let backlog = ctx.broker.ready_count(&topology.runs()).await.unwrap_or(0);
+    let unclaimed = if backlog == 0 {
+        runs::sweep_unclaimed(&client, config.sweep_after, BATCH).await?
+    } else {
+        Vec::new()
+    };
     if !unclaimed.is_empty() {
         let sent = ctx
             .broker

@@ -97,6 +97,14 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
             "`metadata` is larger than {MAX_METADATA_BYTES} bytes"
         )));
     }
+    let has_nul = body.message.as_deref().is_some_and(|m| m.contains('\0'))
+        || body.inputs.as_ref().is_some_and(contains_nul)
+        || contains_nul(&metadata);
+    if has_nul {
+        return Err(ApiError::bad_request(
+            "text may not contain the NUL character (\\u0000)",
+        ));
+    }
     let webhook_url = body.webhook_url.map(validate_webhook_url).transpose()?;
     let wait = match body.wait {
         None => None,
@@ -115,6 +123,16 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
         webhook_url,
         metadata,
     })
+}
+
+/// Whether any string or key in `value` holds U+0000, which PostgreSQL cannot store.
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
 }
 
 fn validate_webhook_url(raw: String) -> Result<String, ApiError> {
@@ -276,6 +294,9 @@ mod tests {
             serde_json::json!({"agentId": "echo", "message": "hi", "metadata": "x"}),
             serde_json::json!({"agentId": "echo", "message": "hi", "webhookUrl": "ftp://x/y"}),
             serde_json::json!({"agentId": "echo", "message": "hi", "webhookUrl": "not a url"}),
+            serde_json::json!({"agentId": "echo", "message": "nul\0"}),
+            serde_json::json!({"agentId": "echo", "inputs": {"a": ["x\0"]}}),
+            serde_json::json!({"agentId": "echo", "message": "hi", "metadata": {"k\0": 1}}),
         ] {
             let err = validate(body(bad.clone())).err().map(|e| e.code());
             assert_eq!(err, Some(ErrorCode::BadRequest), "{bad} should be rejected");
