@@ -178,12 +178,11 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         }
         () = drained => {
             tracing::warn!(run_id = %run.id, "shutting down; handing the run back");
-            if let Ok(client) = ctx.pool.get().await {
-                if matches!(runs::release(&client, run.id, &ctx.owner).await, Ok(true)) {
+            if let Ok(client) = ctx.pool.get().await
+                && matches!(runs::release(&client, run.id, &ctx.owner).await, Ok(true)) {
                     // The broker outlives the consumers, so another worker can start it now.
                     let _ = ctx.broker.publish_id(&ctx.broker.topology().runs(), run.id).await;
                 }
-            }
             None
         }
     };
