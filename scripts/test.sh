@@ -10,6 +10,19 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# Hygiene first: formatting and lints (warnings are errors).
+# (Skipped, with a note, on a toolchain that lacks the components.)
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "[test] rustfmt is not installed; skipping the format check" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+else
+  echo "[test] clippy is not installed; skipping lints" >&2
+fi
+
 # The end-to-end tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked
 
