@@ -36,6 +36,12 @@ struct Args {
     /// Client concurrencies to measure end to end at.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     e2e_concurrency: Vec<usize>,
+    /// Offered rates (runs per second) for the fixed-rate latency measurement.
+    #[arg(long, value_delimiter = ',', default_value = "100,300,500")]
+    e2e_rates: Vec<u32>,
+    /// Seconds each fixed-rate measurement sends for.
+    #[arg(long, default_value_t = 10)]
+    e2e_seconds: u32,
     /// Workers in the end-to-end stack.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -99,7 +105,8 @@ fn pgbench(clients: u32, seconds: u32) -> anyhow::Result<f64> {
         .with_context(|| format!("no tps in pgbench output: {text}"))
 }
 
-/// CPU seconds (user + system) a process has used so far.
+/// CPU seconds a process has used: its own user + system time, plus that of children it has
+/// reaped (PostgreSQL's postmaster reaps the backends that exit).
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
@@ -115,14 +122,63 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    // utime, stime, cutime, cstime are fields 14 to 17 of the line: 11 to 14 after the name.
+    (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0
 }
 
-fn stack_cpu(stack: &Stack) -> f64 {
-    let mut pids = vec![stack.ingress.pid(), stack.notifier.pid()];
-    pids.extend(stack.workers.iter().map(|w| w.pid()));
-    pids.into_iter().map(cpu_seconds).sum()
+/// Pids of every process whose command name is one of `names`.
+fn pids_named(names: &[&str]) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| names.contains(&comm.trim()))
+        })
+        .collect()
+}
+
+/// CPU seconds so far of Switchyard's processes, PostgreSQL and RabbitMQ.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    switchyard: f64,
+    postgres: f64,
+    rabbitmq: f64,
+}
+
+impl Cpu {
+    fn now(stack: &Stack) -> Self {
+        let mut ours = vec![stack.ingress.pid(), stack.notifier.pid()];
+        ours.extend(stack.workers.iter().map(|w| w.pid()));
+        let sum = |pids: Vec<u32>| pids.into_iter().map(cpu_seconds).sum::<f64>();
+        Self {
+            switchyard: sum(ours),
+            postgres: sum(pids_named(&["postgres", "postmaster"])),
+            rabbitmq: sum(pids_named(&["beam.smp", "erl_child_setup"])),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            switchyard: self.switchyard - before.switchyard,
+            postgres: self.postgres - before.postgres,
+            rabbitmq: self.rabbitmq - before.rabbitmq,
+        }
+    }
+
+    /// `switchyard / postgres / rabbitmq | total`, in ms per run.
+    fn per_run(self, runs: usize) -> String {
+        let per = |s: f64| s * 1e3 / runs.max(1) as f64;
+        format!(
+            "{:.2} / {:.2} / {:.2} | {:.2}",
+            per(self.switchyard),
+            per(self.postgres),
+            per(self.rabbitmq),
+            per(self.switchyard + self.postgres + self.rabbitmq)
+        )
+    }
 }
 
 struct Load {
@@ -192,6 +248,80 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
     result
 }
 
+/// Open loop: sends `rate` runs per second for `seconds`, whatever the answers' pace.
+async fn paced(stack: &Stack, rate: u32, seconds: u32, webhook: &str) -> Load {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/runs", stack.base_url);
+    let total = (rate * seconds) as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for n in 0..total {
+        tick.tick().await;
+        let http = http.clone();
+        let url = url.clone();
+        let body =
+            json!({"agentId": "echo", "message": format!("paced {n}"), "webhookUrl": webhook});
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = http
+                .post(url)
+                .bearer_auth(API_TOKEN)
+                .json(&body)
+                .send()
+                .await;
+            let latency = sent.elapsed();
+            let id = match response {
+                Ok(r) if r.status() == 202 => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
+                _ => None,
+            };
+            (id, sent, latency)
+        }));
+    }
+    let mut result = Load {
+        latencies: Vec::with_capacity(total),
+        elapsed: Duration::ZERO,
+        sent_at: HashMap::new(),
+        failures: 0,
+    };
+    for task in tasks {
+        match task.await {
+            Ok((Some(id), sent, latency)) => {
+                result.latencies.push(latency);
+                result.sent_at.insert(id, sent);
+            }
+            _ => result.failures += 1,
+        }
+    }
+    result.elapsed = started.elapsed();
+    result.latencies.sort();
+    result
+}
+
+/// End-to-end latencies (send → verified webhook received) of the runs in `load`, how many
+/// webhooks verified, and when the last arrived.
+fn e2e_latencies(
+    received: &[switchyard_testkit::Received],
+    load: &Load,
+) -> (Vec<Duration>, usize, Option<Instant>) {
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .filter_map(|r| {
+            let id = r.body["data"]["id"].as_str()?;
+            load.sent_at.get(id).map(|sent| r.at.duration_since(*sent))
+        })
+        .collect();
+    latencies.sort();
+    let verified = received.iter().filter(|r| r.verified).count();
+    let last = received.iter().map(|r| r.at).max();
+    (latencies, verified, last)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -236,11 +366,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "\n### End to end (invocation → echo run → verified webhook; {} workers)\n",
+        "\n### End to end, saturated (invocation → echo run → verified webhook; {} workers)\n",
         args.workers
     );
     println!(
-        "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run |\n|---|---|---|---|---|---|---|"
+        "Closed loop: each client sends its next run as soon as the last was accepted, so runs queue up"
+    );
+    println!(
+        "and latency is mostly waiting in the queue. CPU in ms per run: Switchyard / PostgreSQL / RabbitMQ | total.\n"
+    );
+    println!(
+        "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run | total |\n|---|---|---|---|---|---|---|---|"
     );
     for &c in &args.e2e_concurrency {
         eprintln!("[bench] end to end at concurrency {c}");
@@ -258,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         let base = stack.receiver.received().len();
-        let cpu_before = stack_cpu(&stack);
+        let cpu_before = Cpu::now(&stack);
         let started = Instant::now();
         let run = load(&stack, args.e2e_runs, c, Some(&hook)).await;
         let expected = base + run.sent_at.len();
@@ -266,29 +402,67 @@ async fn main() -> anyhow::Result<()> {
             .receiver
             .wait_for(Duration::from_secs(300), |r| r.len() >= expected)
             .await?;
-        let cpu = stack_cpu(&stack) - cpu_before;
-        let mut e2e: Vec<Duration> = received[base..]
-            .iter()
-            .filter_map(|r| {
-                let id = r.body["data"]["id"].as_str()?;
-                run.sent_at.get(id).map(|sent| r.at.duration_since(*sent))
-            })
-            .collect();
-        e2e.sort();
-        let last = received[base..]
-            .iter()
-            .map(|r| r.at)
-            .max()
-            .unwrap_or(started);
-        let verified = received[base..].iter().filter(|r| r.verified).count();
+        let cpu = Cpu::now(&stack).since(cpu_before);
+        let (e2e, verified, last) = e2e_latencies(&received[base..], &run);
         println!(
-            "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {:.2} |",
+            "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {} |",
             run.sent_at.len(),
-            e2e.len() as f64 / last.duration_since(started).as_secs_f64(),
+            e2e.len() as f64
+                / last
+                    .unwrap_or(started)
+                    .duration_since(started)
+                    .as_secs_f64(),
             ms(percentile(&e2e, 50.0)),
             ms(percentile(&e2e, 99.0)),
             e2e.len(),
-            cpu * 1e3 / e2e.len().max(1) as f64,
+            cpu.per_run(e2e.len()),
+        );
+        stack.shutdown().await;
+    }
+
+    println!(
+        "\n### End to end at a fixed offered rate ({} workers, {} s each)\n",
+        args.workers, args.e2e_seconds
+    );
+    println!(
+        "Open loop: runs are sent at a steady rate, as independent callers would. CPU as above; the load"
+    );
+    println!("generator and the webhook receiver (the bench process) are not counted.\n");
+    println!(
+        "| offered/s | runs | p50 ms | p99 ms | max ms | verified | CPU ms per run | total |\n|---|---|---|---|---|---|---|---|"
+    );
+    for &rate in &args.e2e_rates {
+        eprintln!("[bench] end to end at {rate}/s");
+        let stack = Stack::start(StackOptions {
+            workers: args.workers,
+            ..StackOptions::default()
+        })
+        .await?;
+        let hook = stack.receiver.url.clone();
+        let _ = paced(&stack, rate.min(100), 1, &hook).await;
+        let warm = rate.min(100) as usize;
+        stack
+            .receiver
+            .wait_for(Duration::from_secs(60), |r| r.len() >= warm)
+            .await?;
+        let base = stack.receiver.received().len();
+        let cpu_before = Cpu::now(&stack);
+        let run = paced(&stack, rate, args.e2e_seconds, &hook).await;
+        let expected = base + run.sent_at.len();
+        let received = stack
+            .receiver
+            .wait_for(Duration::from_secs(300), |r| r.len() >= expected)
+            .await?;
+        let cpu = Cpu::now(&stack).since(cpu_before);
+        let (e2e, verified, _) = e2e_latencies(&received[base..], &run);
+        println!(
+            "| {rate} | {} | {} | {} | {} | {verified}/{} | {} |",
+            run.sent_at.len(),
+            ms(percentile(&e2e, 50.0)),
+            ms(percentile(&e2e, 99.0)),
+            ms(e2e.last().copied().unwrap_or_default()),
+            e2e.len(),
+            cpu.per_run(e2e.len()),
         );
         stack.shutdown().await;
     }
