@@ -65,9 +65,9 @@ pub async fn create_for_run(
     let body = payload(event_type, run);
     let rows = client
         .query(
-            "INSERT INTO deliveries (id, tenant_id, run_id, event_type, url, message_id, payload, status) \
+            &client.prepare_cached("INSERT INTO deliveries (id, tenant_id, run_id, event_type, url, message_id, payload, status) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending') \
-             ON CONFLICT (run_id, event_type, url) DO NOTHING RETURNING id",
+             ON CONFLICT (run_id, event_type, url) DO NOTHING RETURNING id").await?,
             &[&id, &run.tenant_id, &run.id, &event_type, &url, &message_id, &body],
         )
         .await?;
@@ -83,10 +83,10 @@ pub async fn claim(
 ) -> Result<Option<Outgoing>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
+            &client.prepare_cached("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
                     lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
              WHERE id = $1 AND status = 'pending' AND next_attempt_at <= now() + interval '1 second' \
-             RETURNING id, tenant_id, run_id, url, message_id, payload, attempts",
+             RETURNING id, tenant_id, run_id, url, message_id, payload, attempts").await?,
             &[&id, &lease.as_secs_f64()],
         )
         .await?;
@@ -116,9 +116,12 @@ pub async fn finish(
     let tx = client.transaction().await?;
     let latency_ms = i32::try_from(attempt.latency.as_millis()).unwrap_or(i32::MAX);
     tx.execute(
-        "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, attempt, response_status, \
+        &tx.prepare_cached(
+            "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, attempt, response_status, \
                                         response_body, error, latency_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (delivery_id, attempt) DO NOTHING",
+        )
+        .await?,
         &[
             &Uuid::now_v7(),
             &out.id,
@@ -139,27 +142,27 @@ pub async fn finish(
     let n = match next {
         Next::Delivered => {
             tx.execute(
-                "UPDATE deliveries SET status = 'delivered', delivered_at = now(), lease_expires_at = NULL, \
+                &tx.prepare_cached("UPDATE deliveries SET status = 'delivered', delivered_at = now(), lease_expires_at = NULL, \
                         last_error = NULL, updated_at = now() \
-                 WHERE id = $1 AND status = 'sending' AND attempts = $2",
+                 WHERE id = $1 AND status = 'sending' AND attempts = $2").await?,
                 &[&out.id, &out.attempt],
             )
             .await?
         }
         Next::RetryAfter(delay) => {
             tx.execute(
-                "UPDATE deliveries SET status = 'pending', next_attempt_at = now() + make_interval(secs => $2), \
+                &tx.prepare_cached("UPDATE deliveries SET status = 'pending', next_attempt_at = now() + make_interval(secs => $2), \
                         lease_expires_at = NULL, last_error = $3, updated_at = now() \
-                 WHERE id = $1 AND status = 'sending' AND attempts = $4",
+                 WHERE id = $1 AND status = 'sending' AND attempts = $4").await?,
                 &[&out.id, &delay.as_secs_f64(), &last_error, &out.attempt],
             )
             .await?
         }
         Next::GiveUp => {
             tx.execute(
-                "UPDATE deliveries SET status = 'failed', lease_expires_at = NULL, last_error = $2, \
+                &tx.prepare_cached("UPDATE deliveries SET status = 'failed', lease_expires_at = NULL, last_error = $2, \
                         updated_at = now() \
-                 WHERE id = $1 AND status = 'sending' AND attempts = $3",
+                 WHERE id = $1 AND status = 'sending' AND attempts = $3").await?,
                 &[&out.id, &last_error, &out.attempt],
             )
             .await?
@@ -179,7 +182,7 @@ pub async fn sweep_stalled(
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH stale AS ( \
+            &client.prepare_cached("WITH stale AS ( \
                  (SELECT id FROM deliveries WHERE status = 'pending' \
                     AND next_attempt_at < now() - make_interval(secs => $1) \
                   ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
@@ -188,7 +191,7 @@ pub async fn sweep_stalled(
                   ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
              UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), lease_expires_at = NULL, \
                     updated_at = now() \
-             FROM stale WHERE d.id = stale.id RETURNING d.id",
+             FROM stale WHERE d.id = stale.id RETURNING d.id").await?,
             &[&grace.as_secs_f64(), &limit],
         )
         .await?;

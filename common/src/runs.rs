@@ -94,7 +94,9 @@ pub async fn get(
     id: Uuid,
 ) -> Result<Option<Run>, tokio_postgres::Error> {
     let sql = format!("SELECT {COLUMNS} FROM runs r WHERE r.tenant_id = $1 AND r.id = $2");
-    let row = client.query_opt(&sql, &[&tenant_id, &id]).await?;
+    let row = client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&tenant_id, &id])
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -118,7 +120,12 @@ pub async fn claim(
          WHERE r.id = $1 AND r.status = 'queued' AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
          RETURNING {COLUMNS}, a.kind AS agent_kind, a.config AS agent_config"
     );
-    let row = client.query_opt(&sql, &[&id, &owner, &secs(lease)]).await?;
+    let row = client
+        .query_opt(
+            &client.prepare_cached(&sql).await?,
+            &[&id, &owner, &secs(lease)],
+        )
+        .await?;
     row.map(|row| {
         Ok((
             from_row(&row)?,
@@ -141,8 +148,8 @@ pub async fn heartbeat(
 ) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
-            "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
-             WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+            &client.prepare_cached("UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2").await?,
             &[&id, &owner, &secs(lease)],
         )
         .await?;
@@ -161,7 +168,9 @@ pub async fn complete(
                 completed_at = now(), updated_at = now() \
          WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}"
     );
-    let row = client.query_opt(&sql, &[&id, &owner, result]).await?;
+    let row = client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&id, &owner, result])
+        .await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -179,7 +188,10 @@ pub async fn fail(
          WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}"
     );
     let row = client
-        .query_opt(&sql, &[&id, &owner, &error_code, &error_message])
+        .query_opt(
+            &client.prepare_cached(&sql).await?,
+            &[&id, &owner, &error_code, &error_message],
+        )
         .await?;
     row.as_ref().map(from_row).transpose()
 }
@@ -193,9 +205,9 @@ pub async fn release(
 ) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
-            "UPDATE runs SET status = 'queued', attempt = greatest(attempt - 1, 0), lease_owner = NULL, \
+            &client.prepare_cached("UPDATE runs SET status = 'queued', attempt = greatest(attempt - 1, 0), lease_owner = NULL, \
                     lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
-             WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2").await?,
             &[&id, &owner],
         )
         .await?;
@@ -223,7 +235,9 @@ pub async fn reap_expired(
          FROM expired WHERE r.id = expired.id AND r.status = 'running' \
          RETURNING {COLUMNS}"
     );
-    let rows = client.query(&sql, &[&limit]).await?;
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[&limit])
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -236,11 +250,15 @@ pub async fn sweep_unclaimed(
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH stale AS ( \
+            &client
+                .prepare_cached(
+                    "WITH stale AS ( \
                  SELECT id FROM runs WHERE status = 'queued' \
                    AND enqueued_at < now() - make_interval(secs => $1) \
                  ORDER BY enqueued_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id",
+                )
+                .await?,
             &[&secs(older_than), &limit],
         )
         .await?;
