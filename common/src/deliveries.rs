@@ -56,19 +56,50 @@ pub async fn create_for_run(
     client: &impl GenericClient,
     run: &Run,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let (Some(url), Some(event_type)) = (run.webhook_url.as_deref(), run.status.event_type())
-    else {
+    create_for_runs(client, std::slice::from_ref(run)).await
+}
+
+/// [`create_for_run`] for many runs in one statement.
+pub async fn create_for_runs(
+    client: &impl GenericClient,
+    runs: &[Run],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let mut ids = Vec::new();
+    let mut tenants = Vec::new();
+    let mut run_ids = Vec::new();
+    let mut types = Vec::new();
+    let mut urls = Vec::new();
+    let mut message_ids = Vec::new();
+    let mut payloads = Vec::new();
+    for run in runs {
+        let (Some(url), Some(event_type)) = (run.webhook_url.as_deref(), run.status.event_type())
+        else {
+            continue;
+        };
+        let id = Uuid::now_v7();
+        ids.push(id);
+        tenants.push(run.tenant_id.as_str());
+        run_ids.push(run.id);
+        types.push(event_type);
+        urls.push(url);
+        message_ids.push(format!("msg_{}", id.simple()));
+        payloads.push(payload(event_type, run));
+    }
+    if ids.is_empty() {
         return Ok(Vec::new());
-    };
-    let id = Uuid::now_v7();
-    let message_id = format!("msg_{}", id.simple());
-    let body = payload(event_type, run);
+    }
     let rows = client
         .query(
-            &client.prepare_cached("INSERT INTO deliveries (id, tenant_id, run_id, event_type, url, message_id, payload, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending') \
-             ON CONFLICT (run_id, event_type, url) DO NOTHING RETURNING id").await?,
-            &[&id, &run.tenant_id, &run.id, &event_type, &url, &message_id, &body],
+            &client
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, tenant_id, run_id, event_type, url, message_id, payload, status) \
+                     SELECT n.id, n.tenant_id, n.run_id, n.event_type, n.url, n.message_id, n.payload, 'pending' \
+                     FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) \
+                          AS n(id, tenant_id, run_id, event_type, url, message_id, payload) \
+                     ON CONFLICT (run_id, event_type, url) DO NOTHING RETURNING id",
+                )
+                .await?,
+            &[&ids, &tenants, &run_ids, &types, &urls, &message_ids, &payloads],
         )
         .await?;
     rows.iter().map(|r| r.try_get(0)).collect()
@@ -81,27 +112,43 @@ pub async fn claim(
     id: Uuid,
     lease: Duration,
 ) -> Result<Option<Outgoing>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            &client.prepare_cached("UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
-                    lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
-             WHERE id = $1 AND status = 'pending' AND next_attempt_at <= now() + interval '1 second' \
-             RETURNING id, tenant_id, run_id, url, message_id, payload, attempts").await?,
-            &[&id, &lease.as_secs_f64()],
+    Ok(claim_many(client, &[id], lease).await?.pop())
+}
+
+/// [`claim`] for many deliveries in one statement, locking in id order.
+pub async fn claim_many(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<Outgoing>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &client
+                .prepare_cached(
+                    "WITH c AS (SELECT id FROM deliveries WHERE id = ANY($1) AND status = 'pending' \
+                                  AND next_attempt_at <= now() + interval '1 second' ORDER BY id FOR UPDATE) \
+                     UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, \
+                            lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
+                     FROM c WHERE d.id = c.id AND d.status = 'pending' \
+                     RETURNING d.id, d.tenant_id, d.run_id, d.url, d.message_id, d.payload, d.attempts",
+                )
+                .await?,
+            &[&ids, &lease.as_secs_f64()],
         )
         .await?;
-    row.map(|r| {
-        Ok(Outgoing {
-            id: r.try_get("id")?,
-            tenant_id: r.try_get("tenant_id")?,
-            run_id: r.try_get("run_id")?,
-            url: r.try_get("url")?,
-            message_id: r.try_get("message_id")?,
-            payload: r.try_get("payload")?,
-            attempt: r.try_get("attempts")?,
+    rows.iter()
+        .map(|r| {
+            Ok(Outgoing {
+                id: r.try_get("id")?,
+                tenant_id: r.try_get("tenant_id")?,
+                run_id: r.try_get("run_id")?,
+                url: r.try_get("url")?,
+                message_id: r.try_get("message_id")?,
+                payload: r.try_get("payload")?,
+                attempt: r.try_get("attempts")?,
+            })
         })
-    })
-    .transpose()
+        .collect()
 }
 
 /// Records an attempt and moves the delivery on (`sending → delivered | pending | failed`), in one
@@ -113,63 +160,92 @@ pub async fn finish(
     attempt: &Attempt,
     next: Next,
 ) -> Result<bool, tokio_postgres::Error> {
+    let done = finish_many(client, &[(out.clone(), attempt.clone(), next)]).await?;
+    Ok(done.contains(&out.id))
+}
+
+/// [`finish`] for many attempts in one transaction: one INSERT of the attempts, one UPDATE of
+/// the deliveries. Returns the ids of the deliveries that were still ours and moved on.
+pub async fn finish_many(
+    client: &mut deadpool_postgres::Client,
+    items: &[(Outgoing, Attempt, Next)],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let n = items.len();
+    let (mut attempt_ids, mut ids, mut tenants, mut numbers) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut statuses, mut bodies, mut errors, mut latencies) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut next_statuses, mut delays, mut last_errors) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (out, attempt, next) in items {
+        attempt_ids.push(Uuid::now_v7());
+        ids.push(out.id);
+        tenants.push(out.tenant_id.as_str());
+        numbers.push(out.attempt);
+        statuses.push(attempt.response_status);
+        bodies.push(attempt.response_body.as_deref());
+        errors.push(attempt.error.as_deref());
+        latencies.push(i32::try_from(attempt.latency.as_millis()).unwrap_or(i32::MAX));
+        let (status, delay) = match next {
+            Next::Delivered => ("delivered", 0.0),
+            Next::RetryAfter(d) => ("pending", d.as_secs_f64()),
+            Next::GiveUp => ("failed", 0.0),
+        };
+        next_statuses.push(status);
+        delays.push(delay);
+        last_errors.push(match next {
+            Next::Delivered => None,
+            _ => attempt.error.clone().or_else(|| {
+                attempt
+                    .response_status
+                    .map(|s| format!("the endpoint answered {s}"))
+            }),
+        });
+    }
     let tx = client.transaction().await?;
-    let latency_ms = i32::try_from(attempt.latency.as_millis()).unwrap_or(i32::MAX);
     tx.execute(
         &tx.prepare_cached(
             "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, attempt, response_status, \
-                                        response_body, error, latency_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                                            response_body, error, latency_ms) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[], $6::text[], \
+                                  $7::text[], $8::int[]) \
+             ON CONFLICT (delivery_id, attempt) DO NOTHING",
         )
         .await?,
-        &[
-            &Uuid::now_v7(),
-            &out.id,
-            &out.tenant_id,
-            &out.attempt,
-            &attempt.response_status,
-            &attempt.response_body,
-            &attempt.error,
-            &latency_ms,
-        ],
+        &[&attempt_ids, &ids, &tenants, &numbers, &statuses, &bodies, &errors, &latencies],
     )
     .await?;
-    let last_error = attempt.error.clone().or_else(|| {
-        attempt
-            .response_status
-            .map(|s| format!("the endpoint answered {s}"))
-    });
-    let n = match next {
-        Next::Delivered => {
-            tx.execute(
-                &tx.prepare_cached("UPDATE deliveries SET status = 'delivered', delivered_at = now(), lease_expires_at = NULL, \
-                        last_error = NULL, updated_at = now() \
-                 WHERE id = $1 AND status = 'sending' AND attempts = $2").await?,
-                &[&out.id, &out.attempt],
+    let rows = tx
+        .query(
+            &tx.prepare_cached(
+                "UPDATE deliveries d SET status = f.status, \
+                        delivered_at = CASE WHEN f.status = 'delivered' THEN now() END, \
+                        next_attempt_at = CASE WHEN f.status = 'pending' \
+                            THEN now() + make_interval(secs => f.delay) ELSE d.next_attempt_at END, \
+                        lease_expires_at = NULL, last_error = f.last_error, updated_at = now() \
+                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::text[]) \
+                      AS f(id, attempt, status, delay, last_error) \
+                 WHERE d.id = f.id AND d.status = 'sending' AND d.attempts = f.attempt \
+                   AND f.status IN ('delivered', 'pending', 'failed') \
+                 RETURNING d.id",
             )
-            .await?
-        }
-        Next::RetryAfter(delay) => {
-            tx.execute(
-                &tx.prepare_cached("UPDATE deliveries SET status = 'pending', next_attempt_at = now() + make_interval(secs => $2), \
-                        lease_expires_at = NULL, last_error = $3, updated_at = now() \
-                 WHERE id = $1 AND status = 'sending' AND attempts = $4").await?,
-                &[&out.id, &delay.as_secs_f64(), &last_error, &out.attempt],
-            )
-            .await?
-        }
-        Next::GiveUp => {
-            tx.execute(
-                &tx.prepare_cached("UPDATE deliveries SET status = 'failed', lease_expires_at = NULL, last_error = $2, \
-                        updated_at = now() \
-                 WHERE id = $1 AND status = 'sending' AND attempts = $3").await?,
-                &[&out.id, &last_error, &out.attempt],
-            )
-            .await?
-        }
-    };
+            .await?,
+            &[&ids, &numbers, &next_statuses, &delays, &last_errors],
+        )
+        .await?;
     tx.commit().await?;
-    Ok(n == 1)
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// Deliveries that should be moving but are not: `pending` ones overdue by `grace` (their message

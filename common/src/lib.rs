@@ -6,6 +6,7 @@
 //! it depends on none of them.
 
 pub mod amqp;
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod deliveries;

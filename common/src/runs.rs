@@ -112,30 +112,44 @@ pub async fn claim(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<(Run, AgentSpec)>, tokio_postgres::Error> {
+    Ok(claim_many(client, &[id], owner, lease).await?.pop())
+}
+
+/// [`claim`] for many runs in one statement. Returns the runs won; the others are someone
+/// else's, cancelled or finished. Rows are locked in id order, so concurrent batches that
+/// overlap wait for each other instead of deadlocking, then see the run is no longer queued.
+pub async fn claim_many(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    owner: &str,
+    lease: Duration,
+) -> Result<Vec<(Run, AgentSpec)>, tokio_postgres::Error> {
     let sql = format!(
-        "UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
+        "WITH c AS (SELECT id FROM runs WHERE id = ANY($1) AND status = 'queued' ORDER BY id FOR UPDATE) \
+         UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
                 lease_expires_at = now() + make_interval(secs => $3), \
                 started_at = coalesce(r.started_at, now()), updated_at = now() \
-         FROM agents a \
-         WHERE r.id = $1 AND r.status = 'queued' AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
+         FROM c, agents a \
+         WHERE r.id = c.id AND r.status = 'queued' AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
          RETURNING {COLUMNS}, a.kind AS agent_kind, a.config AS agent_config"
     );
-    let row = client
-        .query_opt(
+    let rows = client
+        .query(
             &client.prepare_cached(&sql).await?,
-            &[&id, &owner, &secs(lease)],
+            &[&ids, &owner, &secs(lease)],
         )
         .await?;
-    row.map(|row| {
-        Ok((
-            from_row(&row)?,
-            AgentSpec {
-                kind: row.try_get("agent_kind")?,
-                config: row.try_get("agent_config")?,
-            },
-        ))
-    })
-    .transpose()
+    rows.iter()
+        .map(|row| {
+            Ok((
+                from_row(row)?,
+                AgentSpec {
+                    kind: row.try_get("agent_kind")?,
+                    config: row.try_get("agent_config")?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Extends the lease `owner` holds. `false` means the lease is lost (reaped, or the run ended):
@@ -163,15 +177,33 @@ pub async fn complete(
     owner: &str,
     result: &serde_json::Value,
 ) -> Result<Option<Run>, tokio_postgres::Error> {
+    Ok(complete_many(client, owner, &[(id, result.clone())])
+        .await?
+        .pop())
+}
+
+/// [`complete`] for many runs of one lease owner in one statement; returns the runs completed
+/// (those whose lease `owner` still held).
+pub async fn complete_many(
+    client: &impl GenericClient,
+    owner: &str,
+    results: &[(Uuid, serde_json::Value)],
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
+    let values: Vec<&serde_json::Value> = results.iter().map(|(_, v)| v).collect();
     let sql = format!(
-        "UPDATE runs r SET status = 'completed', result = $3, lease_owner = NULL, lease_expires_at = NULL, \
-                completed_at = now(), updated_at = now() \
-         WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}"
+        "UPDATE runs r SET status = 'completed', result = c.result, lease_owner = NULL, \
+                lease_expires_at = NULL, completed_at = now(), updated_at = now() \
+         FROM unnest($1::uuid[], $2::jsonb[]) AS c(id, result) \
+         WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 RETURNING {COLUMNS}"
     );
-    let row = client
-        .query_opt(&client.prepare_cached(&sql).await?, &[&id, &owner, result])
+    let rows = client
+        .query(
+            &client.prepare_cached(&sql).await?,
+            &[&ids, &values, &owner],
+        )
         .await?;
-    row.as_ref().map(from_row).transpose()
+    rows.iter().map(from_row).collect()
 }
 
 /// `running → failed` with an error code, only while `owner` holds the lease.

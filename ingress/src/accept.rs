@@ -1,15 +1,15 @@
-//! Durable accept with group commit. Concurrent requests hand their run to one collector, which
-//! inserts whatever has queued up as one multi-row INSERT (one commit), with a bounded number of
-//! batches in flight. Under light load a batch is one run and adds no wait; under heavy load the
-//! batches grow, so commits per second stay flat while runs per second rise.
+//! Durable accept with group commit: concurrent requests hand their run to one
+//! [`Batcher`], which inserts whatever has queued up as one multi-row INSERT (one commit). Under
+//! light load a batch is one run and adds no wait; under heavy load the batches grow, so commits
+//! per second stay flat while runs per second rise.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use deadpool_postgres::Pool;
+use switchyard_common::batch::Batcher;
 use switchyard_common::runs::{self, NewRun};
 use switchyard_common::{Run, db};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Why a run could not be recorded.
@@ -23,80 +23,49 @@ pub enum StoreError {
     Internal(String),
 }
 
-type Reply = oneshot::Sender<Result<Option<Run>, StoreError>>;
-
 /// Handle to the group-commit collector.
 #[derive(Clone)]
 pub struct Accepter {
-    jobs: mpsc::Sender<(NewRun, Reply)>,
+    batcher: Batcher<NewRun, Result<Option<Run>, StoreError>>,
 }
 
 impl Accepter {
     /// Starts the collector: batches of at most `max_batch` runs, at most `max_inflight` at once.
     pub fn start(pool: Pool, max_batch: usize, max_inflight: usize) -> Self {
-        let (jobs, rx) = mpsc::channel(max_batch.max(1) * max_inflight.max(1) * 4);
-        tokio::spawn(collect(pool, rx, max_batch.max(1), max_inflight.max(1)));
-        Self { jobs }
+        let batcher = Batcher::start(max_batch, max_inflight, move |rows: Vec<NewRun>| {
+            let pool = pool.clone();
+            async move { flush(&pool, rows).await }
+        });
+        Self { batcher }
     }
 
     /// Records `run` as queued; `Ok(None)` when its agent does not exist in its tenant.
     /// Returns once the row is committed.
     pub async fn insert(&self, run: NewRun) -> Result<Option<Run>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send((run, reply))
+        self.batcher
+            .submit(run)
             .await
-            .map_err(|_| StoreError::Internal("the accept collector stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Internal("the accept batch was dropped".into()))?
+            .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 }
 
-async fn collect(
-    pool: Pool,
-    mut rx: mpsc::Receiver<(NewRun, Reply)>,
-    max_batch: usize,
-    max_inflight: usize,
-) {
-    let inflight = Arc::new(Semaphore::new(max_inflight));
-    while let Some(first) = rx.recv().await {
-        // Waiting for a free slot is what lets the next batch grow under load.
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            flush(&pool, batch).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn flush(pool: &Pool, batch: Vec<(NewRun, Reply)>) {
-    let (rows, replies): (Vec<NewRun>, Vec<Reply>) = batch.into_iter().unzip();
+async fn flush(pool: &Pool, rows: Vec<NewRun>) -> Vec<Result<Option<Run>, StoreError>> {
     match insert(pool, &rows).await {
-        Ok(inserted) => answer(&rows, replies, inserted),
+        Ok(inserted) => {
+            let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
+            rows.iter().map(|row| Ok(by_id.remove(&row.id))).collect()
+        }
         // A row the database refuses must not fail the requests that shared its batch: insert
         // them one by one, so only the culprit sees the error.
         Err(StoreError::Internal(_)) if rows.len() > 1 => {
-            for (row, reply) in rows.into_iter().zip(replies) {
-                let outcome = insert(pool, std::slice::from_ref(&row)).await;
-                let _ = reply.send(outcome.map(|mut inserted| inserted.pop()));
+            let mut answers = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let outcome = insert(pool, std::slice::from_ref(row)).await;
+                answers.push(outcome.map(|mut inserted| inserted.pop()));
             }
+            answers
         }
-        Err(err) => {
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
-            }
-        }
+        Err(err) => rows.iter().map(|_| Err(err.clone())).collect(),
     }
 }
 
@@ -116,13 +85,6 @@ async fn insert(pool: &Pool, rows: &[NewRun]) -> Result<Vec<Run>, StoreError> {
             StoreError::Internal(e.to_string())
         }
     })
-}
-
-fn answer(rows: &[NewRun], replies: Vec<Reply>, inserted: Vec<Run>) {
-    let mut by_id: HashMap<Uuid, Run> = inserted.into_iter().map(|r| (r.id, r)).collect();
-    for (row, reply) in rows.iter().zip(replies) {
-        let _ = reply.send(Ok(by_id.remove(&row.id)));
-    }
 }
 
 /// Run ids whose publish failed (the broker was down or slow). A background task publishes them

@@ -5,6 +5,7 @@
 //! Architecture invariant: the notifier only reads runs (through the payload stored on the
 //! delivery) and changes delivery status only through `switchyard_common::deliveries`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -12,6 +13,7 @@ use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
+use switchyard_common::batch::Batcher;
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
 };
@@ -21,6 +23,7 @@ use switchyard_common::signing::Secret;
 use switchyard_common::telemetry;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+use uuid::Uuid;
 
 /// The most response body kept per attempt.
 const CAPTURE_BYTES: usize = 4096;
@@ -65,13 +68,71 @@ pub struct Config {
 
 #[derive(Clone)]
 struct Ctx {
-    pool: Pool,
     broker: Broker,
     http: reqwest::Client,
     guard: Guard,
     secret: Secret,
     schedule: Schedule,
-    lease: Duration,
+    /// Claims of concurrent messages, batched into one UPDATE.
+    claims: Batcher<Uuid, Result<Option<Outgoing>, String>>,
+    /// Attempt records, batched into one transaction.
+    finishes: Batcher<(Outgoing, Attempt, Next), Result<bool, String>>,
+}
+
+/// How many claims or attempt records one statement takes at most.
+const BATCH: usize = 64;
+/// How many such statements run at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+fn claimer(pool: Pool, lease: Duration) -> Batcher<Uuid, Result<Option<Outgoing>, String>> {
+    Batcher::start(BATCH, BATCHES_IN_FLIGHT, move |ids: Vec<Uuid>| {
+        let pool = pool.clone();
+        async move {
+            let claimed = async {
+                let client = pool.get().await?;
+                Ok::<_, anyhow::Error>(deliveries::claim_many(&client, &ids, lease).await?)
+            }
+            .await;
+            match claimed {
+                Ok(won) => {
+                    let mut by_id: HashMap<Uuid, Outgoing> =
+                        won.into_iter().map(|o| (o.id, o)).collect();
+                    ids.iter().map(|id| Ok(by_id.remove(id))).collect()
+                }
+                Err(err) => {
+                    let cause = format!("{err:#}");
+                    ids.iter().map(|_| Err(cause.clone())).collect()
+                }
+            }
+        }
+    })
+}
+
+fn finisher(pool: Pool) -> Batcher<(Outgoing, Attempt, Next), Result<bool, String>> {
+    Batcher::start(
+        BATCH,
+        BATCHES_IN_FLIGHT,
+        move |items: Vec<(Outgoing, Attempt, Next)>| {
+            let pool = pool.clone();
+            async move {
+                let recorded = async {
+                    let mut client = pool.get().await?;
+                    Ok::<_, anyhow::Error>(deliveries::finish_many(&mut client, &items).await?)
+                }
+                .await;
+                match recorded {
+                    Ok(moved) => items
+                        .iter()
+                        .map(|(out, _, _)| Ok(moved.contains(&out.id)))
+                        .collect(),
+                    Err(err) => {
+                        let cause = format!("{err:#}");
+                        items.iter().map(|_| Err(cause.clone())).collect()
+                    }
+                }
+            }
+        },
+    )
 }
 
 /// Delivers webhooks until `shutdown`; attempts under way finish first.
@@ -96,15 +157,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         concat!("Switchyard-Webhooks/", env!("CARGO_PKG_VERSION")),
     )
     .context("building the HTTP client")?;
+    // Long enough that a live attempt is never swept from under us.
+    let lease = config.request_timeout * 2 + Duration::from_secs(10);
     let ctx = Ctx {
-        pool,
+        claims: claimer(pool.clone(), lease),
+        finishes: finisher(pool),
         broker: broker.clone(),
         http,
         guard,
         secret,
         schedule,
-        // Long enough that a live attempt is never swept from under us.
-        lease: config.request_timeout * 2 + Duration::from_secs(10),
     };
     tracing::info!(concurrency = config.concurrency, "notifier starting");
     broker
@@ -129,11 +191,11 @@ async fn handle(ctx: Ctx, message: Delivery) {
     let span = tracing::info_span!("process deliveries", %delivery_id, otel.kind = "consumer");
     telemetry::adopt_trace_parent(&span, message.properties.headers().as_ref());
     async move {
-        let claimed = async {
-            let client = ctx.pool.get().await?;
-            Ok::<_, anyhow::Error>(deliveries::claim(&client, delivery_id, ctx.lease).await?)
-        }
-        .await;
+        let claimed = ctx
+            .claims
+            .submit(delivery_id)
+            .await
+            .unwrap_or_else(|gone| Err(gone.to_string()));
         match claimed {
             Ok(Some(out)) => {
                 attempt_and_record(&ctx, &out).await;
@@ -180,11 +242,11 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
         next = ?next,
         "webhook attempted"
     );
-    let recorded = async {
-        let mut client = ctx.pool.get().await?;
-        Ok::<_, anyhow::Error>(deliveries::finish(&mut client, out, &attempt, next).await?)
-    }
-    .await;
+    let recorded = ctx
+        .finishes
+        .submit((out.clone(), attempt, next))
+        .await
+        .unwrap_or_else(|gone| Err(gone.to_string()));
     match recorded {
         Ok(true) => {
             if let Next::RetryAfter(delay) = next {
@@ -198,7 +260,7 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
             tracing::warn!(delivery_id = %out.id, "the delivery was swept meanwhile; outcome not recorded")
         }
         // The lease will expire and the sweeper will hand the delivery out again.
-        Err(err) => tracing::warn!(error = format!("{err:#}"), "cannot record the attempt"),
+        Err(err) => tracing::warn!(error = %err, "cannot record the attempt"),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod executor;
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +16,7 @@ use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
+use switchyard_common::batch::Batcher;
 use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_duration};
 use switchyard_common::{AgentSpec, Run, deliveries, runs, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +64,9 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
+/// One claim's answer: the run won (with its agent), or `None`; `Err` carries the cause.
+type Claimed = Result<Option<(Run, AgentSpec)>, String>;
+
 #[derive(Clone)]
 struct Ctx {
     pool: Pool,
@@ -70,6 +75,89 @@ struct Ctx {
     lease: Duration,
     shutdown: CancellationToken,
     grace: Duration,
+    /// Claims of concurrent deliveries, batched into one UPDATE.
+    claims: Batcher<Uuid, Claimed>,
+    /// Completions, batched into one transaction (runs and their deliveries).
+    completions: Batcher<(Uuid, serde_json::Value), Result<bool, String>>,
+}
+
+/// How many claims or completions one statement takes at most.
+const BATCH: usize = 64;
+/// How many such statements run at once, per worker.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed> {
+    Batcher::start(BATCH, BATCHES_IN_FLIGHT, move |ids: Vec<Uuid>| {
+        let (pool, owner) = (pool.clone(), owner.clone());
+        async move {
+            let claimed = async {
+                let client = pool.get().await.context("getting a connection")?;
+                runs::claim_many(&client, &ids, &owner, lease)
+                    .await
+                    .context("claiming runs")
+            }
+            .await;
+            match claimed {
+                Ok(won) => {
+                    let mut by_id: HashMap<Uuid, (Run, AgentSpec)> = won
+                        .into_iter()
+                        .map(|(run, agent)| (run.id, (run, agent)))
+                        .collect();
+                    ids.iter().map(|id| Ok(by_id.remove(id))).collect()
+                }
+                Err(err) => {
+                    let cause = format!("{err:#}");
+                    ids.iter().map(|_| Err(cause.clone())).collect()
+                }
+            }
+        }
+    })
+}
+
+fn completer(
+    pool: Pool,
+    broker: Broker,
+    owner: String,
+) -> Batcher<(Uuid, serde_json::Value), Result<bool, String>> {
+    Batcher::start(
+        BATCH,
+        BATCHES_IN_FLIGHT,
+        move |results: Vec<(Uuid, serde_json::Value)>| {
+            let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
+            async move {
+                let committed = async {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    let done = runs::complete_many(&tx, &owner, &results).await?;
+                    let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
+                    tx.commit().await?;
+                    Ok::<_, anyhow::Error>((
+                        done.into_iter().map(|r| r.id).collect::<HashSet<_>>(),
+                        delivery_ids,
+                    ))
+                }
+                .await;
+                match committed {
+                    Ok((done, delivery_ids)) => {
+                        if let Err(err) = broker
+                            .publish_ids(&broker.topology().deliveries(), &delivery_ids)
+                            .await
+                        {
+                            tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+                        }
+                        results
+                            .iter()
+                            .map(|(id, _)| Ok(done.contains(id)))
+                            .collect()
+                    }
+                    Err(err) => {
+                        let cause = format!("{err:#}");
+                        results.iter().map(|_| Err(cause.clone())).collect()
+                    }
+                }
+            }
+        },
+    )
 }
 
 fn default_worker_id() -> String {
@@ -92,10 +180,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.broker.publish_timeout,
         broker_shutdown.clone(),
     );
+    let owner = config.worker_id.clone().unwrap_or_else(default_worker_id);
     let ctx = Ctx {
+        claims: claimer(pool.clone(), owner.clone(), config.lease),
+        completions: completer(pool.clone(), broker.clone(), owner.clone()),
         pool,
         broker: broker.clone(),
-        owner: config.worker_id.clone().unwrap_or_else(default_worker_id),
+        owner,
         lease: config.lease,
         shutdown: shutdown.clone(),
         grace: config.shutdown_grace,
@@ -126,13 +217,11 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
     let span = tracing::info_span!("process runs", %run_id, tenant_id = tracing::field::Empty, otel.kind = "consumer");
     telemetry::adopt_trace_parent(&span, delivery.properties.headers().as_ref());
     async move {
-        let claimed = async {
-            let client = ctx.pool.get().await.context("getting a connection")?;
-            runs::claim(&client, run_id, &ctx.owner, ctx.lease)
-                .await
-                .context("claiming the run")
-        }
-        .await;
+        let claimed = ctx
+            .claims
+            .submit(run_id)
+            .await
+            .unwrap_or_else(|gone| Err(gone.to_string()));
         match claimed {
             Ok(Some((run, agent))) => {
                 tracing::Span::current().record("tenant_id", run.tenant_id.as_str());
@@ -214,53 +303,60 @@ async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
     }
 }
 
-/// Records the outcome and its deliveries in one transaction, then publishes the delivery ids.
-/// Retries while the database is unreachable, for as long as the lease could still be ours.
+/// Records the outcome and its deliveries in one transaction (batched with other runs'
+/// completions), then publishes the delivery ids. Retries while the database is unreachable, for
+/// as long as the lease could still be ours.
 async fn finish(ctx: &Ctx, run: &Run, outcome: Result<serde_json::Value, executor::ExecError>) {
     let deadline = tokio::time::Instant::now() + ctx.lease;
     loop {
-        match commit_outcome(ctx, run, &outcome).await {
-            Ok(Some(delivery_ids)) => {
-                let queue = ctx.broker.topology().deliveries();
-                if let Err(err) = ctx.broker.publish_ids(&queue, &delivery_ids).await {
-                    tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
-                }
+        let recorded = match &outcome {
+            Ok(result) => ctx
+                .completions
+                .submit((run.id, result.clone()))
+                .await
+                .unwrap_or_else(|gone| Err(gone.to_string())),
+            Err(err) => record_failure(ctx, run, err)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        };
+        match recorded {
+            Ok(true) => {
                 tracing::info!(run_id = %run.id, ok = outcome.is_ok(), "run finished");
                 return;
             }
-            Ok(None) => {
+            Ok(false) => {
                 tracing::warn!(run_id = %run.id, "the lease was lost before completion; result dropped");
                 return;
             }
             Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot record the outcome; retrying");
+                tracing::warn!(run_id = %run.id, error = %err, "cannot record the outcome; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(err) => {
-                tracing::error!(run_id = %run.id, error = format!("{err:#}"), "giving up recording; the reaper will requeue");
+                tracing::error!(run_id = %run.id, error = %err, "giving up recording; the reaper will requeue");
                 return;
             }
         }
     }
 }
 
-async fn commit_outcome(
-    ctx: &Ctx,
-    run: &Run,
-    outcome: &Result<serde_json::Value, executor::ExecError>,
-) -> anyhow::Result<Option<Vec<Uuid>>> {
+/// `running → failed` with its deliveries, in one transaction; then publishes them.
+async fn record_failure(ctx: &Ctx, run: &Run, err: &executor::ExecError) -> anyhow::Result<bool> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
-    let finished = match outcome {
-        Ok(result) => runs::complete(&tx, run.id, &ctx.owner, result).await?,
-        Err(err) => runs::fail(&tx, run.id, &ctx.owner, err.code, &err.message).await?,
+    let Some(failed) = runs::fail(&tx, run.id, &ctx.owner, err.code, &err.message).await? else {
+        return Ok(false);
     };
-    let Some(finished) = finished else {
-        return Ok(None);
-    };
-    let ids = deliveries::create_for_run(&tx, &finished).await?;
+    let ids = deliveries::create_for_run(&tx, &failed).await?;
     tx.commit().await?;
-    Ok(Some(ids))
+    if let Err(err) = ctx
+        .broker
+        .publish_ids(&ctx.broker.topology().deliveries(), &ids)
+        .await
+    {
+        tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+    }
+    Ok(true)
 }
 
 /// The maintenance loop: reaper and sweepers. Every worker runs it; `SKIP LOCKED` keeps them from
@@ -277,13 +373,13 @@ async fn maintain(ctx: Ctx, config: Config) {
 }
 
 async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
-    const BATCH: i64 = 500;
+    const SWEEP_BATCH: i64 = 500;
     let topology = ctx.broker.topology();
     // Reap: expired leases go back to the queue, or fail once their attempts are spent.
     let (requeued, failed_deliveries) = {
         let mut client = ctx.pool.get().await?;
         let tx = client.transaction().await?;
-        let reaped = runs::reap_expired(&tx, BATCH).await?;
+        let reaped = runs::reap_expired(&tx, SWEEP_BATCH).await?;
         let mut requeued = Vec::new();
         let mut delivery_ids = Vec::new();
         for run in &reaped {
@@ -321,7 +417,7 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     // lost one: republishing would only pile duplicates onto a backlog. Sweep once it drains.
     let backlog = ctx.broker.ready_count(&topology.runs()).await.unwrap_or(0);
     let unclaimed = if backlog == 0 {
-        runs::sweep_unclaimed(&client, config.sweep_after, BATCH).await?
+        runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?
     } else {
         Vec::new()
     };
@@ -333,7 +429,8 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
             .unwrap_or(0);
         tracing::info!(found = unclaimed.len(), sent, "republished unclaimed runs");
     }
-    let stalled = deliveries::sweep_stalled(&client, config.delivery_sweep_after, BATCH).await?;
+    let stalled =
+        deliveries::sweep_stalled(&client, config.delivery_sweep_after, SWEEP_BATCH).await?;
     if !stalled.is_empty() {
         let sent = ctx
             .broker
