@@ -61,7 +61,8 @@ CREATE TABLE runs (
     FOREIGN KEY (tenant_id, agent_id) REFERENCES agents (tenant_id, id)
 );
 
-CREATE INDEX runs_tenant_created ON runs (tenant_id, id DESC);
+-- Only the indexes the current queries need: every index is paid for on each of the three
+-- writes a run takes. Listing runs by tenant adds its index with the endpoint that needs it.
 CREATE INDEX runs_queued_sweep ON runs (enqueued_at) WHERE status = 'queued';
 CREATE INDEX runs_running_lease ON runs (lease_expires_at) WHERE status = 'running';
 
@@ -96,10 +97,8 @@ CREATE TABLE deliveries (
 
 CREATE INDEX deliveries_pending_sweep ON deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX deliveries_sending_lease ON deliveries (lease_expires_at) WHERE status = 'sending';
-CREATE INDEX deliveries_tenant_run ON deliveries (tenant_id, run_id);
 
 CREATE TABLE delivery_attempts (
-    id               uuid PRIMARY KEY,
     delivery_id      uuid NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
     tenant_id        text NOT NULL,
     attempt          integer NOT NULL,
@@ -108,5 +107,5 @@ CREATE TABLE delivery_attempts (
     error            text,
     latency_ms       integer NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (delivery_id, attempt)
+    PRIMARY KEY (delivery_id, attempt)
 );

@@ -112,7 +112,10 @@ mod tests {
             assert_eq!(out, i * 10);
         }
         let n = flushes.load(Ordering::SeqCst);
-        assert!((4..200).contains(&n), "200 items in {n} flushes of at most 50");
+        assert!(
+            (4..200).contains(&n),
+            "200 items in {n} flushes of at most 50"
+        );
     }
 
     #[tokio::test]

@@ -171,8 +171,7 @@ pub async fn finish_many(
     items: &[(Outgoing, Attempt, Next)],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let n = items.len();
-    let (mut attempt_ids, mut ids, mut tenants, mut numbers) = (
-        Vec::with_capacity(n),
+    let (mut ids, mut tenants, mut numbers) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -189,7 +188,6 @@ pub async fn finish_many(
         Vec::with_capacity(n),
     );
     for (out, attempt, next) in items {
-        attempt_ids.push(Uuid::now_v7());
         ids.push(out.id);
         tenants.push(out.tenant_id.as_str());
         numbers.push(out.attempt);
@@ -216,14 +214,16 @@ pub async fn finish_many(
     let tx = client.transaction().await?;
     tx.execute(
         &tx.prepare_cached(
-            "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, attempt, response_status, \
+            "INSERT INTO delivery_attempts (delivery_id, tenant_id, attempt, response_status, \
                                             response_body, error, latency_ms) \
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[], $6::text[], \
-                                  $7::text[], $8::int[]) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], \
+                                  $6::text[], $7::int[]) \
              ON CONFLICT (delivery_id, attempt) DO NOTHING",
         )
         .await?,
-        &[&attempt_ids, &ids, &tenants, &numbers, &statuses, &bodies, &errors, &latencies],
+        &[
+            &ids, &tenants, &numbers, &statuses, &bodies, &errors, &latencies,
+        ],
     )
     .await?;
     let rows = tx
