@@ -171,9 +171,25 @@ pub async fn create(
         webhook_url: valid.webhook_url,
     };
     let agent_id = new.agent_id.clone();
-    let stored = tokio::time::timeout(state.accept_timeout, state.accepter.insert(new))
+    // Recording and publishing run in their own task: a client that hangs up mid-request cannot
+    // leave a committed run unpublished (it would wait for the sweeper).
+    let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
+    let task_state = state.clone();
+    let publishing = tokio::spawn(async move {
+        let stored = task_state.accepter.insert(new).await;
+        let _ = stored_tx.send(stored.clone());
+        if let Ok(Some(run)) = stored {
+            let queue = task_state.broker.topology().runs();
+            if let Err(err) = task_state.broker.publish_id(&queue, run.id).await {
+                tracing::warn!(run_id = %run.id, error = %err, "run stored but not published yet; retrying in the background");
+                task_state.backlog.push(run.id);
+            }
+        }
+    });
+    let stored = tokio::time::timeout(state.accept_timeout, stored_rx)
         .await
-        .map_err(|_| ApiError::unavailable())?;
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(|_| ApiError::internal("the accept task ended without an answer"))?;
     let run = match stored {
         Ok(Some(run)) => run,
         Ok(None) => {
@@ -184,14 +200,8 @@ pub async fn create(
         Err(StoreError::Unavailable) => return Err(ApiError::unavailable()),
         Err(err @ StoreError::Internal(_)) => return Err(ApiError::internal(err)),
     };
-    if let Err(err) = state
-        .broker
-        .publish_id(&state.broker.topology().runs(), run.id)
-        .await
-    {
-        tracing::warn!(run_id = %run.id, error = %err, "run stored but not published yet; retrying in the background");
-        state.backlog.push(run.id);
-    }
+    // The 202 follows the broker's confirm (or the hand-off to the background publisher).
+    let _ = publishing.await;
     if let Some(wait) = wait.filter(|w| !w.is_zero())
         && let Some(done) = wait_for_end(&state, &run, wait).await
     {

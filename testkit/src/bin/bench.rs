@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     e2e_concurrency: Vec<usize>,
     /// Offered rates (runs per second) for the fixed-rate latency measurement.
-    #[arg(long, value_delimiter = ',', default_value = "100,300,500")]
+    #[arg(long, value_delimiter = ',', default_value = "100,300,600")]
     e2e_rates: Vec<u32>,
     /// Seconds each fixed-rate measurement sends for.
     #[arg(long, default_value_t = 10)]
