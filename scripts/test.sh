@@ -26,6 +26,7 @@ fi
 # The end-to-end tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked
 
-# The broker-restart test stops the shared RabbitMQ, so it runs alone, first; then everything else.
-cargo nextest run --workspace --locked -E 'binary(broker_restart)' "$@"
-cargo nextest run --workspace --locked -E 'not binary(broker_restart)' "$@"
+# The restart tests stop the shared RabbitMQ and PostgreSQL, so they run alone, first, one at a
+# time; then everything else.
+cargo nextest run --workspace --locked -E 'binary(service_restarts)' "$@"
+cargo nextest run --workspace --locked -E 'not binary(service_restarts)' "$@"
