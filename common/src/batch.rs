@@ -3,7 +3,9 @@
 //! at once. There is no timer: a lone item is flushed at once, and under load the batches grow
 //! while earlier flushes are in flight, so statements and commits per item fall as load rises.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -83,6 +85,31 @@ async fn collect<I, O, F, Fut>(
     }
 }
 
+/// Answers each item of a flush from one statement's outcome: the returned row whose key is the
+/// item's (or `None` when the statement skipped it), or, when the statement failed, its error
+/// for every item.
+pub fn answer_each<K, T, E>(
+    keys: &[K],
+    outcome: Result<Vec<T>, E>,
+    key_of: impl Fn(&T) -> K,
+) -> Vec<Result<Option<T>, String>>
+where
+    K: Eq + Hash,
+    E: std::fmt::Display,
+{
+    match outcome {
+        Ok(rows) => {
+            let mut by_key: HashMap<K, T> =
+                rows.into_iter().map(|row| (key_of(&row), row)).collect();
+            keys.iter().map(|k| Ok(by_key.remove(k))).collect()
+        }
+        Err(err) => {
+            let cause = format!("{err:#}");
+            keys.iter().map(|_| Err(cause.clone())).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +142,21 @@ mod tests {
         assert!(
             (4..200).contains(&n),
             "200 items in {n} flushes of at most 50"
+        );
+    }
+
+    #[test]
+    fn answers_match_rows_to_items_by_key() {
+        let rows: Result<Vec<(u8, &str)>, String> = Ok(vec![(3, "c"), (1, "a")]);
+        let answers = answer_each(&[1, 2, 3], rows, |row| row.0);
+        assert_eq!(
+            answers,
+            vec![Ok(Some((1, "a"))), Ok(None), Ok(Some((3, "c")))]
+        );
+        let failed: Result<Vec<(u8, &str)>, String> = Err("down".into());
+        assert_eq!(
+            answer_each(&[1, 2], failed, |row| row.0),
+            vec![Err("down".into()), Err("down".into())]
         );
     }
 

@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod batch;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod deliveries;

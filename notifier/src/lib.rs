@@ -5,7 +5,6 @@
 //! Architecture invariant: the notifier only reads runs (through the payload stored on the
 //! delivery) and changes delivery status only through `switchyard_common::deliveries`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -13,7 +12,7 @@ use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
-use switchyard_common::batch::Batcher;
+use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
 };
@@ -93,17 +92,7 @@ fn claimer(pool: Pool, lease: Duration) -> Batcher<Uuid, Result<Option<Outgoing>
                 Ok::<_, anyhow::Error>(deliveries::claim_many(&client, &ids, lease).await?)
             }
             .await;
-            match claimed {
-                Ok(won) => {
-                    let mut by_id: HashMap<Uuid, Outgoing> =
-                        won.into_iter().map(|o| (o.id, o)).collect();
-                    ids.iter().map(|id| Ok(by_id.remove(id))).collect()
-                }
-                Err(err) => {
-                    let cause = format!("{err:#}");
-                    ids.iter().map(|_| Err(cause.clone())).collect()
-                }
-            }
+            answer_each(&ids, claimed, |out| out.id)
         }
     })
 }
@@ -120,16 +109,11 @@ fn finisher(pool: Pool) -> Batcher<(Outgoing, Attempt, Next), Result<bool, Strin
                     Ok::<_, anyhow::Error>(deliveries::finish_many(&mut client, &items).await?)
                 }
                 .await;
-                match recorded {
-                    Ok(moved) => items
-                        .iter()
-                        .map(|(out, _, _)| Ok(moved.contains(&out.id)))
-                        .collect(),
-                    Err(err) => {
-                        let cause = format!("{err:#}");
-                        items.iter().map(|_| Err(cause.clone())).collect()
-                    }
-                }
+                let ids: Vec<Uuid> = items.iter().map(|(out, _, _)| out.id).collect();
+                answer_each(&ids, recorded, |id| *id)
+                    .into_iter()
+                    .map(|answer| answer.map(|moved| moved.is_some()))
+                    .collect()
             }
         },
     )

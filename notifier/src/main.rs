@@ -1,9 +1,8 @@
 //! `switchyard-notifier [serve|migrate]`: flags and environment, then wiring.
 
-use clap::{Parser, Subcommand};
-use switchyard_common::config::{DatabaseArgs, TelemetryArgs};
+use clap::Parser;
+use switchyard_common::cli::{self, Command};
 use switchyard_notifier::Config;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -13,42 +12,23 @@ use tokio_util::sync::CancellationToken;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Deliver webhooks.
-    Serve(Box<Config>),
-    /// Apply database migrations and exit (safe to run concurrently).
-    Migrate {
-        #[command(flatten)]
-        db: DatabaseArgs,
-        #[command(flatten)]
-        telemetry: TelemetryArgs,
-    },
+    command: Command<Config>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Migrate { db, telemetry } => {
-            let _guard = switchyard_common::telemetry::init("switchyard-notifier", &telemetry)?;
-            let applied = switchyard_common::db::migrate(&db.database_url).await?;
-            tracing::info!(applied, "migrations applied");
+            cli::migrate("switchyard-notifier", &db, &telemetry).await
         }
         Command::Serve(config) => {
             let _guard =
                 switchyard_common::telemetry::init("switchyard-notifier", &config.telemetry)?;
-            let shutdown = CancellationToken::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                switchyard_common::shutdown_signal().await;
-                tracing::info!("shutdown requested; draining");
-                trigger.cancel();
-            });
-            switchyard_notifier::run(*config, shutdown).await?;
+            let result = switchyard_notifier::run(*config, cli::cancel_on_signal()).await;
+            if let Err(err) = &result {
+                tracing::error!(error = format!("{err:#}"), "notifier stopped");
+            }
+            result
         }
     }
-    Ok(())
 }

@@ -8,7 +8,6 @@
 
 pub mod executor;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,7 +15,7 @@ use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
-use switchyard_common::batch::Batcher;
+use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_duration};
 use switchyard_common::{AgentSpec, Run, deliveries, runs, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -97,19 +96,7 @@ fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed>
                     .context("claiming runs")
             }
             .await;
-            match claimed {
-                Ok(won) => {
-                    let mut by_id: HashMap<Uuid, (Run, AgentSpec)> = won
-                        .into_iter()
-                        .map(|(run, agent)| (run.id, (run, agent)))
-                        .collect();
-                    ids.iter().map(|id| Ok(by_id.remove(id))).collect()
-                }
-                Err(err) => {
-                    let cause = format!("{err:#}");
-                    ids.iter().map(|_| Err(cause.clone())).collect()
-                }
-            }
+            answer_each(&ids, claimed, |(run, _)| run.id)
         }
     })
 }
@@ -125,36 +112,24 @@ fn completer(
         move |results: Vec<(Uuid, serde_json::Value)>| {
             let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
             async move {
-                let committed = async {
-                    let mut client = pool.get().await?;
-                    let tx = client.transaction().await?;
-                    let done = runs::complete_many(&tx, &owner, &results).await?;
-                    let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
-                    tx.commit().await?;
-                    Ok::<_, anyhow::Error>((
-                        done.into_iter().map(|r| r.id).collect::<HashSet<_>>(),
-                        delivery_ids,
-                    ))
+                let completed = async {
+                let mut client = pool.get().await?;
+                let tx = client.transaction().await?;
+                let done = runs::complete_many(&tx, &owner, &results).await?;
+                let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
+                tx.commit().await?;
+                let queue = broker.topology().deliveries();
+                if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
+                    tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
                 }
-                .await;
-                match committed {
-                    Ok((done, delivery_ids)) => {
-                        if let Err(err) = broker
-                            .publish_ids(&broker.topology().deliveries(), &delivery_ids)
-                            .await
-                        {
-                            tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
-                        }
-                        results
-                            .iter()
-                            .map(|(id, _)| Ok(done.contains(id)))
-                            .collect()
-                    }
-                    Err(err) => {
-                        let cause = format!("{err:#}");
-                        results.iter().map(|_| Err(cause.clone())).collect()
-                    }
-                }
+                Ok::<_, anyhow::Error>(done)
+            }
+            .await;
+                let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
+                answer_each(&ids, completed, |run| run.id)
+                    .into_iter()
+                    .map(|answer| answer.map(|run| run.is_some()))
+                    .collect()
             }
         },
     )

@@ -188,6 +188,52 @@ struct Load {
     failures: usize,
 }
 
+/// One request's outcome: the run id when accepted, when it was sent, how long the answer took.
+type Sent = (Option<String>, Instant, Duration);
+
+async fn send_one(http: reqwest::Client, url: String, body: Value) -> Sent {
+    let sent = Instant::now();
+    let response = http
+        .post(url)
+        .bearer_auth(API_TOKEN)
+        .json(&body)
+        .send()
+        .await;
+    let latency = sent.elapsed();
+    let id = match response {
+        Ok(r) if r.status() == 202 => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_owned)),
+        _ => None,
+    };
+    (id, sent, latency)
+}
+
+impl Load {
+    async fn gather(tasks: Vec<tokio::task::JoinHandle<Sent>>, started: Instant) -> Self {
+        let mut load = Self {
+            latencies: Vec::with_capacity(tasks.len()),
+            elapsed: Duration::ZERO,
+            sent_at: HashMap::new(),
+            failures: 0,
+        };
+        for task in tasks {
+            match task.await {
+                Ok((Some(id), sent, latency)) => {
+                    load.latencies.push(latency);
+                    load.sent_at.insert(id, sent);
+                }
+                _ => load.failures += 1,
+            }
+        }
+        load.elapsed = started.elapsed();
+        load.latencies.sort();
+        load
+    }
+}
+
 async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&str>) -> Load {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -208,44 +254,12 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
             body["webhookUrl"] = json!(hook);
         }
         tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let response = http
-                .post(url)
-                .bearer_auth(API_TOKEN)
-                .json(&body)
-                .send()
-                .await;
-            let latency = sent.elapsed();
+            let sent = send_one(http, url, body).await;
             drop(permit);
-            let id = match response {
-                Ok(r) if r.status() == 202 => r
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
-                _ => None,
-            };
-            (id, sent, latency)
+            sent
         }));
     }
-    let mut result = Load {
-        latencies: Vec::with_capacity(total),
-        elapsed: Duration::ZERO,
-        sent_at: HashMap::new(),
-        failures: 0,
-    };
-    for task in tasks {
-        match task.await {
-            Ok((Some(id), sent, latency)) => {
-                result.latencies.push(latency);
-                result.sent_at.insert(id, sent);
-            }
-            _ => result.failures += 1,
-        }
-    }
-    result.elapsed = started.elapsed();
-    result.latencies.sort();
-    result
+    Load::gather(tasks, started).await
 }
 
 /// Open loop: sends `rate` runs per second for `seconds`, whatever the answers' pace.
@@ -263,44 +277,9 @@ async fn paced(stack: &Stack, rate: u32, seconds: u32, webhook: &str) -> Load {
         let url = url.clone();
         let body =
             json!({"agentId": "echo", "message": format!("paced {n}"), "webhookUrl": webhook});
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let response = http
-                .post(url)
-                .bearer_auth(API_TOKEN)
-                .json(&body)
-                .send()
-                .await;
-            let latency = sent.elapsed();
-            let id = match response {
-                Ok(r) if r.status() == 202 => r
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
-                _ => None,
-            };
-            (id, sent, latency)
-        }));
+        tasks.push(tokio::spawn(send_one(http, url, body)));
     }
-    let mut result = Load {
-        latencies: Vec::with_capacity(total),
-        elapsed: Duration::ZERO,
-        sent_at: HashMap::new(),
-        failures: 0,
-    };
-    for task in tasks {
-        match task.await {
-            Ok((Some(id), sent, latency)) => {
-                result.latencies.push(latency);
-                result.sent_at.insert(id, sent);
-            }
-            _ => result.failures += 1,
-        }
-    }
-    result.elapsed = started.elapsed();
-    result.latencies.sort();
-    result
+    Load::gather(tasks, started).await
 }
 
 /// End-to-end latencies (send → verified webhook received) of the runs in `load`, how many
