@@ -500,6 +500,32 @@ fn check(confirm: Confirmation) -> Result<(), PublishError> {
     }
 }
 
+/// Acknowledges a message. A failed ack is not an error to act on: the broker redelivers, and
+/// every handler is idempotent.
+pub async fn ack(delivery: &Delivery) {
+    let _ = delivery
+        .ack(lapin::options::BasicAckOptions::default())
+        .await;
+}
+
+/// Returns a message to its queue after `delay`, for a transient failure (the database is
+/// down). The wait keeps a redelivery loop from spinning while the cause lasts.
+pub async fn requeue_after(delivery: &Delivery, delay: Duration) {
+    tokio::time::sleep(delay).await;
+    let options = lapin::options::BasicNackOptions {
+        requeue: true,
+        ..lapin::options::BasicNackOptions::default()
+    };
+    let _ = delivery.nack(options).await;
+}
+
+/// Rejects a message for good: it goes to the queue's dead-letter queue.
+pub async fn dead_letter(delivery: &Delivery) {
+    let _ = delivery
+        .nack(lapin::options::BasicNackOptions::default())
+        .await;
+}
+
 /// Reads the id a work message carries; `None` for a malformed message (dead-letter it).
 pub fn parse_id(delivery: &Delivery) -> Option<Uuid> {
     serde_json::from_slice::<IdMessage>(&delivery.data)

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
 use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
@@ -169,7 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn handle(ctx: Ctx, message: Delivery) {
     let Some(delivery_id) = amqp::parse_id(&message) else {
         tracing::warn!("malformed delivery message; dead-lettering it");
-        let _ = message.nack(BasicNackOptions::default()).await;
+        amqp::dead_letter(&message).await;
         return;
     };
     let span = tracing::info_span!("process deliveries", %delivery_id, otel.kind = "consumer");
@@ -183,23 +182,17 @@ async fn handle(ctx: Ctx, message: Delivery) {
         match claimed {
             Ok(Some(out)) => {
                 attempt_and_record(&ctx, &out).await;
-                let _ = message.ack(BasicAckOptions::default()).await;
+                amqp::ack(&message).await;
             }
             Ok(None) => {
-                let _ = message.ack(BasicAckOptions::default()).await;
+                amqp::ack(&message).await;
             }
             Err(err) => {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "cannot claim the delivery; requeueing"
                 );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = message
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                amqp::requeue_after(&message, Duration::from_secs(1)).await;
             }
         }
     }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use switchyard_common::amqp::{self, Broker, Topology};
 use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_duration};
@@ -186,7 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn handle(ctx: Ctx, delivery: Delivery) {
     let Some(run_id) = amqp::parse_id(&delivery) else {
         tracing::warn!("malformed run message; dead-lettering it");
-        let _ = delivery.nack(BasicNackOptions::default()).await;
+        amqp::dead_letter(&delivery).await;
         return;
     };
     let span = tracing::info_span!("process runs", %run_id, tenant_id = tracing::field::Empty, otel.kind = "consumer");
@@ -201,25 +200,19 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
             Ok(Some((run, agent))) => {
                 tracing::Span::current().record("tenant_id", run.tenant_id.as_str());
                 // The lease owns the run from here; a failed ack only means a duplicate later.
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                amqp::ack(&delivery).await;
                 execute(&ctx, run, agent).await;
             }
             Ok(None) => {
                 tracing::debug!("run already claimed, cancelled or finished; skipping");
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                amqp::ack(&delivery).await;
             }
             Err(err) => {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "cannot claim; requeueing the message"
                 );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                amqp::requeue_after(&delivery, Duration::from_secs(1)).await;
             }
         }
     }
