@@ -234,6 +234,8 @@ pub struct StackOptions {
     pub receiver_script: Vec<u16>,
     /// `SWITCHYARD_EGRESS_ALLOW` of the notifier; loopback by default, since receivers live there.
     pub egress_allow: &'static str,
+    /// `SWITCHYARD_WEBHOOK_TIMEOUT` of the notifier.
+    pub webhook_timeout: &'static str,
 }
 
 impl Default for StackOptions {
@@ -247,6 +249,7 @@ impl Default for StackOptions {
             ingress_database_url: None,
             receiver_script: Vec::new(),
             egress_allow: "127.0.0.0/8",
+            webhook_timeout: "5s",
         }
     }
 }
@@ -422,7 +425,7 @@ fn notifier_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'sta
     let mut env = common_env(db, prefix);
     env.push(("SWITCHYARD_WEBHOOK_SECRET", WEBHOOK_SECRET.into()));
     env.push(("SWITCHYARD_RETRY_SCHEDULE", options.retry_schedule.into()));
-    env.push(("SWITCHYARD_WEBHOOK_TIMEOUT", "5s".into()));
+    env.push(("SWITCHYARD_WEBHOOK_TIMEOUT", options.webhook_timeout.into()));
     env.push(("SWITCHYARD_EGRESS_ALLOW", options.egress_allow.into()));
     env
 }

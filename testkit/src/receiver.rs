@@ -1,6 +1,7 @@
 //! A webhook receiver for tests, the quickstart and the bench. It verifies each request with the
 //! Standard Webhooks algorithm, records it, and answers with the next status of its script (then
-//! 200 for good).
+//! 200 for good). A 3xx answer carries `Location: /redirected`, where any request is counted as a
+//! followed redirect; the first request can be made to hang.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,6 +34,10 @@ pub struct Received {
 struct Inner {
     received: Vec<Received>,
     script: std::collections::VecDeque<u16>,
+    /// How long the next request waits before it is answered.
+    hang_next: Option<std::time::Duration>,
+    /// Requests that arrived at the redirect target.
+    followed_redirects: usize,
 }
 
 #[derive(Clone)]
@@ -66,8 +71,8 @@ impl Receiver {
         let shared = Shared {
             secret: Secret::parse(secret).map_err(|e| anyhow::anyhow!("{e}"))?,
             inner: Arc::new(Mutex::new(Inner {
-                received: Vec::new(),
                 script: script.into(),
+                ..Inner::default()
             })),
             notify: Arc::new(Notify::new()),
             on_receive,
@@ -76,11 +81,28 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr()?);
         let app = axum::Router::new()
             .route("/hook", post(receive))
+            .route("/redirected", axum::routing::any(redirected))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { url, shared, task })
+    }
+
+    /// Makes the next request wait `delay` before it is answered (to provoke a timeout).
+    pub fn hang_next(&self, delay: std::time::Duration) {
+        if let Ok(mut inner) = self.shared.inner.lock() {
+            inner.hang_next = Some(delay);
+        }
+    }
+
+    /// How many requests followed a redirect this receiver answered.
+    pub fn followed_redirects(&self) -> usize {
+        self.shared
+            .inner
+            .lock()
+            .map(|i| i.followed_redirects)
+            .unwrap_or_default()
     }
 
     /// Everything received so far.
@@ -132,7 +154,19 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn redirected(State(shared): State<Shared>) -> StatusCode {
+    if let Ok(mut inner) = shared.inner.lock() {
+        inner.followed_redirects += 1;
+    }
+    StatusCode::OK
+}
+
+async fn receive(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     let id = header(&headers, "webhook-id");
     let ts = header(&headers, "webhook-timestamp");
     let sig = header(&headers, "webhook-signature");
@@ -148,10 +182,11 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             DEFAULT_TOLERANCE_SECS,
         )
         .is_ok();
-    let record = {
+    let (record, hang) = {
         let Ok(mut inner) = shared.inner.lock() else {
-            return StatusCode::INTERNAL_SERVER_ERROR;
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
+        let hang = inner.hang_next.take();
         let answered = inner.script.pop_front().unwrap_or(200);
         let record = Received {
             webhook_id: id.unwrap_or_default(),
@@ -163,11 +198,18 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             at: Instant::now(),
         };
         inner.received.push(record.clone());
-        record
+        (record, hang)
     };
     if let Some(callback) = &shared.on_receive {
         callback(&record);
     }
     shared.notify.notify_waiters();
-    StatusCode::from_u16(record.answered).unwrap_or(StatusCode::OK)
+    if let Some(delay) = hang {
+        tokio::time::sleep(delay).await;
+    }
+    let status = StatusCode::from_u16(record.answered).unwrap_or(StatusCode::OK);
+    if status.is_redirection() {
+        return (status, [(axum::http::header::LOCATION, "/redirected")]).into_response();
+    }
+    status.into_response()
 }

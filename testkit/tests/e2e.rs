@@ -296,3 +296,27 @@ async fn readiness_reports_both_dependencies() {
     assert_eq!(ready["rabbitmq"], "up");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_when_stdout_is_not_a_terminal() {
+    let db = switchyard_testkit::TestDb::create().await.expect("test db");
+    let output = std::process::Command::new(switchyard_testkit::bin_path("switchyard-worker"))
+        .arg("migrate")
+        .env("SWITCHYARD_DATABASE_URL", &db.url)
+        .env("SWITCHYARD_LOG", "info")
+        .env_remove("SWITCHYARD_LOG_FORMAT")
+        .output()
+        .expect("migrate runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "migrate logs something");
+    for line in lines {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+}

@@ -472,3 +472,92 @@ async fn a_database_that_accepts_but_never_answers_still_gets_a_503_within_a_sec
     stack.shutdown().await;
     holder.abort();
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_count_as_failures() {
+    let stack = Stack::start(StackOptions {
+        receiver_script: vec![302],
+        retry_schedule: "1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let id = run_id(
+        stack
+            .create_run(
+                &json!({"agentId": "echo", "message": "moved", "webhookUrl": stack.receiver.url}),
+            )
+            .await
+            .expect("request"),
+    )
+    .await;
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| r.len() >= 2)
+        .await
+        .expect("a retry after the redirect");
+    assert_eq!(received[0].answered, 302);
+    assert_eq!(received[1].answered, 200);
+    assert_eq!(received[0].webhook_id, received[1].webhook_id);
+    assert_eq!(
+        stack.receiver.followed_redirects(),
+        0,
+        "the Location was never requested"
+    );
+    let client = stack.db.client().await.expect("db");
+    let first: Option<i32> = client
+        .query_one(
+            "SELECT a.response_status FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+             WHERE d.run_id = $1::text::uuid AND a.attempt = 1",
+            &[&id],
+        )
+        .await
+        .expect("the first attempt is recorded")
+        .get(0);
+    assert_eq!(first, Some(302));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_hangs_is_timed_out_and_retried() {
+    let stack = Stack::start(StackOptions {
+        webhook_timeout: "1s",
+        retry_schedule: "1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack.receiver.hang_next(Duration::from_secs(5));
+    let id = run_id(
+        stack
+            .create_run(&json!({"agentId": "echo", "message": "slowpoke", "webhookUrl": stack.receiver.url}))
+            .await
+            .expect("request"),
+    )
+    .await;
+    stack
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| r.len() >= 2)
+        .await
+        .expect("the attempt after the timeout");
+    let client = stack.db.client().await.expect("db");
+    let (error, latency) = poll(Duration::from_secs(10), || async {
+        let row = client
+            .query_one(
+                "SELECT a.error, a.latency_ms FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id \
+                 WHERE d.run_id = $1::text::uuid AND a.attempt = 1",
+                &[&id],
+            )
+            .await
+            .ok()?;
+        Some((row.get::<_, Option<String>>(0), row.get::<_, i32>(1)))
+    })
+    .await
+    .expect("the first attempt is recorded");
+    assert_eq!(error.as_deref(), Some("the request timed out"));
+    assert!(
+        (900..4000).contains(&latency),
+        "cut off near the 1 s timeout, not after 5 s: {latency} ms"
+    );
+    stack.shutdown().await;
+}
