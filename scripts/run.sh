@@ -63,7 +63,7 @@ demo="curl -sS http://127.0.0.1:$PORT/v1/runs \\
 
 echo
 echo "Switchyard is up: ingress http://127.0.0.1:$PORT, 2 workers, notifier, inbox :$INBOX_PORT (logs in $logs)."
-echo "A first run, end to end (the completed run, then its verified webhook from the inbox):"
+echo "A first run, end to end: its webhook as the inbox verifies it, then the completed run as curl shows it:"
 echo
 bash -c "$demo"
 echo

@@ -24,7 +24,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "SWITCHYARD_DB_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
     pub db_timeout: Duration,
 
-    /// `statement_timeout` set on every pooled connection.
+    /// `statement_timeout` and `lock_timeout` set on every pooled connection.
     #[arg(long, env = "SWITCHYARD_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub db_statement_timeout: Duration,
 }

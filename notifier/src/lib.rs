@@ -42,7 +42,7 @@ pub struct Config {
     pub retry_schedule: String,
 
     /// Timeout of each webhook request, connection included.
-    #[arg(long, env = "SWITCHYARD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long = "webhook-timeout", env = "SWITCHYARD_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// Networks webhooks may reach besides public addresses, comma-separated CIDRs
@@ -51,7 +51,11 @@ pub struct Config {
     pub egress_allow: String,
 
     /// Deliveries attempted at once by this process.
-    #[arg(long, env = "SWITCHYARD_NOTIFIER_CONCURRENCY", default_value_t = 64)]
+    #[arg(
+        long = "notifier-concurrency",
+        env = "SWITCHYARD_NOTIFIER_CONCURRENCY",
+        default_value_t = 64
+    )]
     pub concurrency: usize,
 
     #[command(flatten)]

@@ -68,6 +68,19 @@ impl TestDb {
             .await?
             .is_some();
         if !exists {
+            // Templates of older migration sets are of no further use.
+            let stale = admin
+                .query(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'sy\\_template\\_%' AND datname <> $1",
+                    &[&template],
+                )
+                .await?;
+            for row in stale {
+                let name: String = row.get(0);
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
             let building = format!("{template}_build");
             admin
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))

@@ -24,12 +24,16 @@ use uuid::Uuid;
 /// Every worker setting.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
-    /// This worker's name as lease owner; defaults to host name, process id and a random suffix.
+    /// This worker's name as lease owner [default: <host name>-<process id>-<random suffix>].
     #[arg(long, env = "SWITCHYARD_WORKER_ID")]
     pub worker_id: Option<String>,
 
     /// Runs executed at once by this process.
-    #[arg(long, env = "SWITCHYARD_WORKER_CONCURRENCY", default_value_t = 16)]
+    #[arg(
+        long = "worker-concurrency",
+        env = "SWITCHYARD_WORKER_CONCURRENCY",
+        default_value_t = 16
+    )]
     pub concurrency: usize,
 
     /// How long a claim holds a run without a heartbeat; heartbeats come every third of it.
