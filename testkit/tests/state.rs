@@ -400,3 +400,145 @@ async fn concurrent_migrations_apply_each_migration_once() {
         .await
         .expect("drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overlapping_batched_claims_neither_deadlock_nor_double_claim() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    for _ in 0..5 {
+        let client = pool.get().await.expect("connection");
+        let batch: Vec<NewRun> = (0..50).map(|_| new_run("echo", None)).collect();
+        let ids: Vec<Uuid> = runs::insert_batch(&client, &batch)
+            .await
+            .expect("insert")
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        drop(client);
+        // Four workers claim the same runs at once, each listing them in its own order.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+        let mut racers = Vec::new();
+        for n in 0..4 {
+            let mut order = ids.clone();
+            if n % 2 == 1 {
+                order.reverse();
+            }
+            order.rotate_left(n * 7);
+            let (pool, start) = (pool.clone(), start.clone());
+            racers.push(tokio::spawn(async move {
+                let client = pool.get().await.expect("connection");
+                start.wait().await;
+                runs::claim_many(
+                    &client,
+                    &order,
+                    &format!("worker-{n}"),
+                    Duration::from_secs(30),
+                )
+                .await
+                .expect("no deadlock, no error")
+            }));
+        }
+        let mut claimed = Vec::new();
+        for racer in racers {
+            claimed.extend(
+                racer
+                    .await
+                    .expect("join")
+                    .into_iter()
+                    .map(|(run, _)| run.id),
+            );
+        }
+        claimed.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(claimed, expected, "every run claimed exactly once");
+    }
+}
+
+#[tokio::test]
+async fn one_batch_of_attempts_can_deliver_retry_and_fail_at_once() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    let mut client = pool.get().await.expect("connection");
+    let mut outgoing = Vec::new();
+    for _ in 0..3 {
+        let run = insert(&pool, new_run("echo", Some("http://127.0.0.1:9/hook"))).await;
+        runs::claim(&client, run.id, "w", Duration::from_secs(30))
+            .await
+            .expect("q")
+            .expect("claimed");
+        let done = runs::complete(&client, run.id, "w", &serde_json::json!({"output": "x"}))
+            .await
+            .expect("q")
+            .expect("completed");
+        let id = deliveries::create_for_run(&client, &done)
+            .await
+            .expect("create")[0];
+        outgoing.push(
+            deliveries::claim(&client, id, Duration::from_secs(30))
+                .await
+                .expect("q")
+                .expect("claimed"),
+        );
+    }
+    let attempt = |status| Attempt {
+        response_status: Some(status),
+        response_body: None,
+        error: None,
+        latency: Duration::from_millis(2),
+    };
+    let items = vec![
+        (outgoing[0].clone(), attempt(200), Next::Delivered),
+        (
+            outgoing[1].clone(),
+            attempt(500),
+            Next::RetryAfter(Duration::from_secs(60)),
+        ),
+        (outgoing[2].clone(), attempt(410), Next::GiveUp),
+    ];
+    let moved = deliveries::finish_many(&mut client, &items)
+        .await
+        .expect("finish");
+    assert_eq!(moved.len(), 3);
+    let status_of = |id: Uuid| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one("SELECT status, next_attempt_at > now() + interval '50 seconds', last_error FROM deliveries WHERE id = $1", &[&id])
+                .await
+                .expect("q");
+            (
+                row.get::<_, String>(0),
+                row.get::<_, bool>(1),
+                row.get::<_, Option<String>>(2),
+            )
+        }
+    };
+    assert_eq!(
+        status_of(outgoing[0].id).await,
+        ("delivered".into(), false, None)
+    );
+    assert_eq!(
+        status_of(outgoing[1].id).await,
+        (
+            "pending".into(),
+            true,
+            Some("the endpoint answered 500".into())
+        )
+    );
+    assert_eq!(
+        status_of(outgoing[2].id).await,
+        (
+            "failed".into(),
+            false,
+            Some("the endpoint answered 410".into())
+        )
+    );
+    // The same batch again changes nothing: every delivery has left `sending`.
+    assert!(
+        deliveries::finish_many(&mut client, &items)
+            .await
+            .expect("finish")
+            .is_empty()
+    );
+}
