@@ -41,6 +41,8 @@ if ! pg_up; then
   fi
   log "starting PostgreSQL $version"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  # The package may have started it already, before the trust lines were there.
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
   wait_for PostgreSQL pg_up 60
 fi
 
