@@ -13,6 +13,24 @@ async fn run_id(response: reqwest::Response) -> String {
     run["id"].as_str().expect("id").to_owned()
 }
 
+/// Adds an echo agent that takes `delay_ms`, starts a run on it, and waits until it is running.
+async fn start_slow_run(
+    stack: &Stack,
+    agent: &str,
+    delay_ms: u64,
+    message: &str,
+    webhook: Option<&String>,
+) -> String {
+    stack.add_echo_agent(agent, delay_ms).await.expect("agent");
+    let mut body = json!({"agentId": agent, "message": message});
+    if let Some(hook) = webhook {
+        body["webhookUrl"] = json!(hook);
+    }
+    let id = run_id(stack.create_run(&body).await.expect("request")).await;
+    wait_status(stack, &id, "running", Duration::from_secs(15)).await;
+    id
+}
+
 async fn wait_status(stack: &Stack, id: &str, status: &str, timeout: Duration) -> Value {
     poll(timeout, || async {
         let run = stack.get_run(id).await.ok()?;
@@ -31,18 +49,14 @@ async fn killed_worker_run_completes_once() {
     })
     .await
     .expect("stack starts");
-    stack
-        .add_echo_agent("slow-echo", 4000)
-        .await
-        .expect("agent");
-    let id = run_id(
-        stack
-            .create_run(&json!({"agentId": "slow-echo", "message": "survive", "webhookUrl": stack.receiver.url}))
-            .await
-            .expect("request"),
+    let id = start_slow_run(
+        &stack,
+        "slow-echo",
+        4000,
+        "survive",
+        Some(&stack.receiver.url),
     )
     .await;
-    wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
 
     // kill -9 mid-run, then bring up a replacement.
     stack.workers[0].kill9();
@@ -301,18 +315,7 @@ async fn a_terminated_worker_finishes_its_run_before_exiting() {
     })
     .await
     .expect("stack starts");
-    stack
-        .add_echo_agent("one-second", 1000)
-        .await
-        .expect("agent");
-    let id = run_id(
-        stack
-            .create_run(&json!({"agentId": "one-second", "message": "graceful"}))
-            .await
-            .expect("request"),
-    )
-    .await;
-    wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
+    let id = start_slow_run(&stack, "one-second", 1000, "graceful", None).await;
     let exit = stack.workers[0].terminate(Duration::from_secs(10));
     assert!(
         exit.is_some_and(|s| s.success()),
@@ -382,18 +385,7 @@ async fn a_run_outlasting_the_shutdown_grace_is_handed_to_another_worker_at_once
     })
     .await
     .expect("stack starts");
-    stack
-        .add_echo_agent("six-seconds", 6000)
-        .await
-        .expect("agent");
-    let id = run_id(
-        stack
-            .create_run(&json!({"agentId": "six-seconds", "message": "handed over"}))
-            .await
-            .expect("request"),
-    )
-    .await;
-    wait_status(&stack, &id, "running", Duration::from_secs(15)).await;
+    let id = start_slow_run(&stack, "six-seconds", 6000, "handed over", None).await;
     let client = stack.db.client().await.expect("db");
     let owner: String = client
         .query_one(
