@@ -31,6 +31,21 @@ pub async fn migrate(
     Ok(())
 }
 
+/// The async runtime: single-threaded for `threads == 1`, else multi-threaded with `threads`
+/// workers (0: one per core).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder.enable_all().build()
+}
+
 /// A token cancelled when SIGTERM or Ctrl-C arrives.
 pub fn cancel_on_signal() -> CancellationToken {
     let token = CancellationToken::new();

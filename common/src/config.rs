@@ -65,6 +65,15 @@ pub struct TelemetryArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+/// Process settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Threads of the async runtime: 0 for one per core, 1 for a single-threaded runtime (the
+    /// cheapest on a small machine shared with PostgreSQL and RabbitMQ; scale with replicas).
+    #[arg(long, env = "SWITCHYARD_RUNTIME_THREADS", default_value_t = 0)]
+    pub runtime_threads: usize,
+}
+
 /// How log lines are written.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -20,7 +20,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use deadpool_postgres::Pool;
 use switchyard_common::amqp::{Broker, Topology};
-use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_duration};
+use switchyard_common::config::{
+    BrokerArgs, DatabaseArgs, RuntimeArgs, TelemetryArgs, parse_duration,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +67,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Shared handles of every request.

@@ -13,7 +13,7 @@ use lapin::message::Delivery;
 use switchyard_common::amqp::{self, Broker, Topology};
 use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
-    BrokerArgs, DatabaseArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
+    BrokerArgs, DatabaseArgs, RuntimeArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
 };
 use switchyard_common::deliveries::{self, Attempt, Next, Outgoing};
 use switchyard_common::egress::{self, Guard, Refused};
@@ -66,6 +66,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Clone)]

@@ -15,7 +15,9 @@ use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use switchyard_common::amqp::{self, Broker, Topology};
 use switchyard_common::batch::{Batcher, answer_each};
-use switchyard_common::config::{BrokerArgs, DatabaseArgs, TelemetryArgs, parse_duration};
+use switchyard_common::config::{
+    BrokerArgs, DatabaseArgs, RuntimeArgs, TelemetryArgs, parse_duration,
+};
 use switchyard_common::{AgentSpec, Run, deliveries, runs, telemetry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -64,6 +66,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// One claim's answer: the run won (with its agent), or `None`; `Err` carries the cause.

@@ -11,9 +11,17 @@ struct Cli {
     command: Command<Config>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    let threads = match &command {
+        Command::Serve(config) => config.runtime.runtime_threads,
+        Command::Migrate { .. } => 1,
+    };
+    cli::runtime(threads)?.block_on(run(command))
+}
+
+async fn run(command: Command<Config>) -> anyhow::Result<()> {
+    match command {
         Command::Migrate { db, telemetry } => {
             cli::migrate("switchyard-worker", &db, &telemetry).await
         }

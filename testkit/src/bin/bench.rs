@@ -309,8 +309,10 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1);
     println!("## Run of {}\n", time::OffsetDateTime::now_utc().date());
     println!(
-        "Machine: {cores} cores, shared by PostgreSQL, RabbitMQ, Switchyard and the load generator.\n"
+        "Machine: {cores} cores, shared by PostgreSQL, RabbitMQ, Switchyard and the load generator."
     );
+    let threads = std::env::var("SWITCHYARD_RUNTIME_THREADS").unwrap_or_else(|_| "0".into());
+    println!("Switchyard processes run with SWITCHYARD_RUNTIME_THREADS={threads}.\n");
 
     eprintln!("[bench] pgbench");
     let pg1 = pgbench(1, args.pgbench_seconds)?;
