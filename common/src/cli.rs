@@ -25,10 +25,13 @@ pub async fn migrate(
     db: &DatabaseArgs,
     telemetry: &TelemetryArgs,
 ) -> anyhow::Result<()> {
-    let _guard = crate::telemetry::init(service, telemetry)?;
-    let applied = crate::db::migrate(&db.database_url).await?;
-    tracing::info!(applied, "migrations applied");
-    Ok(())
+    let guard = crate::telemetry::init(service, telemetry)?;
+    let applied = crate::db::migrate(&db.database_url).await;
+    if let Ok(applied) = &applied {
+        tracing::info!(applied, "migrations applied");
+    }
+    guard.shutdown().await;
+    applied.map(|_| ())
 }
 
 /// The async runtime: single-threaded for `threads == 1`, else multi-threaded with `threads`

@@ -24,6 +24,13 @@ pub fn pool(args: &DatabaseArgs) -> anyhow::Result<Pool> {
         .parse()
         .context("SWITCHYARD_DATABASE_URL is not a valid PostgreSQL URL")?;
     pg.connect_timeout(args.db_timeout);
+    // A peer that vanishes without closing the connection is noticed in seconds, not after the
+    // kernel's retransmission timeout: a silent connection must not pin a batch for minutes.
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(10));
     pg.options(format!(
         "-c statement_timeout={} -c lock_timeout={}",
         args.db_statement_timeout.as_millis(),

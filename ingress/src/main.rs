@@ -26,13 +26,14 @@ async fn run(command: Command<Config>) -> anyhow::Result<()> {
             cli::migrate("switchyard-ingress", &db, &telemetry).await
         }
         Command::Serve(config) => {
-            let _guard =
+            let guard =
                 switchyard_common::telemetry::init("switchyard-ingress", &config.telemetry)?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             let result = switchyard_ingress::run(*config, listener, cli::cancel_on_signal()).await;
             if let Err(err) = &result {
                 tracing::error!(error = format!("{err:#}"), "ingress stopped");
             }
+            guard.shutdown().await;
             result
         }
     }

@@ -110,11 +110,25 @@ fn finisher(pool: Pool) -> Batcher<(Outgoing, Attempt, Next), Result<bool, Strin
         move |items: Vec<(Outgoing, Attempt, Next)>| {
             let pool = pool.clone();
             async move {
-                let recorded = async {
-                    let mut client = pool.get().await?;
-                    Ok::<_, anyhow::Error>(deliveries::finish_many(&mut client, &items).await?)
+                let record = |items: Vec<(Outgoing, Attempt, Next)>| {
+                    let pool = pool.clone();
+                    async move {
+                        let mut client = pool.get().await?;
+                        Ok::<_, anyhow::Error>(deliveries::finish_many(&mut client, &items).await?)
+                    }
+                };
+                let mut recorded = record(items.clone()).await;
+                if recorded.is_err() && items.len() > 1 {
+                    // One row the database refuses must not hold back the others: record them one
+                    // by one, so only the culprit is left to its lease.
+                    let mut moved = Vec::new();
+                    for item in &items {
+                        if let Ok(ids) = record(vec![item.clone()]).await {
+                            moved.extend(ids);
+                        }
+                    }
+                    recorded = Ok(moved);
                 }
-                .await;
                 let ids: Vec<Uuid> = items.iter().map(|(out, _, _)| out.id).collect();
                 answer_each(&ids, recorded, |id| *id)
                     .into_iter()
@@ -307,7 +321,8 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
             captured.truncate(CAPTURE_BYTES);
             let attempt = Attempt {
                 response_status: Some(status),
-                response_body: Some(String::from_utf8_lossy(&captured).into_owned()),
+                // PostgreSQL text cannot hold NUL; one such body must not fail its batch.
+                response_body: Some(String::from_utf8_lossy(&captured).replace('\0', "\u{FFFD}")),
                 error: None,
                 latency: started.elapsed(),
             };

@@ -30,12 +30,13 @@ async fn run(command: Command<Config>) -> anyhow::Result<()> {
             cli::migrate("switchyard-notifier", &db, &telemetry).await
         }
         Command::Serve(config) => {
-            let _guard =
+            let guard =
                 switchyard_common::telemetry::init("switchyard-notifier", &config.telemetry)?;
             let result = switchyard_notifier::run(*config, cli::cancel_on_signal()).await;
             if let Err(err) = &result {
                 tracing::error!(error = format!("{err:#}"), "notifier stopped");
             }
+            guard.shutdown().await;
             result
         }
     }

@@ -308,6 +308,7 @@ impl Stack {
                 ("SWITCHYARD_AMQP_PREFIX", prefix.clone()),
                 // Generous: four stacks share two cores under nextest.
                 ("SWITCHYARD_ACCEPT_TIMEOUT", "10s".into()),
+                ("SWITCHYARD_RUNTIME_THREADS", runtime_threads("0")),
             ],
         )?;
         let mut stack = Self {
@@ -413,11 +414,19 @@ impl Stack {
     }
 }
 
+/// `SWITCHYARD_RUNTIME_THREADS` for a process: the caller's setting when it has one (the bench
+/// sets it for every process), else single-threaded workers and notifier and a multi-threaded
+/// ingress, so the suite covers both kinds of runtime.
+fn runtime_threads(default: &str) -> String {
+    std::env::var("SWITCHYARD_RUNTIME_THREADS").unwrap_or_else(|_| default.to_owned())
+}
+
 fn common_env(db: &TestDb, prefix: &str) -> Vec<(&'static str, String)> {
     vec![
         ("SWITCHYARD_DATABASE_URL", db.url.clone()),
         ("SWITCHYARD_AMQP_URL", amqp_url()),
         ("SWITCHYARD_AMQP_PREFIX", prefix.to_owned()),
+        ("SWITCHYARD_RUNTIME_THREADS", runtime_threads("1")),
     ]
 }
 

@@ -120,19 +120,33 @@ fn completer(
         move |results: Vec<(Uuid, serde_json::Value)>| {
             let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
             async move {
-                let completed = async {
-                let mut client = pool.get().await?;
-                let tx = client.transaction().await?;
-                let done = runs::complete_many(&tx, &owner, &results).await?;
-                let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
-                tx.commit().await?;
-                let queue = broker.topology().deliveries();
-                if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
-                    tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+                let complete = |results: Vec<(Uuid, serde_json::Value)>| {
+                    let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
+                    async move {
+                        let mut client = pool.get().await?;
+                        let tx = client.transaction().await?;
+                        let done = runs::complete_many(&tx, &owner, &results).await?;
+                        let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
+                        tx.commit().await?;
+                        let queue = broker.topology().deliveries();
+                        if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
+                            tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+                        }
+                        Ok::<_, anyhow::Error>(done)
+                    }
+                };
+                let mut completed = complete(results.clone()).await;
+                if completed.is_err() && results.len() > 1 {
+                    // A result the database refuses must not hold back the others: complete them one
+                    // by one, so only the culprit is retried.
+                    let mut done = Vec::new();
+                    for result in &results {
+                        if let Ok(runs) = complete(vec![result.clone()]).await {
+                            done.extend(runs);
+                        }
+                    }
+                    completed = Ok(done);
                 }
-                Ok::<_, anyhow::Error>(done)
-            }
-            .await;
                 let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
                 answer_each(&ids, completed, |run| run.id)
                     .into_iter()
@@ -252,10 +266,11 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
             None
         }
     };
-    heartbeat.abort();
     if let Some(outcome) = outcome {
+        // The heartbeat keeps the lease while the outcome is recorded, however long that takes.
         finish(ctx, &run, outcome).await;
     }
+    heartbeat.abort();
 }
 
 async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
@@ -392,8 +407,9 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     let client = ctx.pool.get().await?;
     // While run messages wait in the queue, an old queued run is most likely one of them, not a
     // lost one: republishing would only pile duplicates onto a backlog. Sweep once it drains.
-    let backlog = ctx.broker.ready_count(&topology.runs()).await.unwrap_or(0);
-    let unclaimed = if backlog == 0 {
+    // An unknown count (a slow broker) counts as a backlog.
+    let backlog = ctx.broker.ready_count(&topology.runs()).await;
+    let unclaimed = if backlog == Some(0) {
         runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?
     } else {
         Vec::new()

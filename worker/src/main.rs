@@ -26,12 +26,12 @@ async fn run(command: Command<Config>) -> anyhow::Result<()> {
             cli::migrate("switchyard-worker", &db, &telemetry).await
         }
         Command::Serve(config) => {
-            let _guard =
-                switchyard_common::telemetry::init("switchyard-worker", &config.telemetry)?;
+            let guard = switchyard_common::telemetry::init("switchyard-worker", &config.telemetry)?;
             let result = switchyard_worker::run(*config, cli::cancel_on_signal()).await;
             if let Err(err) = &result {
                 tracing::error!(error = format!("{err:#}"), "worker stopped");
             }
+            guard.shutdown().await;
             result
         }
     }
