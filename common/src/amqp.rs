@@ -10,7 +10,8 @@ use futures::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -68,6 +69,12 @@ impl Topology {
         format!("{}deliveries.retry.{}ms", self.prefix, delay.as_millis())
     }
 
+    /// Fanout exchange for control messages (cache invalidation, later cancel commands). Each
+    /// subscribed process binds its own exclusive queue.
+    pub fn control(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
     /// Every queue this topology declares.
     pub fn queues(&self) -> Vec<String> {
         let mut all = vec![
@@ -110,6 +117,17 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         durable: true,
         ..QueueDeclareOptions::default()
     };
+    channel
+        .exchange_declare(
+            topology.control().into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
     channel
         .queue_declare(topology.runs_dead().into(), durable, quorum_args(None))
         .await?;
@@ -163,6 +181,9 @@ pub async fn delete_topology(url: &str, topology: &Topology) -> lapin::Result<()
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await?;
     }
+    channel
+        .exchange_delete(topology.control().into(), ExchangeDeleteOptions::default())
+        .await?;
     conn.close(200, ShortString::from("bye")).await
 }
 
@@ -200,6 +221,17 @@ struct Inner {
 /// meanwhile publishes fail fast with [`PublishError::Unavailable`] and consumers wait.
 #[derive(Clone)]
 pub struct Broker(Arc<Inner>);
+
+/// What a control subscription hears.
+#[derive(Debug)]
+pub enum ControlEvent<'a> {
+    /// The queue is bound: from now on every message arrives.
+    Subscribed,
+    /// One message.
+    Message(&'a [u8]),
+    /// The subscription is down; messages may be missed until the next `Subscribed`.
+    Lost,
+}
 
 /// The body of every work message: one id.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -374,6 +406,106 @@ impl Broker {
         })
         .await
         .map_err(|_| PublishError::Timeout)?
+    }
+
+    /// Publishes a control message to every subscribed process, and waits for the confirm. Nobody
+    /// listening is not an error.
+    pub async fn publish_control(&self, body: &[u8]) -> Result<(), PublishError> {
+        let live = self.live().ok_or(PublishError::Unavailable)?;
+        let exchange = self.0.topology.control();
+        let confirm = tokio::time::timeout(self.0.publish_timeout, async {
+            live.publisher
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_content_type("application/json".into()),
+                )
+                .await?
+                .await
+                .map_err(PublishError::from)
+        })
+        .await
+        .map_err(|_| PublishError::Timeout)??;
+        match confirm {
+            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    /// Follows the control exchange until `shutdown` through an exclusive queue of this process,
+    /// across reconnects. `on_event` hears [`ControlEvent::Subscribed`] each time the queue is bound
+    /// (messages sent before then were missed), every message, and [`ControlEvent::Lost`].
+    pub async fn subscribe_control<F>(&self, shutdown: CancellationToken, on_event: F)
+    where
+        F: Fn(ControlEvent<'_>) + Send + Sync,
+    {
+        let exchange = self.0.topology.control();
+        while let Some(live) = self.wait_live(&shutdown).await {
+            let setup = async {
+                let channel = live.conn.create_channel().await?;
+                let queue = channel
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                channel
+                    .queue_bind(
+                        queue.name().clone(),
+                        exchange.as_str().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                let consumer = channel
+                    .basic_consume(
+                        queue.name().clone(),
+                        "".into(),
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            exclusive: true,
+                            ..BasicConsumeOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, lapin::Error>((channel, consumer))
+            };
+            let (channel, mut consumer) = match setup.await {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot follow the control exchange; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            on_event(ControlEvent::Subscribed);
+            loop {
+                let next = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = channel.close(200, ShortString::from("shutdown")).await;
+                        on_event(ControlEvent::Lost);
+                        return;
+                    }
+                    next = consumer.next() => next,
+                };
+                match next {
+                    Some(Ok(delivery)) => on_event(ControlEvent::Message(&delivery.data)),
+                    _ => break,
+                }
+            }
+            on_event(ControlEvent::Lost);
+            tracing::warn!("stopped following the control exchange; following again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Consumes `queue` until `shutdown`, with at most `concurrency` handlers running at once (and

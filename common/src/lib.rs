@@ -7,16 +7,20 @@
 
 pub mod amqp;
 pub mod batch;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod deliveries;
 pub mod egress;
+pub mod filters;
 pub mod model;
 pub mod problem;
 pub mod runs;
+pub mod secrets;
 pub mod signing;
 pub mod telemetry;
+pub mod template;
 
 pub use model::{AgentSpec, Run, RunStatus};
 

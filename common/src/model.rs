@@ -2,10 +2,11 @@
 
 use serde::Serialize;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Where a run is in its lifecycle. Transitions happen only through [`crate::runs`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -64,7 +65,7 @@ impl RunStatus {
 }
 
 /// A run as the API shows it and as webhooks carry it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Run {
     pub id: Uuid,
@@ -73,9 +74,12 @@ pub struct Run {
     pub project_id: String,
     pub agent_id: String,
     pub message: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub inputs: Option<serde_json::Value>,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub webhook_url: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
@@ -87,6 +91,7 @@ pub struct Run {
     #[serde(with = "time::serde::rfc3339::option")]
     pub completed_at: Option<OffsetDateTime>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub max_attempts: i32,
 }
 

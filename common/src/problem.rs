@@ -2,12 +2,13 @@
 //! turns it into an HTTP response.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The media type every error response carries.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// A machine-readable error code; each maps to one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -60,14 +61,14 @@ impl ErrorCode {
 }
 
 /// The nested `error` member, kept for clients that read `error.code`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
 
 /// One problem+json body.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Problem {
     pub code: ErrorCode,

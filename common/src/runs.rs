@@ -25,6 +25,8 @@ pub struct NewRun {
     pub inputs: Option<serde_json::Value>,
     pub metadata: serde_json::Value,
     pub webhook_url: Option<String>,
+    /// The projects the caller may start runs in (a project-limited API key); `None` for all.
+    pub projects: Option<Vec<String>>,
 }
 
 /// Reads a run from a row that selected [`COLUMNS`].
@@ -53,7 +55,8 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
 }
 
 /// Inserts a batch of runs as `queued` in one statement (group commit). Runs whose agent does not
-/// exist in their tenant are skipped; the returned rows say which were inserted.
+/// exist in their tenant (or lies outside the run's allowed projects) are skipped; the returned
+/// rows say which were inserted.
 pub async fn insert_batch(
     client: &impl GenericClient,
     runs: &[NewRun],
@@ -65,14 +68,21 @@ pub async fn insert_batch(
     let inputs: Vec<Option<&serde_json::Value>> = runs.iter().map(|r| r.inputs.as_ref()).collect();
     let metadata: Vec<&serde_json::Value> = runs.iter().map(|r| &r.metadata).collect();
     let hooks: Vec<Option<&str>> = runs.iter().map(|r| r.webhook_url.as_deref()).collect();
+    // Project ids cannot hold a comma, so a joined list passes through unnest as one text.
+    let projects: Vec<Option<String>> = runs
+        .iter()
+        .map(|r| r.projects.as_ref().map(|p| p.join(",")))
+        .collect();
     let sql = format!(
         "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts) \
          SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, a.max_attempts \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[]) \
-              AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url) \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
+                     $8::text[]) \
+              AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects) \
          JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
+         WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
          RETURNING {COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;
@@ -80,7 +90,7 @@ pub async fn insert_batch(
         .query(
             &stmt,
             &[
-                &ids, &tenants, &agents, &messages, &inputs, &metadata, &hooks,
+                &ids, &tenants, &agents, &messages, &inputs, &metadata, &hooks, &projects,
             ],
         )
         .await?;

@@ -1,44 +1,348 @@
-//! Authentication. For now one static bearer token from the environment acts for the `default`
-//! tenant; API keys replace it with the management API.
+//! Authentication and authorisation.
+//!
+//! A request presents either the admin token (from the environment; it manages tenants) or an API
+//! key, as `x-api-key`, `Authorization: Bearer <key>` or a raw `Authorization` value (the seeds
+//! use all three). Keys are looked up by SHA-256 digest and cached. Revocation reaches every
+//! replica through the control exchange: any control message empties the cache, and while the
+//! subscription is down the cache is not used at all, so a revoked key fails everywhere within
+//! the broker's delivery time. Last use is recorded in memory and written in batches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
+use switchyard_common::amqp::{Broker, ControlEvent};
+use switchyard_common::catalog::api_keys::{self, ApiKey, Scope};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
 
-/// The tenant the static token acts for.
-pub const STATIC_TOKEN_TENANT: &str = "default";
-
-/// The authenticated tenant of a request.
-#[derive(Debug, Clone)]
-pub struct Tenant(pub String);
+/// Most keys cached per process; past it the cache starts over.
+const CACHE_CAPACITY: usize = 10_000;
 
 /// SHA-256 of a token, so comparisons are constant-time over equal lengths.
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-impl FromRequestParts<AppState> for Tenant {
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The operator's admin token: every tenant, tenant management, no runs of its own.
+    Admin,
+    /// An API key of one tenant.
+    Key(Arc<ApiKey>),
+}
+
+/// What a caller may touch inside one tenant's management API.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// `None`: every project of the tenant.
+    projects: Option<Vec<String>>,
+}
+
+impl Access {
+    /// The projects this caller is limited to, if any.
+    pub fn projects(&self) -> Option<&[String]> {
+        self.projects.as_deref()
+    }
+
+    /// A project outside the caller's reach does not exist for it: 404.
+    pub fn project(&self, project_id: &str) -> Result<(), ApiError> {
+        match &self.projects {
+            Some(allowed) if !allowed.iter().any(|p| p == project_id) => Err(ApiError::not_found(
+                format!("project `{project_id}` was not found"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Tenant-wide resources (API keys, credentials, new projects) need an unrestricted key.
+    pub fn tenant_wide(&self) -> Result<(), ApiError> {
+        if self.projects.is_some() {
+            return Err(ApiError::forbidden(
+                "this API key is limited to some projects; tenant-wide resources need an unrestricted key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Principal {
+    /// The caller may manage `tenant_id`. Another tenant's key gets 404, as if it did not exist;
+    /// a key of this tenant without the `manage` scope gets 403.
+    pub fn manage(&self, tenant_id: &str) -> Result<Access, ApiError> {
+        match self {
+            Self::Admin => Ok(Access { projects: None }),
+            Self::Key(key) if key.tenant_id != tenant_id => Err(ApiError::not_found(format!(
+                "tenant `{tenant_id}` was not found"
+            ))),
+            Self::Key(key) if !key.scopes.contains(&Scope::Manage) => {
+                Err(ApiError::forbidden("this API key lacks the `manage` scope"))
+            }
+            Self::Key(key) => Ok(Access {
+                projects: key.project_ids.clone(),
+            }),
+        }
+    }
+
+    /// Only the admin token may do this (create, list, change or delete tenants).
+    pub fn admin(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Admin => Ok(()),
+            Self::Key(_) => Err(ApiError::forbidden(
+                "only the admin token (SWITCHYARD_ADMIN_TOKEN) may manage tenants",
+            )),
+        }
+    }
+
+    /// The API key, holding `scope`, for the runs and trigger APIs.
+    pub fn key_with(&self, scope: Scope) -> Result<&ApiKey, ApiError> {
+        match self {
+            Self::Admin => Err(ApiError::forbidden(
+                "the admin token acts for no tenant; use an API key",
+            )),
+            Self::Key(key) if !key.scopes.contains(&scope) => Err(ApiError::forbidden(format!(
+                "this API key lacks the `{}` scope",
+                scope.as_str()
+            ))),
+            Self::Key(key) => Ok(key),
+        }
+    }
+}
+
+/// The credential a request presents, from `x-api-key` or `Authorization`.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim());
+    }
+    let raw = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    match raw.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Some(rest.trim()),
+        _ => Some(raw),
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
-        if bool::from(digest(presented).ct_eq(&state.token_digest)) {
-            Ok(Self(STATIC_TOKEN_TENANT.to_owned()))
-        } else {
-            Err(ApiError::unauthorized("the token is not valid"))
+        let presented = presented(&parts.headers)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "send an API key as `x-api-key: <key>` or `Authorization: Bearer <key>`",
+                )
+            })?;
+        let hash = digest(presented);
+        if let Some(admin) = &state.auth.admin_digest
+            && bool::from(hash.ct_eq(admin))
+        {
+            return Ok(Self::Admin);
         }
+        if !api_keys::looks_like_key(presented) {
+            return Err(ApiError::unauthorized("the API key is not valid"));
+        }
+        let key = state.auth.keys.resolve(&state.pool, &hash).await?;
+        state.auth.usage.touch(key.id);
+        Ok(Self::Key(key))
+    }
+}
+
+/// Everything authentication shares across requests.
+pub struct Auth {
+    pub admin_digest: Option<[u8; 32]>,
+    pub keys: Arc<KeyCache>,
+    pub usage: Arc<Usage>,
+}
+
+/// A cached key and when it was fetched.
+type Cached = (Arc<ApiKey>, Instant);
+
+/// API keys by digest, valid only while the control subscription is up.
+pub struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Bumped by every invalidation, so a lookup that raced one does not fill the cache.
+    epoch: AtomicU64,
+    live: AtomicBool,
+    ttl: Duration,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            ttl,
+        }
+    }
+
+    fn cached(&self, hash: &[u8; 32]) -> Option<Arc<ApiKey>> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let entries = self.entries.lock().ok()?;
+        let (key, at) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| key.clone())
+    }
+
+    /// The active key with this digest: from the cache, else from Postgres (then cached).
+    async fn resolve(&self, pool: &Pool, hash: &[u8; 32]) -> Result<Arc<ApiKey>, ApiError> {
+        if let Some(key) = self.cached(hash) {
+            return Ok(key);
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let client = pool.get().await.map_err(ApiError::from_pool)?;
+        let key = api_keys::authenticate(&client, hash)
+            .await
+            .map_err(ApiError::from_pg)?
+            .map(Arc::new)
+            .ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
+        if self.live.load(Ordering::Acquire)
+            && let Ok(mut entries) = self.entries.lock()
+            && self.epoch.load(Ordering::Acquire) == epoch
+        {
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+            entries.insert(*hash, (key.clone(), Instant::now()));
+        }
+        Ok(key)
+    }
+
+    /// Forgets every cached key.
+    pub fn invalidate(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+
+    fn set_live(&self, live: bool) {
+        self.invalidate();
+        self.live.store(live, Ordering::Release);
+    }
+
+    /// Follows the control exchange until `shutdown`.
+    pub async fn follow(self: Arc<Self>, broker: Broker, shutdown: CancellationToken) {
+        broker
+            .subscribe_control(shutdown, |event| match event {
+                ControlEvent::Subscribed => self.set_live(true),
+                ControlEvent::Lost => self.set_live(false),
+                ControlEvent::Message(_) => self.invalidate(),
+            })
+            .await;
+    }
+}
+
+/// The control message sent when a key is revoked.
+pub fn revoked_message(key: &ApiKey) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "api_key.revoked",
+        "tenantId": key.tenant_id,
+        "keyId": key.id,
+    }))
+    .unwrap_or_default()
+}
+
+/// When each key was last used, held in memory and written in batches.
+#[derive(Default)]
+pub struct Usage {
+    pending: Mutex<HashMap<Uuid, OffsetDateTime>>,
+}
+
+impl Usage {
+    pub fn touch(&self, key: Uuid) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(key, OffsetDateTime::now_utc());
+        }
+    }
+
+    async fn flush(&self, pool: &Pool) {
+        let batch: Vec<(Uuid, OffsetDateTime)> = match self.pending.lock() {
+            Ok(mut pending) => pending.drain().collect(),
+            Err(_) => return,
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let written = match pool.get().await {
+            Ok(client) => api_keys::record_use(&client, &batch).await.is_ok(),
+            Err(_) => false,
+        };
+        if !written && let Ok(mut pending) = self.pending.lock() {
+            // Keep them for the next round; a newer use wins.
+            for (id, at) in batch {
+                let slot = pending.entry(id).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+    }
+
+    /// Writes the recorded uses every `every`, and once more at `shutdown`.
+    pub async fn flush_every(
+        self: Arc<Self>,
+        pool: Pool,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            self.flush(&pool).await;
+        }
+        self.flush(&pool).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("valid"));
+        }
+        h
+    }
+
+    #[test]
+    fn keys_are_read_from_all_three_places() {
+        assert_eq!(presented(&headers(&[("x-api-key", "sy_a")])), Some("sy_a"));
+        assert_eq!(
+            presented(&headers(&[("authorization", "Bearer sy_b")])),
+            Some("sy_b")
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "bearer  sy_c ")])),
+            Some("sy_c")
+        );
+        assert_eq!(
+            presented(&headers(&[("authorization", "sy_d")])),
+            Some("sy_d")
+        );
+        assert_eq!(presented(&headers(&[])), None);
     }
 }

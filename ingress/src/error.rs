@@ -3,6 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use switchyard_common::catalog;
+use switchyard_common::db;
 use switchyard_common::problem::{self, ErrorCode, Problem};
 
 use crate::request::RequestContext;
@@ -35,6 +37,28 @@ impl ApiError {
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthorized, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, detail)
+    }
+
+    /// A pool that cannot hand out a connection: 503, or 500 for anything else.
+    pub fn from_pool(err: deadpool_postgres::PoolError) -> Self {
+        if db::is_unavailable(&err) {
+            Self::unavailable()
+        } else {
+            Self::internal(err)
+        }
+    }
+
+    /// A failed query: 503 when the database is unreachable, 500 otherwise.
+    pub fn from_pg(err: tokio_postgres::Error) -> Self {
+        if db::pg_unavailable(&err) {
+            Self::unavailable()
+        } else {
+            Self::internal(format!("{err:#}"))
+        }
     }
 
     /// The database cannot be reached: 503 with `Retry-After`.
@@ -79,5 +103,29 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<catalog::Error> for ApiError {
+    fn from(err: catalog::Error) -> Self {
+        match err {
+            catalog::Error::NotFound(d) => Self::not_found(d),
+            catalog::Error::Conflict(d) => Self::new(ErrorCode::Conflict, d),
+            catalog::Error::Invalid(d) => Self::new(ErrorCode::UnprocessableEntity, d),
+            catalog::Error::BadRequest(d) => Self::bad_request(d),
+            catalog::Error::Db(e) => Self::from_pg(e),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::from_pool(err)
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::from_pg(err)
     }
 }

@@ -7,7 +7,8 @@
 pub mod accept;
 pub mod auth;
 pub mod error;
-pub mod json;
+pub mod extract;
+pub mod openapi;
 pub mod request;
 pub mod routes;
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use deadpool_postgres::Pool;
 use switchyard_common::amqp::{Broker, Topology};
 use switchyard_common::config::{
@@ -27,6 +28,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{Accepter, Backlog};
+use crate::auth::{Auth, KeyCache, Usage};
+use std::sync::Arc;
+use switchyard_common::secrets::MasterKey;
 
 /// Every ingress setting.
 #[derive(clap::Args, Debug, Clone)]
@@ -39,9 +43,25 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// The static bearer token that authenticates API calls (for the `default` tenant).
-    #[arg(long, env = "SWITCHYARD_API_TOKEN", hide_env_values = true)]
-    pub api_token: String,
+    /// The operator's token: creates tenants and their first API keys. Unset, there is no admin.
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// 32 bytes, base64: the key that seals credentials at rest (`openssl rand -base64 32`).
+    #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
+    pub master_key: String,
+
+    /// Most active API keys per tenant, unless the tenant sets its own.
+    #[arg(long, env = "SWITCHYARD_MAX_API_KEYS", default_value_t = 10)]
+    pub max_api_keys: i32,
+
+    /// Longest an API key stays cached (revocations empty the cache sooner, via RabbitMQ).
+    #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub key_cache_ttl: Duration,
+
+    /// How often the keys' last-use times are written.
+    #[arg(long, env = "SWITCHYARD_KEY_USAGE_FLUSH", default_value = "10s", value_parser = parse_duration)]
+    pub key_usage_flush: Duration,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
@@ -79,15 +99,28 @@ pub struct AppState {
     pub broker: Broker,
     pub accepter: Accepter,
     pub backlog: Backlog,
-    pub token_digest: [u8; 32],
+    pub auth: Arc<Auth>,
+    pub master_key: MasterKey,
+    pub max_api_keys: i32,
     pub accept_timeout: Duration,
 }
 
-/// The router, with its middleware.
+impl AppState {
+    /// Tells every replica (this one included) that API keys changed: each empties its key cache.
+    /// If the broker is down, the other replicas' subscriptions are down too, and they do not
+    /// use their caches until they are back.
+    pub async fn announce_key_change(&self, message: &[u8]) {
+        self.auth.keys.invalidate();
+        if let Err(err) = self.broker.publish_control(message).await {
+            tracing::warn!(error = %err, "could not announce an API key change");
+        }
+    }
+}
+
+/// The router, with its middleware, and the OpenAPI document generated from the same routes.
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/runs", post(routes::runs::create))
-        .route("/v1/runs/{id}", get(routes::runs::get))
+    let (api, doc) = openapi::routes().split_for_parts();
+    api.merge(openapi::docs(doc))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .fallback(routes::runs::no_route)
@@ -102,10 +135,15 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.api_token.trim().is_empty(),
-        "SWITCHYARD_API_TOKEN must not be empty"
-    );
+    let master_key = MasterKey::from_base64(&config.master_key)
+        .context("SWITCHYARD_MASTER_KEY is not usable")?;
+    let admin_digest = match config.admin_token.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(token) if token.len() < 16 => {
+            anyhow::bail!("SWITCHYARD_ADMIN_TOKEN must be at least 16 characters")
+        }
+        Some(token) => Some(auth::digest(token)),
+    };
     let pool = switchyard_common::db::pool(&config.db)?;
     // The broker outlives the HTTP server, so requests still draining can publish.
     let broker_shutdown = CancellationToken::new();
@@ -117,12 +155,29 @@ pub async fn run(
     );
     let accepter = Accepter::start(pool.clone(), config.accept_batch, config.accept_inflight);
     let backlog = Backlog::start(broker.clone(), 100_000);
+    let keys = Arc::new(KeyCache::new(config.key_cache_ttl));
+    let usage = Arc::new(Usage::default());
+    let background = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(Arc::clone(&keys).follow(broker.clone(), background.clone()));
+    tasks.spawn(Arc::clone(&usage).flush_every(
+        pool.clone(),
+        config.key_usage_flush,
+        background.clone(),
+    ));
+    let auth = Arc::new(Auth {
+        admin_digest,
+        keys,
+        usage,
+    });
     let state = AppState {
         pool,
         broker,
         accepter,
         backlog,
-        token_digest: auth::digest(config.api_token.trim()),
+        auth,
+        master_key,
+        max_api_keys: config.max_api_keys,
         accept_timeout: config.accept_timeout,
     };
     let addr = listener
@@ -133,6 +188,9 @@ pub async fn run(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving HTTP");
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
     broker_shutdown.cancel();
     served
 }

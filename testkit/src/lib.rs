@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchyard_common::amqp::Topology;
+use switchyard_common::catalog::api_keys::Scope;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -29,8 +30,11 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// The bearer token every test stack uses.
-pub const API_TOKEN: &str = "test-token-0123456789";
+/// The admin token every test stack's ingress accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The credential master key every test stack uses (32 bytes of 0x2a, base64).
+pub const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 /// The webhook secret every test stack signs with.
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -144,6 +148,7 @@ fn template_name() -> String {
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V1__core.sql"),
     include_str!("../../migrations/V2__default_tenant.sql"),
+    include_str!("../../migrations/V3__access_and_catalog.sql"),
 ];
 
 /// Where the workspace's binaries are: next to the test executable's `deps/` folder.
@@ -277,6 +282,8 @@ pub struct Stack {
     pub receiver: Receiver,
     pub prefix: String,
     pub base_url: String,
+    /// A key of tenant `default` with every scope.
+    pub api_key: String,
     pub http: reqwest::Client,
     options: StackOptions,
     pub db: TestDb,
@@ -288,35 +295,25 @@ impl Stack {
         let db = TestDb::create().await?;
         let prefix = format!("sy-test-{}.", unique());
         let receiver = Receiver::start(WEBHOOK_SECRET, options.receiver_script.clone()).await?;
-        let port = free_port()?;
-        let ingress = Proc::spawn(
-            "switchyard-ingress",
-            &[
-                ("SWITCHYARD_INGRESS_LISTEN", format!("127.0.0.1:{port}")),
-                ("SWITCHYARD_API_TOKEN", API_TOKEN.into()),
-                (
-                    "SWITCHYARD_DATABASE_URL",
-                    options
-                        .ingress_database_url
-                        .clone()
-                        .unwrap_or_else(|| db.url.clone()),
-                ),
-                (
-                    "SWITCHYARD_AMQP_URL",
-                    options.ingress_amqp_url.clone().unwrap_or_else(amqp_url),
-                ),
-                ("SWITCHYARD_AMQP_PREFIX", prefix.clone()),
-                // Generous: four stacks share two cores under nextest.
-                ("SWITCHYARD_ACCEPT_TIMEOUT", "10s".into()),
-                ("SWITCHYARD_RUNTIME_THREADS", runtime_threads("0")),
-            ],
-        )?;
+        // A key of the seeded `default` tenant with every scope, made before the ingress starts
+        // so that stacks whose ingress cannot reach the database still have one.
+        let api_key = switchyard_common::catalog::api_keys::generate();
+        switchyard_common::catalog::api_keys::insert_raw(
+            &db.client().await?,
+            "default",
+            "test stack",
+            &api_key,
+            &[Scope::Trigger, Scope::RunsRead, Scope::Manage],
+        )
+        .await?;
+        let (ingress, base_url) = spawn_ingress(&db, &prefix, &options)?;
         let mut stack = Self {
             workers: Vec::new(),
             notifier: Proc::spawn("switchyard-notifier", &notifier_env(&db, &prefix, &options))?,
             db,
             prefix,
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url,
+            api_key,
             receiver,
             ingress,
             http: reqwest::Client::new(),
@@ -350,13 +347,7 @@ impl Stack {
             self.base_url,
             if broken { "healthz" } else { "readyz" }
         );
-        poll(Duration::from_secs(30), || async {
-            let response = self.http.get(&url).send().await.ok()?;
-            let body: serde_json::Value = response.json().await.ok()?;
-            matches!(body["status"].as_str(), Some("ok" | "ready")).then_some(())
-        })
-        .await
-        .context("the ingress did not become ready")
+        wait_ready(&self.http, &url).await
     }
 
     /// `POST /v1/runs` with the test token.
@@ -364,7 +355,7 @@ impl Stack {
         Ok(self
             .http
             .post(format!("{}/v1/runs", self.base_url))
-            .bearer_auth(API_TOKEN)
+            .bearer_auth(&self.api_key)
             .json(body)
             .send()
             .await?)
@@ -375,11 +366,19 @@ impl Stack {
         Ok(self
             .http
             .get(format!("{}/v1/runs/{id}", self.base_url))
-            .bearer_auth(API_TOKEN)
+            .bearer_auth(&self.api_key)
             .send()
             .await?
             .json()
             .await?)
+    }
+
+    /// Starts one more ingress on the same database and broker prefix, and waits until it is
+    /// ready; returns it with its base URL.
+    pub async fn add_ingress(&self) -> anyhow::Result<(Proc, String)> {
+        let (proc, base_url) = spawn_ingress(&self.db, &self.prefix, &self.options)?;
+        wait_ready(&self.http, &format!("{base_url}/readyz")).await?;
+        Ok((proc, base_url))
     }
 
     /// Adds an echo agent that waits `delay_ms` before answering.
@@ -412,6 +411,51 @@ impl Stack {
         self.ingress.kill9();
         let _ = switchyard_common::amqp::delete_topology(&amqp_url(), &self.topology()).await;
     }
+}
+
+/// Polls a health URL until it answers `ok` or `ready`.
+async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    poll(Duration::from_secs(30), || async {
+        let response = http.get(url).send().await.ok()?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        matches!(body["status"].as_str(), Some("ok" | "ready")).then_some(())
+    })
+    .await
+    .context("the ingress did not become ready")
+}
+
+/// Starts an ingress on a free port; returns it with its base URL.
+fn spawn_ingress(
+    db: &TestDb,
+    prefix: &str,
+    options: &StackOptions,
+) -> anyhow::Result<(Proc, String)> {
+    let port = free_port()?;
+    let proc = Proc::spawn(
+        "switchyard-ingress",
+        &[
+            ("SWITCHYARD_INGRESS_LISTEN", format!("127.0.0.1:{port}")),
+            ("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("SWITCHYARD_MASTER_KEY", MASTER_KEY.into()),
+            ("SWITCHYARD_KEY_USAGE_FLUSH", "200ms".into()),
+            (
+                "SWITCHYARD_DATABASE_URL",
+                options
+                    .ingress_database_url
+                    .clone()
+                    .unwrap_or_else(|| db.url.clone()),
+            ),
+            (
+                "SWITCHYARD_AMQP_URL",
+                options.ingress_amqp_url.clone().unwrap_or_else(amqp_url),
+            ),
+            ("SWITCHYARD_AMQP_PREFIX", prefix.to_owned()),
+            // Generous: four stacks share two cores under nextest.
+            ("SWITCHYARD_ACCEPT_TIMEOUT", "10s".into()),
+            ("SWITCHYARD_RUNTIME_THREADS", runtime_threads("0")),
+        ],
+    )?;
+    Ok((proc, format!("http://127.0.0.1:{port}")))
 }
 
 /// `SWITCHYARD_RUNTIME_THREADS` for a process: the caller's setting when it has one (the bench

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_testkit::{API_TOKEN, Stack, StackOptions, poll};
+use switchyard_testkit::{Stack, StackOptions, poll};
 
 #[tokio::test]
 async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
@@ -18,10 +18,11 @@ async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
         let http = stack.http.clone();
         let url = format!("{}/v1/runs", stack.base_url);
         let hook = hook.clone();
+        let key = stack.api_key.clone();
         tasks.push(tokio::spawn(async move {
             let response = http
                 .post(url)
-                .bearer_auth(API_TOKEN)
+                .bearer_auth(&key)
                 .json(&json!({"agentId": "echo", "message": format!("hello #{n}"), "webhookUrl": hook}))
                 .send()
                 .await
@@ -192,7 +193,7 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
     let not_json = stack
         .http
         .post(&runs)
-        .bearer_auth(API_TOKEN)
+        .bearer_auth(&stack.api_key)
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -203,7 +204,7 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
     let wrong_type = stack
         .http
         .post(&runs)
-        .bearer_auth(API_TOKEN)
+        .bearer_auth(&stack.api_key)
         .body("agentId=echo")
         .send()
         .await
@@ -235,7 +236,7 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
             "{}/v1/runs/01890a5d-ac96-774b-bcce-b302099a8057",
             stack.base_url
         ))
-        .bearer_auth(API_TOKEN)
+        .bearer_auth(&stack.api_key)
         .send()
         .await
         .expect("send");
@@ -244,7 +245,7 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
     let garbage_id = stack
         .http
         .get(format!("{}/v1/runs/abc", stack.base_url))
-        .bearer_auth(API_TOKEN)
+        .bearer_auth(&stack.api_key)
         .send()
         .await
         .expect("send");
@@ -254,7 +255,7 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
     let echoed = stack
         .http
         .get(format!("{}/v1/runs/abc", stack.base_url))
-        .bearer_auth(API_TOKEN)
+        .bearer_auth(&stack.api_key)
         .header("x-request-id", "trace-me-42")
         .send()
         .await

@@ -1,4 +1,3 @@
-//! HTTP routes. Handlers parse and validate at the edge, then call the pipeline.
-
 pub mod health;
+pub mod manage;
 pub mod runs;

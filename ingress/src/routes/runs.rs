@@ -7,16 +7,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
+use switchyard_common::Run;
 use switchyard_common::problem::ErrorCode;
 use switchyard_common::runs::{self, NewRun};
-use switchyard_common::{Run, db};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::accept::StoreError;
-use crate::auth::Tenant;
+use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::json::JsonBody;
+use crate::extract::JsonBody;
+use crate::routes::manage::Errors;
+use switchyard_common::catalog::api_keys::Scope;
 
 /// Largest `message`, in bytes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -26,18 +28,22 @@ const MAX_METADATA_BYTES: usize = 16 * 1024;
 const MAX_URL_LEN: usize = 2048;
 
 /// The body of `POST /v1/runs`. Unknown fields are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateRun {
+    /// The agent to run (`appId` is accepted as a synonym).
     agent_id: Option<String>,
     /// The agent-app API's name for the agent.
     app_id: Option<String>,
     message: Option<String>,
+    #[schema(value_type = Option<Object>)]
     inputs: Option<Value>,
     webhook_url: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
     /// Seconds to wait for the run to finish before answering (0 to 60). A run that finishes in
     /// time is answered 200 with its result; otherwise 202 as usual.
+    #[schema(minimum = 0, maximum = 60)]
     wait: Option<f64>,
 }
 
@@ -151,24 +157,31 @@ fn run_location(id: Uuid) -> String {
     format!("/v1/runs/{id}")
 }
 
-/// `POST /v1/runs`: records the run as `queued` (one INSERT, group-committed), publishes its id
-/// with a confirm, and answers 202. A publish failure still answers 202: the row is the outbox and
-/// the sweeper publishes it again.
+/// Create a run: recorded as `queued` (one INSERT, group-committed), its id published with a
+/// confirm, then 202. A publish failure still answers 202: the row is the outbox and the sweeper
+/// publishes it again. Needs the `trigger` scope.
+#[utoipa::path(post, path = "/v1/runs", tag = "Runs", request_body = CreateRun,
+    responses(
+        (status = 202, description = "Accepted; `Location` names the run", body = Run),
+        (status = 200, description = "Finished within `wait`", body = Run),
+        Errors))]
 pub async fn create(
     State(state): State<AppState>,
-    tenant: Tenant,
+    principal: Principal,
     JsonBody(body): JsonBody<CreateRun>,
 ) -> Result<Response, ApiError> {
+    let key = principal.key_with(Scope::Trigger)?;
     let valid = validate(body)?;
     let wait = valid.wait;
     let new = NewRun {
         id: Uuid::now_v7(),
-        tenant_id: tenant.0,
+        tenant_id: key.tenant_id.clone(),
         agent_id: valid.agent_id,
         message: valid.message,
         inputs: valid.inputs,
         metadata: valid.metadata,
         webhook_url: valid.webhook_url,
+        projects: key.project_ids.clone(),
     };
     let agent_id = new.agent_id.clone();
     // Recording and publishing run in their own task: a client that hangs up mid-request cannot
@@ -241,28 +254,27 @@ fn accepted(run: &Run) -> Response {
     (StatusCode::ACCEPTED, headers, axum::Json(run)).into_response()
 }
 
-/// `GET /v1/runs/{id}`: the run, or 404 when it does not exist in the caller's tenant.
+/// Get a run: 404 when it does not exist in the caller's tenant (or its projects). Needs the
+/// `runs:read` scope.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "Runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "The run", body = Run), Errors))]
 pub async fn get(
     State(state): State<AppState>,
-    tenant: Tenant,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Run>, ApiError> {
+    let key = principal.key_with(Scope::RunsRead)?;
     let not_found = || ApiError::not_found(format!("run `{id}` was not found"));
     let run_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let client = state.pool.get().await.map_err(|e| {
-        if db::is_unavailable(&e) {
-            ApiError::unavailable()
-        } else {
-            ApiError::internal(e)
-        }
-    })?;
-    let run = runs::get(&client, &tenant.0, run_id).await.map_err(|e| {
-        if db::pg_unavailable(&e) {
-            ApiError::unavailable()
-        } else {
-            ApiError::internal(e)
-        }
-    })?;
+    let client = state.pool.get().await?;
+    let run = runs::get(&client, &key.tenant_id, run_id)
+        .await?
+        .filter(|run| {
+            key.project_ids
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(&run.project_id))
+        });
     run.map(axum::Json).ok_or_else(not_found)
 }
 

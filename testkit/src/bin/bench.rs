@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use serde_json::{Value, json};
-use switchyard_testkit::{API_TOKEN, Stack, StackOptions, postgres_base, unique};
+use switchyard_testkit::{Stack, StackOptions, postgres_base, unique};
 use tokio::sync::Semaphore;
 
 #[derive(Parser)]
@@ -193,12 +193,7 @@ type Sent = (Option<String>, Instant, Duration);
 
 async fn send_one(http: reqwest::Client, url: String, body: Value) -> Sent {
     let sent = Instant::now();
-    let response = http
-        .post(url)
-        .bearer_auth(API_TOKEN)
-        .json(&body)
-        .send()
-        .await;
+    let response = http.post(url).json(&body).send().await;
     let latency = sent.elapsed();
     let id = match response {
         Ok(r) if r.status() == 202 => r
@@ -234,11 +229,22 @@ impl Load {
     }
 }
 
-async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&str>) -> Load {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
+/// A client that sends the stack's API key on every request.
+fn authed(stack: &Stack, idle: usize) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", stack.api_key))
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .default_headers(headers)
         .build()
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&str>) -> Load {
+    let http = authed(stack, concurrency);
     let url = format!("{}/v1/runs", stack.base_url);
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
@@ -264,7 +270,7 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
 
 /// Open loop: sends `rate` runs per second for `seconds`, whatever the answers' pace.
 async fn paced(stack: &Stack, rate: u32, seconds: u32, webhook: &str) -> Load {
-    let http = reqwest::Client::new();
+    let http = authed(stack, 64);
     let url = format!("{}/v1/runs", stack.base_url);
     let total = (rate * seconds) as usize;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));

@@ -1,0 +1,486 @@
+//! Agents: what a run executes. `kind` picks the executor (`echo`, `openai` or `http`) and
+//! `config` is checked against that kind on every write.
+
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+
+use super::{
+    Error, Page, Paginated, check_description, check_name, constraint, id_or_new, merge_top_level,
+    same_or_absent,
+};
+
+/// The executor an agent runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// Deterministic: answers with the rendered message. For tests, demos and benchmarks.
+    Echo,
+    /// An OpenAI-compatible chat completions endpoint.
+    Openai,
+    /// The user's own agent service, called over HTTP.
+    Http,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Echo => "echo",
+            Self::Openai => "openai",
+            Self::Http => "http",
+        }
+    }
+
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "openai" => Self::Openai,
+            "http" => Self::Http,
+            _ => Self::Echo,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct EchoConfig {
+    delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct OpenaiConfig {
+    base_url: String,
+    model: String,
+    system_prompt: Option<String>,
+    temperature: Option<f64>,
+    max_tokens: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct HttpConfig {
+    url: String,
+    timeout_ms: Option<u64>,
+}
+
+/// Checks `config` against what `kind` reads.
+fn check_config(kind: AgentKind, config: &Value) -> Result<(), Error> {
+    let bad = |e: serde_json::Error| {
+        Error::invalid(format!("`config` of a {} agent: {e}", kind.as_str()))
+    };
+    match kind {
+        AgentKind::Echo => {
+            let c: EchoConfig = serde_json::from_value(config.clone()).map_err(bad)?;
+            if c.delay_ms.is_some_and(|d| d > 600_000) {
+                return Err(Error::invalid("`config.delayMs` must be at most 600000"));
+            }
+        }
+        AgentKind::Openai => {
+            let c: OpenaiConfig = serde_json::from_value(config.clone()).map_err(bad)?;
+            check_url(&c.base_url, "config.baseUrl")?;
+            if c.model.trim().is_empty() || c.model.len() > 255 {
+                return Err(Error::invalid("`config.model` must be 1 to 255 characters"));
+            }
+            if c.system_prompt
+                .as_ref()
+                .is_some_and(|p| p.len() > 64 * 1024)
+            {
+                return Err(Error::invalid(
+                    "`config.systemPrompt` must be at most 64 KiB",
+                ));
+            }
+            if c.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                return Err(Error::invalid("`config.temperature` must be from 0 to 2"));
+            }
+            if c.max_tokens == Some(0) {
+                return Err(Error::invalid("`config.maxTokens` must be at least 1"));
+            }
+        }
+        AgentKind::Http => {
+            let c: HttpConfig = serde_json::from_value(config.clone()).map_err(bad)?;
+            check_url(&c.url, "config.url")?;
+            if c.timeout_ms
+                .is_some_and(|t| !(100..=3_600_000).contains(&t))
+            {
+                return Err(Error::invalid(
+                    "`config.timeoutMs` must be from 100 to 3600000",
+                ));
+            }
+        }
+    }
+    if super::contains_nul(config) {
+        return Err(Error::invalid("`config` may not contain the NUL character"));
+    }
+    Ok(())
+}
+
+/// An absolute http or https URL of at most 2,048 characters.
+pub(crate) fn check_url(raw: &str, field: &str) -> Result<(), Error> {
+    let ok = raw.len() <= 2048
+        && url::Url::parse(raw)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "`{field}` must be an absolute http or https URL"
+        )))
+    }
+}
+
+/// An agent as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: AgentKind,
+    /// Settings of the executor: `echo` {delayMs}; `openai` {baseUrl, model, systemPrompt,
+    /// temperature, maxTokens}; `http` {url, timeoutMs}.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// The credential the executor uses (the LLM API key, or the HTTP agent's signing secret).
+    pub credential_reference_id: Option<String>,
+    /// How many times a run of this agent is tried before it fails.
+    pub max_attempts: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// The writable members of an agent: the body of a create, and what a PATCH merges into.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentSpec {
+    #[schema(pattern = r"^[a-zA-Z0-9\-_.]+$", min_length = 1, max_length = 255)]
+    pub id: Option<String>,
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
+    #[schema(max_length = 2000)]
+    pub description: Option<String>,
+    pub kind: AgentKind,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
+    pub credential_reference_id: Option<String>,
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_attempts: Option<i32>,
+    /// Read-only; accepted and ignored.
+    #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<String>)]
+    pub created_at: Option<Value>,
+    /// Read-only; accepted and ignored.
+    #[serde(default, skip_serializing)]
+    #[schema(value_type = Option<String>)]
+    pub updated_at: Option<Value>,
+}
+
+/// The body of an agent PATCH: each member present replaces the stored one; `null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AgentPatch {
+    #[schema(pattern = r"^[a-zA-Z0-9\-_.]+$", min_length = 1, max_length = 255)]
+    id: Option<String>,
+    #[schema(min_length = 1, max_length = 255)]
+    name: Option<String>,
+    #[schema(max_length = 2000)]
+    description: Option<String>,
+    kind: Option<AgentKind>,
+    #[schema(value_type = Option<Object>)]
+    config: Option<Value>,
+    credential_reference_id: Option<String>,
+    #[schema(minimum = 1, maximum = 100)]
+    max_attempts: Option<i32>,
+    project_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    created_at: Option<Value>,
+    #[schema(value_type = Option<String>)]
+    updated_at: Option<Value>,
+}
+
+struct Valid {
+    id: String,
+    name: String,
+    description: Option<String>,
+    kind: AgentKind,
+    config: Value,
+    credential_id: Option<String>,
+    max_attempts: i32,
+}
+
+fn validate(spec: AgentSpec) -> Result<Valid, Error> {
+    let id = id_or_new(spec.id, "agent")?;
+    check_name(&spec.name, "agent")?;
+    check_description(spec.description.as_deref())?;
+    let config = spec
+        .config
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if !config.is_object() {
+        return Err(Error::invalid("`config` must be a JSON object"));
+    }
+    check_config(spec.kind, &config)?;
+    let max_attempts = spec.max_attempts.unwrap_or(3);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(Error::invalid("`maxAttempts` must be from 1 to 100"));
+    }
+    if let Some(cred) = &spec.credential_reference_id
+        && !super::valid_id(cred)
+    {
+        return Err(Error::invalid("the referenced credential does not exist"));
+    }
+    Ok(Valid {
+        id,
+        name: spec.name,
+        description: spec.description,
+        kind: spec.kind,
+        config,
+        credential_id: spec.credential_reference_id,
+        max_attempts,
+    })
+}
+
+const COLUMNS: &str = "id, project_id, name, description, kind, config, credential_id, \
+    max_attempts, created_at, updated_at";
+
+fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
+    Ok(Agent {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        kind: AgentKind::parse(row.try_get("kind")?),
+        config: row.try_get("config")?,
+        credential_reference_id: row.try_get("credential_id")?,
+        max_attempts: row.try_get("max_attempts")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!("agent `{id}` was not found"))
+}
+
+pub async fn create(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    project_id: &str,
+    spec: AgentSpec,
+) -> Result<Agent, Error> {
+    let v = validate(spec)?;
+    let row = client
+        .query_opt(
+            &format!(
+                "INSERT INTO agents (tenant_id, id, project_id, name, description, kind, config, \
+                                     credential_id, max_attempts) \
+                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9 FROM projects p \
+                 WHERE p.tenant_id = $1 AND p.id = $3 \
+                 RETURNING {COLUMNS}"
+            ),
+            &[
+                &tenant_id,
+                &v.id,
+                &project_id,
+                &v.name,
+                &v.description,
+                &v.kind.as_str(),
+                &v.config,
+                &v.credential_id,
+                &v.max_attempts,
+            ],
+        )
+        .await
+        .map_err(|e| constraint(e, "agent"))?
+        .ok_or_else(|| Error::NotFound(format!("project `{project_id}` was not found")))?;
+    Ok(from_row(&row)?)
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    project_id: &str,
+    id: &str,
+) -> Result<Agent, Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND project_id = $2 AND id = $3"
+            ),
+            &[&tenant_id, &project_id, &id],
+        )
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(from_row(&row)?)
+}
+
+pub async fn list(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    project_id: &str,
+    page: Page,
+) -> Result<Paginated<Agent>, Error> {
+    let total: i64 = client
+        .query_one(
+            "SELECT count(*) FROM agents WHERE tenant_id = $1 AND project_id = $2",
+            &[&tenant_id, &project_id],
+        )
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND project_id = $2 \
+                 ORDER BY created_at, id LIMIT $3 OFFSET $4"
+            ),
+            &[&tenant_id, &project_id, &page.limit(), &page.offset()],
+        )
+        .await?;
+    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+    Ok(page.wrap(data, total))
+}
+
+/// Merges `patch` into the stored agent, validates the result as a whole, and saves it.
+pub async fn update(
+    client: &mut deadpool_postgres::Client,
+    tenant_id: &str,
+    project_id: &str,
+    id: &str,
+    patch: Value,
+) -> Result<Agent, Error> {
+    serde_json::from_value::<AgentPatch>(patch.clone())
+        .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
+    same_or_absent(&patch, "id", id)?;
+    same_or_absent(&patch, "projectId", project_id)?;
+    let mut patch = patch;
+    if let Value::Object(map) = &mut patch {
+        map.remove("projectId");
+    }
+    let tx = client.transaction().await?;
+    let current = tx
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND project_id = $2 AND id = $3 \
+                 FOR UPDATE"
+            ),
+            &[&tenant_id, &project_id, &id],
+        )
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let current = from_row(&current)?;
+    let mut merged = serde_json::to_value(AgentSpec {
+        id: Some(current.id),
+        name: current.name,
+        description: current.description,
+        kind: current.kind,
+        config: Some(current.config),
+        credential_reference_id: current.credential_reference_id,
+        max_attempts: Some(current.max_attempts),
+        created_at: None,
+        updated_at: None,
+    })
+    .map_err(|e| Error::BadRequest(e.to_string()))?;
+    merge_top_level(&mut merged, patch)?;
+    let spec: AgentSpec = serde_json::from_value(merged)
+        .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
+    let v = validate(spec)?;
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE agents SET name = $4, description = $5, kind = $6, config = $7, \
+                     credential_id = $8, max_attempts = $9, updated_at = now() \
+                 WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING {COLUMNS}"
+            ),
+            &[
+                &tenant_id,
+                &project_id,
+                &id,
+                &v.name,
+                &v.description,
+                &v.kind.as_str(),
+                &v.config,
+                &v.credential_id,
+                &v.max_attempts,
+            ],
+        )
+        .await
+        .map_err(|e| constraint(e, "agent"))?;
+    tx.commit().await?;
+    Ok(from_row(&row)?)
+}
+
+/// Deletes the agent and its triggers. Its runs stay, as history.
+pub async fn delete(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    project_id: &str,
+    id: &str,
+) -> Result<(), Error> {
+    let n = client
+        .execute(
+            "DELETE FROM agents WHERE tenant_id = $1 AND project_id = $2 AND id = $3",
+            &[&tenant_id, &project_id, &id],
+        )
+        .await?;
+    if n == 0 {
+        return Err(not_found(id));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_is_checked_against_the_kind() {
+        assert!(check_config(AgentKind::Echo, &json!({"delayMs": 5})).is_ok());
+        assert!(check_config(AgentKind::Echo, &json!({"model": "x"})).is_err());
+        assert!(
+            check_config(
+                AgentKind::Openai,
+                &json!({"baseUrl": "https://api.openai.com/v1", "model": "gpt-4o-mini", "temperature": 0.2})
+            )
+            .is_ok()
+        );
+        assert!(check_config(AgentKind::Openai, &json!({"model": "m"})).is_err());
+        assert!(
+            check_config(
+                AgentKind::Openai,
+                &json!({"baseUrl": "ftp://x", "model": "m"})
+            )
+            .is_err()
+        );
+        assert!(
+            check_config(
+                AgentKind::Openai,
+                &json!({"baseUrl": "http://x", "model": "m", "temperature": 3})
+            )
+            .is_err()
+        );
+        assert!(
+            check_config(
+                AgentKind::Http,
+                &json!({"url": "https://agent.example/run"})
+            )
+            .is_ok()
+        );
+        assert!(
+            check_config(
+                AgentKind::Http,
+                &json!({"url": "https://a", "timeoutMs": 1})
+            )
+            .is_err()
+        );
+    }
+}

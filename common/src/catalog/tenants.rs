@@ -1,0 +1,153 @@
+//! Tenants: created and managed only with the admin token.
+
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use utoipa::ToSchema;
+
+use super::{Error, Page, Paginated, check_name, constraint, id_or_new};
+
+/// A tenant: the unit of isolation. Every other resource belongs to exactly one.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// The most active API keys this tenant may hold; `null` means the server's default.
+    pub max_api_keys: Option<i32>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// The body of `POST /manage/tenants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewTenant {
+    /// Resource identifier; made up when absent.
+    #[schema(pattern = r"^[a-zA-Z0-9\-_.]+$", min_length = 1, max_length = 255)]
+    pub id: Option<String>,
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_api_keys: Option<i32>,
+}
+
+/// The body of `PATCH /manage/tenants/{tenantId}`: members present are changed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantPatch {
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: Option<String>,
+    /// `null` returns to the server's default.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
+    pub max_api_keys: Option<Option<i32>>,
+}
+
+const COLUMNS: &str = "id, name, max_api_keys, created_at, updated_at";
+
+fn from_row(row: &Row) -> Result<Tenant, tokio_postgres::Error> {
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        max_api_keys: row.try_get("max_api_keys")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn check_max_keys(max: Option<i32>) -> Result<(), Error> {
+    match max {
+        Some(n) if !(1..=1000).contains(&n) => {
+            Err(Error::invalid("`maxApiKeys` must be from 1 to 1000"))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub async fn create(client: &impl GenericClient, new: NewTenant) -> Result<Tenant, Error> {
+    let id = id_or_new(new.id, "tenant")?;
+    check_name(&new.name, "tenant")?;
+    check_max_keys(new.max_api_keys)?;
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO tenants (id, name, max_api_keys) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
+            ),
+            &[&id, &new.name, &new.max_api_keys],
+        )
+        .await
+        .map_err(|e| constraint(e, "tenant"))?;
+    Ok(from_row(&row)?)
+}
+
+pub async fn get(client: &impl GenericClient, id: &str) -> Result<Tenant, Error> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tenants WHERE id = $1"),
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{id}` was not found")))?;
+    Ok(from_row(&row)?)
+}
+
+pub async fn list(client: &impl GenericClient, page: Page) -> Result<Paginated<Tenant>, Error> {
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM tenants", &[])
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            &format!("SELECT {COLUMNS} FROM tenants ORDER BY created_at, id LIMIT $1 OFFSET $2"),
+            &[&page.limit(), &page.offset()],
+        )
+        .await?;
+    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+    Ok(page.wrap(data, total))
+}
+
+pub async fn update(
+    client: &impl GenericClient,
+    id: &str,
+    patch: TenantPatch,
+) -> Result<Tenant, Error> {
+    if let Some(name) = &patch.name {
+        check_name(name, "tenant")?;
+    }
+    if let Some(max) = patch.max_api_keys {
+        check_max_keys(max)?;
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE tenants SET name = coalesce($2, name), \
+                     max_api_keys = CASE WHEN $3 THEN $4 ELSE max_api_keys END, updated_at = now() \
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ),
+            &[
+                &id,
+                &patch.name,
+                &patch.max_api_keys.is_some(),
+                &patch.max_api_keys.flatten(),
+            ],
+        )
+        .await
+        .map_err(|e| constraint(e, "tenant"))?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{id}` was not found")))?;
+    Ok(from_row(&row)?)
+}
+
+/// Deletes the tenant and everything it owns, runs included.
+pub async fn delete(client: &impl GenericClient, id: &str) -> Result<(), Error> {
+    let n = client
+        .execute("DELETE FROM tenants WHERE id = $1", &[&id])
+        .await?;
+    if n == 0 {
+        return Err(Error::NotFound(format!("tenant `{id}` was not found")));
+    }
+    Ok(())
+}

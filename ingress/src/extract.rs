@@ -1,0 +1,77 @@
+//! Extractors whose rejections are problem+json instead of axum's plain text: JSON bodies (400,
+//! 413 or 415), path parameters and query strings (400).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use switchyard_common::problem::ErrorCode;
+
+use crate::error::ApiError;
+
+/// `Json<T>` with problem+json rejections.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(reject(&rejection)),
+        }
+    }
+}
+
+fn reject(rejection: &JsonRejection) -> ApiError {
+    match rejection.status().as_u16() {
+        413 => ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large"),
+        415 => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => ApiError::bad_request(format!("the body is not valid: {}", rejection.body_text())),
+    }
+}
+
+/// `Path<T>` with problem+json rejections.
+pub struct Params<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Self(v))
+            .map_err(|e| ApiError::bad_request(format!("the path is not valid: {}", e.body_text())))
+    }
+}
+
+/// `Query<T>` with problem+json rejections.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Self(v))
+            .map_err(|e| {
+                ApiError::bad_request(format!("the query string is not valid: {}", e.body_text()))
+            })
+    }
+}
