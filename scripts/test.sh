@@ -30,3 +30,6 @@ cargo build --workspace --bins --locked
 # time; then everything else.
 cargo nextest run --workspace --locked -E 'binary(service_restarts)' "$@"
 cargo nextest run --workspace --locked -E 'not binary(service_restarts)' "$@"
+
+# Property-based tests of the HTTP API against its OpenAPI document (schemathesis).
+scripts/api-fuzz.sh

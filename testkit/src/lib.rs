@@ -151,6 +151,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V3__access_and_catalog.sql"),
 ];
 
+/// How many migrations the repository holds.
+pub fn migration_count() -> usize {
+    MIGRATIONS.len()
+}
+
 /// Where the workspace's binaries are: next to the test executable's `deps/` folder.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();

@@ -172,19 +172,6 @@ pub async fn create(
         )
         .await?
         .ok_or_else(|| Error::NotFound(format!("tenant `{tenant_id}` was not found")))?;
-    let max: i32 = tenant.try_get::<_, Option<i32>>(0)?.unwrap_or(default_max);
-    let active: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL",
-            &[&tenant_id],
-        )
-        .await?
-        .get(0);
-    if active >= i64::from(max) {
-        return Err(Error::Conflict(format!(
-            "the tenant already has {active} active API keys, the most it may hold ({max}); revoke one first"
-        )));
-    }
     if let Some(projects) = &projects {
         let known: i64 = tx
             .query_one(
@@ -198,6 +185,19 @@ pub async fn create(
                 "`projectIds` names a project that does not exist",
             ));
         }
+    }
+    let max: i32 = tenant.try_get::<_, Option<i32>>(0)?.unwrap_or(default_max);
+    let active: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL",
+            &[&tenant_id],
+        )
+        .await?
+        .get(0);
+    if active >= i64::from(max) {
+        return Err(Error::Conflict(format!(
+            "the tenant already has {active} active API keys, the most it may hold ({max}); revoke one first"
+        )));
     }
     let secret = generate();
     let hash = digest(&secret).to_vec();

@@ -32,7 +32,9 @@ pub struct SignatureVerification {
     pub signature: SignatureLocation,
     #[serde(default)]
     pub signed_components: Vec<SignedComponent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub component_join: Option<ComponentJoin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<SignatureValidation>,
 }
 
@@ -76,8 +78,10 @@ pub struct SignatureLocation {
     /// The header or query parameter name (or a JSON pointer into the body).
     pub key: String,
     /// Stripped from the front of the value, e.g. `sha256=`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// Its first capture group is the signature, e.g. `v1=([a-f0-9]+)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
 }
 
@@ -86,9 +90,12 @@ pub struct SignatureLocation {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignedComponent {
     pub source: ComponentSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The text itself, for a `literal` component.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
     #[serde(default = "yes")]
     pub required: bool,
@@ -148,8 +155,10 @@ pub struct HeaderCheck {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutputTransform {
     /// e.g. `/answer`: the result becomes the value at that pointer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
     /// e.g. `Summary: {{answer}}`: the result becomes the rendered text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
 }
 
