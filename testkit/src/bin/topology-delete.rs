@@ -5,12 +5,19 @@ use clap::Parser;
 use switchyard_common::amqp::{Topology, delete_topology};
 
 #[derive(Parser)]
-#[command(name = "topology-delete", about = "Deletes a Switchyard broker prefix's queues")]
+#[command(
+    name = "topology-delete",
+    about = "Deletes a Switchyard broker prefix's queues"
+)]
 struct Args {
     /// The `SWITCHYARD_AMQP_PREFIX` whose queues go.
     #[arg(long)]
     prefix: String,
-    #[arg(long, env = "SWITCHYARD_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     amqp_url: String,
 }
 
