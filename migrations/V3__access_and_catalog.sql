@@ -59,7 +59,8 @@ CREATE TABLE triggers (
     PRIMARY KEY (tenant_id, id),
     FOREIGN KEY (tenant_id, project_id, agent_id)
         REFERENCES agents (tenant_id, project_id, id) ON DELETE CASCADE,
-    FOREIGN KEY (tenant_id, signing_secret_credential_id) REFERENCES credentials (tenant_id, id)
+    CONSTRAINT triggers_credential_fkey
+        FOREIGN KEY (tenant_id, signing_secret_credential_id) REFERENCES credentials (tenant_id, id)
 );
 
 CREATE UNIQUE INDEX triggers_key ON triggers (tenant_id, project_id, lower(key));

@@ -102,6 +102,11 @@ pub struct AgentSpec {
     pub config: serde_json::Value,
 }
 
+impl AgentSpec {
+    /// The kind of a run's agent that no longer exists.
+    pub const DELETED: &'static str = "deleted";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,7 +126,8 @@ pub async fn claim(
 }
 
 /// [`claim`] for many runs in one statement. Returns the runs won; the others are someone
-/// else's, cancelled or finished. Rows are locked in id order, so concurrent batches that
+/// else's, cancelled or finished. A run whose agent was deleted is still claimed (with the kind
+/// [`AgentSpec::DELETED`]), so that it fails instead of waiting forever. Rows are locked in id order, so concurrent batches that
 /// overlap wait for each other instead of deadlocking, then see the run is no longer queued.
 pub async fn claim_many(
     client: &impl GenericClient,
@@ -139,9 +140,11 @@ pub async fn claim_many(
          UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
                 lease_expires_at = now() + make_interval(secs => $3), \
                 started_at = coalesce(r.started_at, now()), updated_at = now() \
-         FROM c, agents a \
-         WHERE r.id = c.id AND r.status = 'queued' AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
-         RETURNING {COLUMNS}, a.kind AS agent_kind, a.config AS agent_config"
+         FROM c \
+         WHERE r.id = c.id AND r.status = 'queued' \
+         RETURNING {COLUMNS}, \
+             (SELECT a.kind FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_kind, \
+             (SELECT a.config FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_config"
     );
     let rows = client
         .query(
@@ -153,9 +156,14 @@ pub async fn claim_many(
         .map(|row| {
             Ok((
                 from_row(row)?,
+                // An agent deleted since the run was accepted has no kind: the executor fails it.
                 AgentSpec {
-                    kind: row.try_get("agent_kind")?,
-                    config: row.try_get("agent_config")?,
+                    kind: row
+                        .try_get::<_, Option<String>>("agent_kind")?
+                        .unwrap_or_else(|| AgentSpec::DELETED.to_owned()),
+                    config: row
+                        .try_get::<_, Option<serde_json::Value>>("agent_config")?
+                        .unwrap_or_default(),
                 },
             ))
         })

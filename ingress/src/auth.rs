@@ -96,13 +96,34 @@ impl Principal {
         }
     }
 
-    /// Only the admin token may do this (create, list, change or delete tenants).
+    /// Only the admin token may change or delete `tenant_id`; another tenant's key gets 404, as
+    /// everywhere, and the tenant's own key 403.
+    pub fn admin_of(&self, tenant_id: &str) -> Result<(), ApiError> {
+        match self {
+            Self::Key(key) if key.tenant_id != tenant_id => Err(ApiError::not_found(format!(
+                "tenant `{tenant_id}` was not found"
+            ))),
+            _ => self.admin(),
+        }
+    }
+
+    /// Only the admin token may do this (create and list tenants).
     pub fn admin(&self) -> Result<(), ApiError> {
         match self {
             Self::Admin => Ok(()),
             Self::Key(_) => Err(ApiError::forbidden(
                 "only the admin token (SWITCHYARD_ADMIN_TOKEN) may manage tenants",
             )),
+        }
+    }
+
+    /// Whether the caller may hand out `scopes` (a key cannot mint a key stronger than itself).
+    pub fn may_grant(&self, scopes: &[Scope]) -> Result<(), ApiError> {
+        match self {
+            Self::Key(key) if !scopes.iter().all(|s| key.scopes.contains(s)) => Err(
+                ApiError::forbidden("a key can only create keys with scopes it holds itself"),
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -234,6 +255,11 @@ impl KeyCache {
         if let Ok(mut entries) = self.entries.lock() {
             entries.clear();
         }
+    }
+
+    /// Whether the cache is in use (the control subscription is up).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
     }
 
     fn set_live(&self, live: bool) {

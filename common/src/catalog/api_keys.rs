@@ -18,6 +18,9 @@ pub const KEY_PREFIX: &str = "sy_";
 /// How many leading characters of a key the list shows.
 const SHOWN_PREFIX_LEN: usize = 11;
 
+/// The scopes of a key created without `scopes`.
+pub const DEFAULT_SCOPES: [Scope; 2] = [Scope::Trigger, Scope::RunsRead];
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum Scope {
@@ -142,9 +145,7 @@ pub async fn create(
     default_max: i32,
 ) -> Result<CreatedApiKey, Error> {
     check_name(&new.name, "API key")?;
-    let mut scopes = new
-        .scopes
-        .unwrap_or_else(|| vec![Scope::Trigger, Scope::RunsRead]);
+    let mut scopes = new.scopes.unwrap_or_else(|| DEFAULT_SCOPES.to_vec());
     scopes.sort_by_key(|s| s.as_str());
     scopes.dedup();
     if scopes.is_empty() {
@@ -155,6 +156,11 @@ pub async fn create(
         Some(p) if p.is_empty() => {
             return Err(Error::invalid(
                 "`projectIds` must name at least one project, or be left out for all",
+            ));
+        }
+        Some(p) if !p.iter().all(|id| super::valid_id(id)) => {
+            return Err(Error::invalid(
+                "`projectIds` names a project that does not exist",
             ));
         }
         Some(mut p) => {

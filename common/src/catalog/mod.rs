@@ -31,6 +31,9 @@ pub enum Error {
     /// The body is not of the documented shape: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// The caller may not write this (a project-limited key naming a credential): 403.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Db(#[from] tokio_postgres::Error),
 }
@@ -56,7 +59,10 @@ pub(crate) fn constraint(err: tokio_postgres::Error, what: &str) -> Error {
             }
             _ => format!("a {what} with this id already exists"),
         }),
-        SqlState::FOREIGN_KEY_VIOLATION if name.contains("credential") => {
+        // The foreign keys from agents and triggers to the credential they name.
+        SqlState::FOREIGN_KEY_VIOLATION
+            if name == "agents_credential_fkey" || name == "triggers_credential_fkey" =>
+        {
             if what == "credential" {
                 Error::Conflict("the credential is in use by an agent or a trigger".into())
             } else {
@@ -64,7 +70,7 @@ pub(crate) fn constraint(err: tokio_postgres::Error, what: &str) -> Error {
             }
         }
         SqlState::FOREIGN_KEY_VIOLATION => {
-            Error::NotFound(format!("the {what}'s parent was not found"))
+            Error::NotFound(format!("the {what}'s tenant or parent was not found"))
         }
         SqlState::CHECK_VIOLATION => {
             Error::invalid(format!("a value of the {what} is out of range"))
@@ -208,13 +214,20 @@ pub struct Pagination {
 }
 
 /// RFC 7396 at the top level: each member of `patch` replaces the same member of `current`, and
-/// `null` clears it. Nested objects are replaced whole, never merged.
-pub fn merge_top_level(current: &mut Value, patch: Value) -> Result<(), Error> {
+/// `null` clears it. Nested objects are replaced whole, never merged. Members named in `required`
+/// cannot be cleared: a `null` for one of them is a 422.
+pub fn merge_top_level(current: &mut Value, patch: Value, required: &[&str]) -> Result<(), Error> {
     let Value::Object(patch) = patch else {
         return Err(Error::BadRequest(
             "the body of a PATCH must be a JSON object".into(),
         ));
     };
+    if let Some(field) = required
+        .iter()
+        .find(|f| patch.get(**f).is_some_and(Value::is_null))
+    {
+        return Err(Error::invalid(format!("`{field}` cannot be null")));
+    }
     let Value::Object(target) = current else {
         return Err(Error::BadRequest("nothing to patch".into()));
     };
@@ -293,8 +306,12 @@ mod tests {
     #[test]
     fn merge_replaces_and_clears_top_level_members() {
         let mut current = serde_json::json!({"a": 1, "b": {"x": 1}, "c": 3});
-        merge_top_level(&mut current, serde_json::json!({"b": {"y": 2}, "c": null}))
-            .expect("merges");
+        merge_top_level(
+            &mut current,
+            serde_json::json!({"b": {"y": 2}, "c": null}),
+            &["a"],
+        )
+        .expect("merges");
         assert_eq!(
             current,
             serde_json::json!({"a": 1, "b": {"y": 2}, "c": null})

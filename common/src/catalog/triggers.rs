@@ -424,7 +424,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn validate(spec: TriggerSpec) -> Result<Valid, Error> {
+/// Checks a trigger as a whole. `may_use_credentials` is false for a project-limited key.
+fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error> {
+    if spec.signing_secret_credential_reference_id.is_some() && !may_use_credentials {
+        return Err(Error::Forbidden(
+            "a key limited to some projects cannot give a trigger a credential".into(),
+        ));
+    }
+    let as_json = serde_json::to_value(&spec).map_err(|e| Error::invalid(e.to_string()))?;
+    if super::contains_nul(&as_json) {
+        return Err(Error::invalid("text may not contain the NUL character"));
+    }
     let id = id_or_new(spec.id, "trigger")?;
     check_name(&spec.name, "trigger")?;
     check_description(spec.description.as_deref())?;
@@ -495,13 +505,6 @@ fn validate(spec: TriggerSpec) -> Result<Valid, Error> {
     let wait_timeout_seconds = spec.wait_timeout_seconds.unwrap_or(30);
     if !(1..=300).contains(&wait_timeout_seconds) {
         return Err(Error::invalid("`waitTimeoutSeconds` must be from 1 to 300"));
-    }
-    let any_nul = [&input_schema, &spec.filters]
-        .into_iter()
-        .flatten()
-        .any(super::contains_nul);
-    if any_nul {
-        return Err(Error::invalid("text may not contain the NUL character"));
     }
     Ok(Valid {
         id,
@@ -597,8 +600,9 @@ pub async fn create(
     client: &impl GenericClient,
     owner: Owner<'_>,
     spec: TriggerSpec,
+    may_use_credentials: bool,
 ) -> Result<Trigger, Error> {
-    let v = validate(spec)?;
+    let v = validate(spec, may_use_credentials)?;
     let row = client
         .query_opt(
             &format!(
@@ -704,6 +708,7 @@ pub async fn update(
     owner: Owner<'_>,
     id: &str,
     patch: Value,
+    may_use_credentials: bool,
 ) -> Result<Trigger, Error> {
     serde_json::from_value::<TriggerPatch>(patch.clone())
         .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
@@ -750,10 +755,21 @@ pub async fn update(
         "waitForResponse": t.wait_for_response,
         "waitTimeoutSeconds": t.wait_timeout_seconds,
     });
-    merge_top_level(&mut merged, patch)?;
+    merge_top_level(
+        &mut merged,
+        patch,
+        &[
+            "name",
+            "enabled",
+            "key",
+            "ignoreDuplicates",
+            "waitForResponse",
+            "waitTimeoutSeconds",
+        ],
+    )?;
     let spec: TriggerSpec = serde_json::from_value(merged)
         .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
-    let v = validate(spec)?;
+    let v = validate(spec, may_use_credentials)?;
     let row = tx
         .query_one(
             &format!(
@@ -812,13 +828,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn validate_all(spec: TriggerSpec) -> Result<Valid, Error> {
+        validate(spec, true)
+    }
+
     fn spec(v: Value) -> TriggerSpec {
         serde_json::from_value(v).expect("deserialises")
     }
 
     #[test]
     fn a_minimal_trigger_gets_defaults() {
-        let v = validate(spec(json!({"id": "gh.push", "name": "GitHub push"}))).expect("valid");
+        let v = validate_all(spec(json!({"id": "gh.push", "name": "GitHub push"}))).expect("valid");
         assert_eq!(v.key, "gh-push");
         assert!(v.enabled);
         assert_eq!(v.wait_timeout_seconds, 30);
@@ -827,18 +847,18 @@ mod tests {
 
     #[test]
     fn invalid_json_schema_is_refused() {
-        let bad = validate(spec(json!({"name": "t", "inputSchema": {"type": "strin"}})));
+        let bad = validate_all(spec(json!({"name": "t", "inputSchema": {"type": "strin"}})));
         assert!(matches!(bad, Err(Error::Invalid(m)) if m.contains("inputSchema")));
-        let bad = validate(spec(json!({"name": "t", "inputSchema": {"minLength": -1}})));
+        let bad = validate_all(spec(json!({"name": "t", "inputSchema": {"minLength": -1}})));
         assert!(matches!(bad, Err(Error::Invalid(_))));
-        let remote = validate(spec(
+        let remote = validate_all(spec(
             json!({"name": "t", "inputSchema": {"$ref": "https://example.com/s.json"}}),
         ));
         assert!(
             matches!(remote, Err(Error::Invalid(_))),
             "remote $ref stays disabled"
         );
-        let ok = validate(spec(
+        let ok = validate_all(spec(
             json!({"name": "t", "inputSchema": "{\"type\":\"object\"}"}),
         ))
         .expect("valid");
@@ -865,9 +885,11 @@ mod tests {
             json!({"name": "t", "signatureVerification": {"algorithm": "sha256", "encoding": "hex",
                 "signature": {"source": "header", "key": "X-Sig"},
                 "signedComponents": [{"source": "literal"}]}}),
+            json!({"name": "t", "outputTransform": {"template": "nul \0"}}),
+            json!({"name": "t", "webhookUrl": "https://x.example/\0"}),
         ] {
             assert!(
-                matches!(validate(spec(bad.clone())), Err(Error::Invalid(_))),
+                matches!(validate_all(spec(bad.clone())), Err(Error::Invalid(_))),
                 "{bad}"
             );
         }
@@ -875,7 +897,7 @@ mod tests {
 
     #[test]
     fn authentication_values_are_kept_only_as_digests() {
-        let v = validate(spec(json!({"name": "t", "authentication": {"headers": [{"name": "X-Token", "value": "s3cret"}]}})))
+        let v = validate_all(spec(json!({"name": "t", "authentication": {"headers": [{"name": "X-Token", "value": "s3cret"}]}})))
             .expect("valid");
         let stored = v.authentication.expect("stored").to_string();
         assert!(!stored.contains("s3cret"));
@@ -883,8 +905,14 @@ mod tests {
     }
 
     #[test]
+    fn a_limited_key_cannot_name_a_credential() {
+        let s = spec(json!({"name": "t", "signingSecretCredentialReferenceId": "c"}));
+        assert!(matches!(validate(s, false), Err(Error::Forbidden(_))));
+    }
+
+    #[test]
     fn github_style_signature_verification_parses() {
-        let v = validate(spec(json!({"name": "gh", "signatureVerification": {
+        let v = validate_all(spec(json!({"name": "gh", "signatureVerification": {
             "algorithm": "sha256", "encoding": "hex",
             "signature": {"source": "header", "key": "X-Hub-Signature-256", "prefix": "sha256="},
             "signedComponents": [{"source": "body", "required": true}],

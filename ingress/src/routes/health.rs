@@ -26,8 +26,19 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     let up = |b: bool| if b { "up" } else { "down" };
+    // Cached API keys are used only while revocations can reach this replica.
+    let key_cache = if state.auth.keys.is_live() {
+        "live"
+    } else {
+        "bypassed"
+    };
     (
         code,
-        Json(json!({ "status": status, "postgres": up(postgres), "rabbitmq": up(rabbitmq) })),
+        Json(json!({
+            "status": status,
+            "postgres": up(postgres),
+            "rabbitmq": up(rabbitmq),
+            "keyCache": key_cache,
+        })),
     )
 }

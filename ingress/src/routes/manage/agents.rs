@@ -41,11 +41,13 @@ pub async fn create(
     Params(p): Params<ProjectPath>,
     JsonBody(body): JsonBody<AgentSpec>,
 ) -> Result<(StatusCode, Json<Data<Agent>>), ApiError> {
-    principal.manage(&p.tenant_id)?.project(&p.project_id)?;
+    let access = principal.manage(&p.tenant_id)?;
+    access.project(&p.project_id)?;
+    let may_use = access.projects().is_none();
     let client = state.pool.get().await?;
     Ok((
         StatusCode::CREATED,
-        data(agents::create(&client, &p.tenant_id, &p.project_id, body).await?),
+        data(agents::create(&client, &p.tenant_id, &p.project_id, body, may_use).await?),
     ))
 }
 
@@ -75,10 +77,20 @@ pub async fn update(
     Params(p): Params<AgentPath>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Data<Agent>>, ApiError> {
-    principal.manage(&p.tenant_id)?.project(&p.project_id)?;
+    let access = principal.manage(&p.tenant_id)?;
+    access.project(&p.project_id)?;
+    let may_use = access.projects().is_none();
     let mut client = state.pool.get().await?;
     Ok(data(
-        agents::update(&mut client, &p.tenant_id, &p.project_id, &p.agent_id, body).await?,
+        agents::update(
+            &mut client,
+            &p.tenant_id,
+            &p.project_id,
+            &p.agent_id,
+            body,
+            may_use,
+        )
+        .await?,
     ))
 }
 

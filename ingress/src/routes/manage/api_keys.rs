@@ -40,6 +40,7 @@ pub async fn create(
     JsonBody(body): JsonBody<NewApiKey>,
 ) -> Result<(StatusCode, Json<Data<CreatedApiKey>>), ApiError> {
     principal.manage(&p.tenant_id)?.tenant_wide()?;
+    principal.may_grant(body.scopes.as_deref().unwrap_or(&api_keys::DEFAULT_SCOPES))?;
     let mut client = state.pool.get().await?;
     let created = api_keys::create(&mut client, &p.tenant_id, body, state.max_api_keys).await?;
     Ok((StatusCode::CREATED, data(created)))
@@ -59,7 +60,8 @@ pub async fn get(
     Ok(data(api_keys::get(&client, &p.tenant_id, &p.id).await?))
 }
 
-/// Revoke an API key. Immediate: every ingress replica drops it from its cache.
+/// Revoke an API key. Immediate: every ingress replica drops it from its cache. A 503 means the
+/// key is revoked but the other replicas could not be told yet; retry (revoking is idempotent).
 #[utoipa::path(delete, path = "/manage/tenants/{tenantId}/api-keys/{id}", tag = "API keys",
     params(TenantItemPath), responses((status = 204, description = "Revoked"), Errors))]
 pub async fn revoke(
@@ -70,6 +72,6 @@ pub async fn revoke(
     principal.manage(&p.tenant_id)?.tenant_wide()?;
     let client = state.pool.get().await?;
     let key = api_keys::revoke(&client, &p.tenant_id, &p.id).await?;
-    state.announce_key_change(&revoked_message(&key)).await;
+    state.announce_key_change(&revoked_message(&key)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

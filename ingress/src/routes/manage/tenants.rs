@@ -66,7 +66,7 @@ pub async fn update(
     Params(p): Params<TenantPath>,
     JsonBody(body): JsonBody<TenantPatch>,
 ) -> Result<Json<Data<Tenant>>, ApiError> {
-    principal.admin()?;
+    principal.admin_of(&p.tenant_id)?;
     let client = state.pool.get().await?;
     Ok(data(tenants::update(&client, &p.tenant_id, body).await?))
 }
@@ -79,12 +79,12 @@ pub async fn delete(
     principal: Principal,
     Params(p): Params<TenantPath>,
 ) -> Result<StatusCode, ApiError> {
-    principal.admin()?;
+    principal.admin_of(&p.tenant_id)?;
     let client = state.pool.get().await?;
     tenants::delete(&client, &p.tenant_id).await?;
     // Its keys are gone: drop them from every replica's cache.
     state
         .announce_key_change(b"{\"type\":\"tenant.deleted\"}")
-        .await;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -57,11 +57,13 @@ pub async fn create(
     Params(p): Params<AgentPath>,
     JsonBody(body): JsonBody<TriggerSpec>,
 ) -> Result<(StatusCode, Json<Data<Trigger>>), ApiError> {
-    principal.manage(&p.tenant_id)?.project(&p.project_id)?;
+    let access = principal.manage(&p.tenant_id)?;
+    access.project(&p.project_id)?;
+    let may_use = access.projects().is_none();
     let client = state.pool.get().await?;
     Ok((
         StatusCode::CREATED,
-        data(triggers::create(&client, owner(&p), body).await?),
+        data(triggers::create(&client, owner(&p), body, may_use).await?),
     ))
 }
 
@@ -91,10 +93,12 @@ pub async fn update(
     Params(p): Params<TriggerPath>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Data<Trigger>>, ApiError> {
-    principal.manage(&p.tenant_id)?.project(&p.project_id)?;
+    let access = principal.manage(&p.tenant_id)?;
+    access.project(&p.project_id)?;
+    let may_use = access.projects().is_none();
     let mut client = state.pool.get().await?;
     Ok(data(
-        triggers::update(&mut client, item_owner(&p), &p.id, body).await?,
+        triggers::update(&mut client, item_owner(&p), &p.id, body, may_use).await?,
     ))
 }
 
