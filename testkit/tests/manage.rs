@@ -465,6 +465,32 @@ async fn lists_paginate_and_refuse_out_of_range_values() {
     let default = get(&stack, &format!("/manage/tenants/{t}/projects"), &key).await;
     assert_eq!(default.body["pagination"]["limit"], 10);
     assert_eq!(default.body["data"].as_array().map(Vec::len), Some(10));
+    // A list under a parent that does not exist is a 404, not an empty page.
+    assert_problem(
+        &get(&stack, "/manage/tenants/ghost/projects", ADMIN_TOKEN).await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &get(
+            &stack,
+            &format!("/manage/tenants/{t}/projects/ghost/agents"),
+            &key,
+        )
+        .await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &get(
+            &stack,
+            &format!("/manage/tenants/{t}/projects/p00/agents/ghost/triggers"),
+            &key,
+        )
+        .await,
+        404,
+        "not_found",
+    );
     for bad in ["page=0", "limit=0", "limit=101", "limit=ten", "page=-1"] {
         assert_problem(
             &get(&stack, &format!("/manage/tenants/{t}/projects?{bad}"), &key).await,

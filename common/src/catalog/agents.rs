@@ -337,6 +337,7 @@ pub async fn list(
     project_id: &str,
     page: Page,
 ) -> Result<Paginated<Agent>, Error> {
+    super::project_must_exist(client, tenant_id, project_id).await?;
     let total: i64 = client
         .query_one(
             "SELECT count(*) FROM agents WHERE tenant_id = $1 AND project_id = $2",

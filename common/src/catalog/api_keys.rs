@@ -237,6 +237,7 @@ pub async fn list(
     tenant_id: &str,
     page: Page,
 ) -> Result<Paginated<ApiKey>, Error> {
+    super::tenant_must_exist(client, tenant_id).await?;
     let total: i64 = client
         .query_one(
             "SELECT count(*) FROM api_keys WHERE tenant_id = $1",

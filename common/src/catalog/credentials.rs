@@ -192,6 +192,7 @@ pub async fn list(
     tenant_id: &str,
     page: Page,
 ) -> Result<Paginated<Credential>, Error> {
+    super::tenant_must_exist(client, tenant_id).await?;
     let total: i64 = client
         .query_one(
             "SELECT count(*) FROM credentials WHERE tenant_id = $1",

@@ -79,6 +79,36 @@ pub(crate) fn constraint(err: tokio_postgres::Error, what: &str) -> Error {
     }
 }
 
+/// 404 unless the tenant exists (lists would otherwise answer an empty page).
+pub(crate) async fn tenant_must_exist(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant_id: &str,
+) -> Result<(), Error> {
+    let found = client
+        .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&tenant_id])
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant_id}` was not found")))
+}
+
+/// 404 unless the project exists in the tenant.
+pub(crate) async fn project_must_exist(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant_id: &str,
+    project_id: &str,
+) -> Result<(), Error> {
+    let found = client
+        .query_opt(
+            "SELECT 1 FROM projects WHERE tenant_id = $1 AND id = $2",
+            &[&tenant_id, &project_id],
+        )
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| Error::NotFound(format!("project `{project_id}` was not found")))
+}
+
 /// The one rule for resource ids, as Inkeep documents it: `^[a-zA-Z0-9\-_.]+$`, 1..255.
 pub fn valid_id(id: &str) -> bool {
     (1..=255).contains(&id.len())

@@ -100,6 +100,7 @@ pub async fn list(
     only: Option<&[String]>,
     page: Page,
 ) -> Result<Paginated<Project>, Error> {
+    super::tenant_must_exist(client, tenant_id).await?;
     let total: i64 = client
         .query_one(
             "SELECT count(*) FROM projects WHERE tenant_id = $1 AND ($2::text[] IS NULL OR id = ANY($2))",

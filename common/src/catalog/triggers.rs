@@ -671,6 +671,18 @@ pub async fn list(
     owner: Owner<'_>,
     page: Page,
 ) -> Result<Paginated<Trigger>, Error> {
+    let agent = client
+        .query_opt(
+            "SELECT 1 FROM agents WHERE tenant_id = $1 AND project_id = $2 AND id = $3",
+            &[&owner.tenant_id, &owner.project_id, &owner.agent_id],
+        )
+        .await?;
+    if agent.is_none() {
+        return Err(Error::NotFound(format!(
+            "agent `{}` was not found in project `{}`",
+            owner.agent_id, owner.project_id
+        )));
+    }
     let total: i64 = client
         .query_one(
             "SELECT count(*) FROM triggers WHERE tenant_id = $1 AND project_id = $2 AND agent_id = $3",
