@@ -21,6 +21,7 @@ pub mod secrets;
 pub mod signing;
 pub mod telemetry;
 pub mod template;
+pub mod transform;
 
 pub use model::{AgentSpec, Run, RunStatus};
 

@@ -93,6 +93,12 @@ pub struct Run {
     #[serde(skip)]
     #[schema(ignore)]
     pub max_attempts: i32,
+    /// The trigger that started the run, if one did.
+    pub trigger_id: Option<String>,
+    /// Where the invocation came from (ChatHive's `environment`, default `api`).
+    pub environment: Option<String>,
+    /// The conversation the run belongs to.
+    pub session_id: Option<String>,
 }
 
 /// The agent a claimed run executes.

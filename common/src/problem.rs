@@ -15,6 +15,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    RequestTimeout,
     Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -32,6 +33,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -49,6 +51,7 @@ impl ErrorCode {
             Self::Unauthorized => "Unauthorized",
             Self::Forbidden => "Forbidden",
             Self::NotFound => "Not Found",
+            Self::RequestTimeout => "Request Timeout",
             Self::Conflict => "Conflict",
             Self::PayloadTooLarge => "Payload Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
@@ -78,6 +81,24 @@ pub struct Problem {
     pub instance: String,
     pub request_id: String,
     pub error: ErrorDetail,
+    /// Every schema violation, when `inputSchema` refused the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<Violation>>,
+    /// The run concerned: the one still running after a timed-out wait, or the original of a
+    /// duplicate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Where to read that run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
+}
+
+/// One place where a body breaks a JSON Schema.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
+pub struct Violation {
+    /// JSON pointer into the body.
+    pub pointer: String,
+    pub message: String,
 }
 
 impl Problem {
@@ -100,6 +121,9 @@ impl Problem {
                 message: detail.clone(),
             },
             detail,
+            errors: None,
+            run_id: None,
+            run_url: None,
         }
     }
 }

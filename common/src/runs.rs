@@ -13,7 +13,7 @@ use crate::model::{AgentSpec, Run, RunStatus};
 /// The columns [`from_row`] reads, qualified by the alias `r`.
 const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
-    r.created_at, r.started_at, r.completed_at";
+    r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id";
 
 /// What the ingress records for a new run.
 #[derive(Debug, Clone)]
@@ -27,6 +27,17 @@ pub struct NewRun {
     pub webhook_url: Option<String>,
     /// The projects the caller may start runs in (a project-limited API key); `None` for all.
     pub projects: Option<Vec<String>>,
+    /// Set when a trigger started the run.
+    pub trigger: Option<TriggerOrigin>,
+}
+
+/// What a run started by a trigger records about its invocation.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerOrigin {
+    pub trigger_id: String,
+    pub environment: String,
+    pub session_id: Option<String>,
+    pub missing_placeholders: Vec<String>,
 }
 
 /// Reads a run from a row that selected [`COLUMNS`].
@@ -51,6 +62,9 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         completed_at: row.try_get("completed_at")?,
+        trigger_id: row.try_get("trigger_id")?,
+        environment: row.try_get("environment")?,
+        session_id: row.try_get("session_id")?,
     })
 }
 
@@ -69,18 +83,43 @@ pub async fn insert_batch(
     let metadata: Vec<&serde_json::Value> = runs.iter().map(|r| &r.metadata).collect();
     let hooks: Vec<Option<&str>> = runs.iter().map(|r| r.webhook_url.as_deref()).collect();
     // Project ids cannot hold a comma, so a joined list passes through unnest as one text.
+    let triggers: Vec<Option<&str>> = runs
+        .iter()
+        .map(|r| r.trigger.as_ref().map(|t| t.trigger_id.as_str()))
+        .collect();
+    let environments: Vec<Option<&str>> = runs
+        .iter()
+        .map(|r| r.trigger.as_ref().map(|t| t.environment.as_str()))
+        .collect();
+    let sessions: Vec<Option<&str>> = runs
+        .iter()
+        .map(|r| r.trigger.as_ref().and_then(|t| t.session_id.as_deref()))
+        .collect();
+    // Arrays of arrays do not pass through unnest one per row; placeholder names hold no newline.
+    let missing: Vec<Option<String>> = runs
+        .iter()
+        .map(|r| {
+            r.trigger
+                .as_ref()
+                .filter(|t| !t.missing_placeholders.is_empty())
+                .map(|t| t.missing_placeholders.join("\n"))
+        })
+        .collect();
     let projects: Vec<Option<String>> = runs
         .iter()
         .map(|r| r.projects.as_ref().map(|p| p.join(",")))
         .collect();
     let sql = format!(
         "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
-                                webhook_url, max_attempts) \
+                                webhook_url, max_attempts, trigger_id, environment, session_id, \
+                                missing_placeholders) \
          SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
-                n.webhook_url, a.max_attempts \
+                n.webhook_url, a.max_attempts, n.trigger_id, n.environment, n.session_id, \
+                string_to_array(n.missing, E'\\n') \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
-                     $8::text[]) \
-              AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects) \
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) \
+              AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects, trigger_id, \
+                   environment, session_id, missing) \
          JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
          WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
          RETURNING {COLUMNS}"
@@ -90,7 +129,18 @@ pub async fn insert_batch(
         .query(
             &stmt,
             &[
-                &ids, &tenants, &agents, &messages, &inputs, &metadata, &hooks, &projects,
+                &ids,
+                &tenants,
+                &agents,
+                &messages,
+                &inputs,
+                &metadata,
+                &hooks,
+                &projects,
+                &triggers,
+                &environments,
+                &sessions,
+                &missing,
             ],
         )
         .await?;

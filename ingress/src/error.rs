@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use switchyard_common::catalog;
 use switchyard_common::db;
-use switchyard_common::problem::{self, ErrorCode, Problem};
+use switchyard_common::problem::{self, ErrorCode, Problem, Violation};
 
 use crate::request::RequestContext;
 
@@ -15,6 +15,8 @@ pub struct ApiError {
     code: ErrorCode,
     detail: String,
     retry_after_secs: Option<u64>,
+    violations: Option<Vec<Violation>>,
+    run_id: Option<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -24,6 +26,8 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_secs: None,
+            violations: None,
+            run_id: None,
         }
     }
 
@@ -64,18 +68,19 @@ impl ApiError {
     /// The database cannot be reached: 503 with `Retry-After`.
     pub fn unavailable() -> Self {
         Self {
-            code: ErrorCode::ServiceUnavailable,
-            detail: "the database is unavailable; retry shortly".into(),
             retry_after_secs: Some(1),
+            ..Self::new(
+                ErrorCode::ServiceUnavailable,
+                "the database is unavailable; retry shortly",
+            )
         }
     }
 
     /// A dependency is down: 503 with `Retry-After: 1` and this detail.
     pub fn unavailable_because(detail: impl Into<String>) -> Self {
         Self {
-            code: ErrorCode::ServiceUnavailable,
-            detail: detail.into(),
             retry_after_secs: Some(1),
+            ..Self::new(ErrorCode::ServiceUnavailable, detail)
         }
     }
 
@@ -88,6 +93,18 @@ impl ApiError {
         )
     }
 
+    /// Lists every schema violation in the body.
+    pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
+        self.violations = Some(violations);
+        self
+    }
+
+    /// Names the run this error is about (`runId` and `runUrl` in the body).
+    pub fn with_run(mut self, run_id: uuid::Uuid) -> Self {
+        self.run_id = Some(run_id);
+        self
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.code
     }
@@ -96,7 +113,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let ctx = RequestContext::current();
-        let body = Problem::new(self.code, self.detail, ctx.path, ctx.request_id);
+        let mut body = Problem::new(self.code, self.detail, ctx.path, ctx.request_id);
+        body.errors = self.violations;
+        body.run_id = self.run_id.map(|id| id.to_string());
+        body.run_url = self.run_id.map(|id| format!("/v1/runs/{id}"));
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(body)).into_response();

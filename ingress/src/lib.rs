@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod pipeline;
 pub mod request;
 pub mod routes;
 
@@ -101,6 +102,7 @@ pub struct AppState {
     pub accepter: Accepter,
     pub backlog: Backlog,
     pub auth: Arc<Auth>,
+    pub compiled: Arc<routes::invoke::CompiledTriggers>,
     pub master_key: MasterKey,
     pub max_api_keys: i32,
     pub accept_timeout: Duration,
@@ -186,6 +188,7 @@ pub async fn run(
         accepter,
         backlog,
         auth,
+        compiled: Arc::default(),
         master_key,
         max_api_keys: config.max_api_keys,
         accept_timeout: config.accept_timeout,

@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 use crate::routes::manage::{agents, api_keys, credentials, projects, tenants, triggers};
-use crate::routes::runs;
+use crate::routes::{invoke, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -60,6 +60,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(runs::create))
         .routes(routes!(runs::get))
+        .routes(routes!(invoke::invoke))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(projects::list, projects::create))
@@ -68,6 +69,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agents::get, agents::update, agents::delete))
         .routes(routes!(triggers::list, triggers::create))
         .routes(routes!(triggers::get, triggers::update, triggers::delete))
+        .routes(routes!(triggers::list_invocations))
+        .routes(routes!(triggers::get_invocation))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::get, api_keys::revoke))
         .routes(routes!(credentials::list, credentials::create))

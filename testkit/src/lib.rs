@@ -4,6 +4,7 @@
 //!
 //! Everything it creates is removed again when dropped: databases, queues and processes.
 
+pub mod api;
 pub mod receiver;
 
 use std::path::PathBuf;
@@ -149,6 +150,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V1__core.sql"),
     include_str!("../../migrations/V2__default_tenant.sql"),
     include_str!("../../migrations/V3__access_and_catalog.sql"),
+    include_str!("../../migrations/V4__invocations.sql"),
 ];
 
 /// How many migrations the repository holds.

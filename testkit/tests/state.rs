@@ -31,6 +31,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         metadata: serde_json::json!({"k": "v"}),
         webhook_url: webhook.map(str::to_owned),
         projects: None,
+        trigger: None,
     }
 }
 

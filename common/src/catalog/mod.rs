@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod api_keys;
 pub mod credentials;
+pub mod invocations;
 pub mod projects;
 pub mod tenants;
 pub mod triggers;

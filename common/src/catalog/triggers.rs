@@ -666,6 +666,25 @@ pub async fn get(
     Ok(from_row(&row)?.trigger)
 }
 
+/// The trigger invoked as `key` (any case) in a project of the tenant, enabled or not.
+pub async fn resolve(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    project_id: &str,
+    key: &str,
+) -> Result<Option<Trigger>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM triggers \
+             WHERE tenant_id = $1 AND project_id = $2 AND lower(key) = lower($3)"
+        ))
+        .await?;
+    let row = client
+        .query_opt(&stmt, &[&tenant_id, &project_id, &key])
+        .await?;
+    Ok(row.as_ref().map(from_row).transpose()?.map(|s| s.trigger))
+}
+
 pub async fn list(
     client: &impl GenericClient,
     owner: Owner<'_>,

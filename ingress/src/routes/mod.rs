@@ -1,3 +1,4 @@
 pub mod health;
+pub mod invoke;
 pub mod manage;
 pub mod runs;

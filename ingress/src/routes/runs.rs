@@ -13,10 +13,10 @@ use switchyard_common::runs::{self, NewRun};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::accept::StoreError;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::pipeline;
 use crate::routes::manage::Errors;
 use switchyard_common::catalog::api_keys::Scope;
 
@@ -153,7 +153,7 @@ fn validate_webhook_url(raw: String) -> Result<String, ApiError> {
     Ok(url.to_string())
 }
 
-fn run_location(id: Uuid) -> String {
+pub(crate) fn run_location(id: Uuid) -> String {
     format!("/v1/runs/{id}")
 }
 
@@ -182,71 +182,18 @@ pub async fn create(
         metadata: valid.metadata,
         webhook_url: valid.webhook_url,
         projects: key.project_ids.clone(),
+        trigger: None,
     };
-    let agent_id = new.agent_id.clone();
-    // Recording and publishing run in their own task: a client that hangs up mid-request cannot
-    // leave a committed run unpublished (it would wait for the sweeper).
-    let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
-    let task_state = state.clone();
-    let publishing = tokio::spawn(async move {
-        let stored = task_state.accepter.insert(new).await;
-        let _ = stored_tx.send(stored.clone());
-        if let Ok(Some(run)) = stored {
-            let queue = task_state.broker.topology().runs();
-            if let Err(err) = task_state.broker.publish_id(&queue, run.id).await {
-                tracing::warn!(run_id = %run.id, error = %err, "run stored but not published yet; retrying in the background");
-                task_state.backlog.push(run.id);
-            }
-        }
-    });
-    let stored = tokio::time::timeout(state.accept_timeout, stored_rx)
-        .await
-        .map_err(|_| ApiError::unavailable())?
-        .map_err(|_| ApiError::internal("the accept task ended without an answer"))?;
-    let run = match stored {
-        Ok(Some(run)) => run,
-        Ok(None) => {
-            return Err(ApiError::not_found(format!(
-                "agent `{agent_id}` was not found"
-            )));
-        }
-        Err(StoreError::Unavailable) => return Err(ApiError::unavailable()),
-        Err(err @ StoreError::Internal(_)) => return Err(ApiError::internal(err)),
-    };
-    // The 202 follows the broker's confirm (or the hand-off to the background publisher).
-    let _ = publishing.await;
+    let run = pipeline::enqueue(&state, new).await?;
     if let Some(wait) = wait.filter(|w| !w.is_zero())
-        && let Some(done) = wait_for_end(&state, &run, wait).await
+        && let Some(done) = pipeline::wait_for_end(&state, &run, wait).await
     {
         return Ok((StatusCode::OK, axum::Json(done)).into_response());
     }
     Ok(accepted(&run))
 }
 
-/// Polls the run until it is terminal or `wait` passes. Polling is a stopgap until run events
-/// stream; it reads one row per tick, and backs off from 50 ms to 250 ms.
-async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut every = Duration::from_millis(50);
-    loop {
-        tokio::time::sleep(
-            every.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-        )
-        .await;
-        if let Ok(client) = state.pool.get().await
-            && let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await
-            && now.status.is_terminal()
-        {
-            return Some(now);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        every = (every * 2).min(Duration::from_millis(250));
-    }
-}
-
-fn accepted(run: &Run) -> Response {
+pub(crate) fn accepted(run: &Run) -> Response {
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
         headers.insert(header::LOCATION, location);

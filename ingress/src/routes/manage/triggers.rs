@@ -3,9 +3,12 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde_json::Value;
-use switchyard_common::catalog::Paginated;
+use switchyard_common::catalog::invocations::{self, Invocation};
 use switchyard_common::catalog::triggers::{self, Owner, Trigger, TriggerPatch, TriggerSpec};
+use switchyard_common::catalog::{Page, Paginated};
+use utoipa::IntoParams;
 
 use super::{AgentPath, Data, Errors, PageQuery, TriggerPath, data};
 use crate::AppState;
@@ -116,4 +119,99 @@ pub async fn delete(
     let client = state.pool.get().await?;
     triggers::delete(&client, item_owner(&p), &p.id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Filters of the invocations list, with `page` and `limit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct InvocationQuery {
+    /// Page number, from 1.
+    #[param(minimum = 1, default = 1)]
+    page: Option<i64>,
+    /// Items per page, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
+    limit: Option<i64>,
+    /// Filter by invocation status: `pending`, `success` or `failed`.
+    #[param(pattern = "^(pending|success|failed)$")]
+    status: Option<String>,
+    /// Start date for filtering (ISO 8601).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// End date for filtering (ISO 8601).
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Only invocations from this environment (ChatHive's `environment`).
+    environment: Option<String>,
+}
+
+fn instant(raw: Option<&str>, name: &str) -> Result<Option<time::OffsetDateTime>, ApiError> {
+    raw.map(|r| {
+        time::OffsetDateTime::parse(r, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| ApiError::bad_request(format!("`{name}` must be an ISO 8601 date-time")))
+    })
+    .transpose()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub struct InvocationPath {
+    /// Tenant identifier
+    pub tenant_id: String,
+    /// Project identifier
+    pub project_id: String,
+    /// Agent identifier
+    pub agent_id: String,
+    /// Resource identifier
+    pub id: String,
+    /// Trigger Invocation ID
+    pub invocation_id: String,
+}
+
+/// List Trigger Invocations: every request that reached the trigger, accepted, dropped or
+/// rejected, newest first.
+#[utoipa::path(get,
+    path = "/manage/tenants/{tenantId}/projects/{projectId}/agents/{agentId}/triggers/{id}/invocations",
+    tag = "Triggers", params(TriggerPath, InvocationQuery),
+    responses((status = 200, description = "A page of invocations", body = Paginated<Invocation>), Errors))]
+pub async fn list_invocations(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(p): Params<TriggerPath>,
+    QueryParams(q): QueryParams<InvocationQuery>,
+) -> Result<Json<Paginated<Invocation>>, ApiError> {
+    principal.manage(&p.tenant_id)?.project(&p.project_id)?;
+    let page = Page::new(q.page, q.limit)?;
+    let filter = invocations::Filter {
+        status: q.status,
+        environment: q.environment,
+        from: instant(q.from.as_deref(), "from")?,
+        to: instant(q.to.as_deref(), "to")?,
+    };
+    let client = state.pool.get().await?;
+    Ok(Json(
+        invocations::list(&client, item_owner(&p), &p.id, &filter, page).await?,
+    ))
+}
+
+/// Get Trigger Invocation
+#[utoipa::path(get,
+    path = "/manage/tenants/{tenantId}/projects/{projectId}/agents/{agentId}/triggers/{id}/invocations/{invocationId}",
+    tag = "Triggers", params(InvocationPath),
+    responses((status = 200, description = "The invocation", body = Data<Invocation>), Errors))]
+pub async fn get_invocation(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(p): Params<InvocationPath>,
+) -> Result<Json<Data<Invocation>>, ApiError> {
+    principal.manage(&p.tenant_id)?.project(&p.project_id)?;
+    let client = state.pool.get().await?;
+    let owner = Owner {
+        tenant_id: &p.tenant_id,
+        project_id: &p.project_id,
+        agent_id: &p.agent_id,
+    };
+    Ok(data(
+        invocations::get(&client, owner, &p.id, &p.invocation_id).await?,
+    ))
 }

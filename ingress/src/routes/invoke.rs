@@ -1,0 +1,388 @@
+//! `POST /api/v1.0/project/{projectId}/trigger/{key}`: ChatHive's trigger route, the front door
+//! of the invocation pipeline. Authenticate (`trigger` scope) → resolve the trigger → filter →
+//! validate against `inputSchema` → render `messageTemplate` → record the run and publish it →
+//! answer 202, or wait (200 / 408) when the trigger says `waitForResponse`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use switchyard_common::catalog::api_keys::Scope;
+use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
+use switchyard_common::catalog::triggers::{self, Trigger};
+use switchyard_common::filters::Filter;
+use switchyard_common::problem::{ErrorCode, Violation};
+use switchyard_common::runs::{NewRun, TriggerOrigin};
+use switchyard_common::template::Template;
+use switchyard_common::{Run, transform};
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::Params;
+use crate::pipeline;
+use crate::routes::manage::Errors;
+
+/// Most compiled triggers kept per process.
+const CACHE_CAPACITY: usize = 4_096;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub struct InvokePath {
+    /// Project identifier
+    pub project_id: String,
+    /// The trigger's key, in any case
+    pub key: String,
+}
+
+/// What a trigger's checks compile to, once per trigger version.
+pub struct Compiled {
+    schema: Option<jsonschema::Validator>,
+    filter: Option<Filter>,
+    template: Option<Template>,
+}
+
+/// A trigger's compiled form, tagged with the version it was compiled from.
+type Versioned = (i32, Arc<Compiled>);
+
+/// Compiled triggers by (tenant, trigger id).
+#[derive(Default)]
+pub struct CompiledTriggers {
+    entries: Mutex<HashMap<(String, String), Versioned>>,
+}
+
+impl CompiledTriggers {
+    /// The compiled form of `trigger`, compiling it when its version is new.
+    fn get(&self, tenant_id: &str, trigger: &Trigger) -> Result<Arc<Compiled>, ApiError> {
+        let key = (tenant_id.to_owned(), trigger.id.clone());
+        if let Ok(entries) = self.entries.lock()
+            && let Some((version, compiled)) = entries.get(&key)
+            && *version == trigger.version
+        {
+            return Ok(compiled.clone());
+        }
+        let compiled = Arc::new(Compiled {
+            schema: trigger
+                .input_schema
+                .as_ref()
+                .map(jsonschema::validator_for)
+                .transpose()
+                .map_err(|e| ApiError::internal(format!("stored inputSchema: {e}")))?,
+            filter: trigger
+                .filters
+                .as_ref()
+                .map(Filter::parse)
+                .transpose()
+                .map_err(|e| ApiError::internal(format!("stored filters: {e}")))?,
+            template: trigger
+                .message_template
+                .as_deref()
+                .map(Template::parse)
+                .transpose()
+                .map_err(|e| ApiError::internal(format!("stored messageTemplate: {e}")))?,
+        });
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+            entries.insert(key, (trigger.version, compiled.clone()));
+        }
+        Ok(compiled)
+    }
+}
+
+/// ChatHive's body members, checked; every other member passes through untouched.
+struct Envelope {
+    instruction: Option<Value>,
+    session_id: Option<String>,
+    environment: String,
+}
+
+/// ISO 639-1: every two-letter language code.
+const ISO_639_1: &str = "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch \
+    co cr cs cu cv cy da de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he \
+    hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv \
+    kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny \
+    oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su \
+    sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu";
+
+fn envelope(body: &Value) -> Result<Envelope, ApiError> {
+    let bad = |m: &str| ApiError::bad_request(m.to_owned());
+    let instruction = match body.get("instruction") {
+        None | Some(Value::Null) => None,
+        Some(v @ (Value::String(_) | Value::Object(_))) => Some(v.clone()),
+        Some(_) => return Err(bad("`instruction` must be a string or an object")),
+    };
+    let session_id = match body.get("sessionId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if (1..=255).contains(&s.len()) => Some(s.clone()),
+        Some(_) => return Err(bad("`sessionId` must be a string of 1 to 255 characters")),
+    };
+    let environment = match body.get("environment") {
+        None | Some(Value::Null) => "api".to_owned(),
+        Some(Value::String(s)) if (1..=64).contains(&s.len()) => s.clone(),
+        Some(_) => return Err(bad("`environment` must be a string of 1 to 64 characters")),
+    };
+    match body.get("language") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(code))
+            if code.len() == 2
+                && ISO_639_1
+                    .split_whitespace()
+                    .any(|c| c.eq_ignore_ascii_case(code)) => {}
+        Some(_) => {
+            return Err(bad(
+                "`language` must be an ISO 639-1 code (two letters, such as \"en\")",
+            ));
+        }
+    }
+    match body.get("timezone") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(tz)) if tz.parse::<chrono_tz::Tz>().is_ok() => {}
+        Some(_) => {
+            return Err(bad(
+                "`timezone` must be an IANA time zone, such as \"Europe/Amsterdam\"",
+            ));
+        }
+    }
+    match body.get("customer") {
+        None | Some(Value::Null | Value::Object(_)) => {}
+        Some(_) => return Err(bad("`customer` must be an object")),
+    }
+    match body.get("context") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map))
+            if map.values().all(|v| {
+                matches!(
+                    v,
+                    Value::Bool(_) | Value::Number(_) | Value::String(_) | Value::Null
+                )
+            }) => {}
+        Some(_) => {
+            return Err(bad(
+                "`context` must be a flat object of booleans, numbers and strings",
+            ));
+        }
+    }
+    Ok(Envelope {
+        instruction,
+        session_id,
+        environment,
+    })
+}
+
+/// The body: empty means `{}`; otherwise a JSON object.
+fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    let body: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if switchyard_common::catalog::contains_nul(&body) {
+        return Err(ApiError::bad_request(
+            "text may not contain the NUL character (\\u0000)",
+        ));
+    }
+    Ok(body)
+}
+
+/// The message the agent receives: the rendered template, else the instruction, else nothing
+/// (the agent gets the body as `inputs`).
+fn message(
+    compiled: &Compiled,
+    envelope: &Envelope,
+    body: &Value,
+) -> (Option<String>, Vec<String>) {
+    match (&compiled.template, &envelope.instruction) {
+        (Some(template), _) => {
+            let rendered = template.render(body);
+            (Some(rendered.text), rendered.missing)
+        }
+        (None, Some(Value::String(s))) => (Some(s.clone()), Vec::new()),
+        (None, Some(other)) => (Some(other.to_string()), Vec::new()),
+        (None, None) => (None, Vec::new()),
+    }
+}
+
+/// Invoke a trigger (ChatHive's route). The body is optional; `instruction`, `sessionId`,
+/// `environment` (default `api`), `language` (ISO 639-1), `timezone` (IANA), `customer` and
+/// `context` are checked, and every member is available to filters, the schema and the template.
+#[utoipa::path(post, path = "/api/v1.0/project/{projectId}/trigger/{key}", tag = "Triggers",
+    params(InvokePath),
+    request_body(content = Object, description = "Any JSON object", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the run, still going", body = Run),
+        (status = 200, description = "`waitForResponse`: the finished run, its result after `outputTransform`", body = Run),
+        (status = 408, description = "`waitForResponse` timed out; the run continues (`runId`, `runUrl`)",
+            body = switchyard_common::problem::Problem, content_type = "application/problem+json"),
+        Errors))]
+pub async fn invoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(path): Params<InvokePath>,
+    bytes: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let key = principal.key_with(Scope::Trigger)?;
+    let missing = || {
+        ApiError::not_found(format!(
+            "trigger `{}` was not found in project `{}`, or it is paused",
+            path.key, path.project_id
+        ))
+    };
+    if key
+        .project_ids
+        .as_ref()
+        .is_some_and(|p| !p.contains(&path.project_id))
+    {
+        return Err(missing());
+    }
+    let bytes = bytes.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+        } else {
+            ApiError::bad_request(format!("the body could not be read: {e}"))
+        }
+    })?;
+    let body = parse_body(&bytes)?;
+    let envelope = envelope(&body)?;
+    let client = state.pool.get().await?;
+    let trigger = triggers::resolve(&client, &key.tenant_id, &path.project_id, &path.key)
+        .await?
+        .filter(|t| t.enabled)
+        .ok_or_else(missing)?;
+    let compiled = state.compiled.get(&key.tenant_id, &trigger)?;
+    let refusal = |refusal: Refusal, reason: String| NewRefusal {
+        tenant_id: &key.tenant_id,
+        project_id: &trigger.project_id,
+        agent_id: &trigger.agent_id,
+        trigger_id: &trigger.id,
+        refusal,
+        reason,
+        environment: Some(&envelope.environment),
+        session_id: envelope.session_id.as_deref(),
+        request_payload: &body,
+        duplicate_of: None,
+    };
+
+    if let Some(filter) = &compiled.filter
+        && !filter.matches(&body)
+    {
+        let reason = "the body does not match the trigger's filters".to_owned();
+        invocations::record_refusal(&client, &refusal(Refusal::Dropped, reason.clone())).await?;
+        return Err(ApiError::bad_request(format!(
+            "the event was dropped: {reason}"
+        )));
+    }
+    if let Some(schema) = &compiled.schema {
+        let violations: Vec<Violation> = schema
+            .iter_errors(&body)
+            .map(|e| Violation {
+                pointer: e.instance_path().to_string(),
+                message: e.to_string(),
+            })
+            .collect();
+        if !violations.is_empty() {
+            let reason = format!(
+                "the body breaks the trigger's inputSchema: {}",
+                violations
+                    .iter()
+                    .map(|v| format!(
+                        "{} {}",
+                        if v.pointer.is_empty() {
+                            "/"
+                        } else {
+                            &v.pointer
+                        },
+                        v.message
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            invocations::record_refusal(&client, &refusal(Refusal::Rejected, reason.clone()))
+                .await?;
+            return Err(
+                ApiError::new(ErrorCode::UnprocessableEntity, reason).with_violations(violations)
+            );
+        }
+    }
+    drop(client);
+
+    let (message, missing_placeholders) = message(&compiled, &envelope, &body);
+    let new = NewRun {
+        id: Uuid::now_v7(),
+        tenant_id: key.tenant_id.clone(),
+        agent_id: trigger.agent_id.clone(),
+        message,
+        inputs: Some(body),
+        metadata: Value::Object(Default::default()),
+        webhook_url: trigger.webhook_url.clone(),
+        projects: key.project_ids.clone(),
+        trigger: Some(TriggerOrigin {
+            trigger_id: trigger.id.clone(),
+            environment: envelope.environment,
+            session_id: envelope.session_id,
+            missing_placeholders,
+        }),
+    };
+    let run = pipeline::enqueue(&state, new).await?;
+    if !trigger.wait_for_response {
+        return Ok(crate::routes::runs::accepted(&run));
+    }
+    let wait = Duration::from_secs(u64::try_from(trigger.wait_timeout_seconds).unwrap_or(30));
+    match pipeline::wait_for_end(&state, &run, wait).await {
+        Some(mut done) => {
+            if let (Some(ot), Some(result)) = (&trigger.output_transform, &done.result) {
+                done.result = Some(transform::apply(ot, result));
+            }
+            Ok((StatusCode::OK, axum::Json(done)).into_response())
+        }
+        None => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the run did not finish within the trigger's {}s; it continues",
+                trigger.wait_timeout_seconds
+            ),
+        )
+        .with_run(run.id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chathive_members_are_checked() {
+        assert!(envelope(&json!({})).is_ok());
+        let e = envelope(&json!({"instruction": {"do": "x"}, "sessionId": "s1", "language": "NL",
+            "timezone": "Europe/Amsterdam", "customer": {"name": "Ada"}, "context": {"plan": "pro", "seats": 3, "trial": false}}))
+            .expect("valid");
+        assert_eq!(e.environment, "api");
+        assert_eq!(e.session_id.as_deref(), Some("s1"));
+        for bad in [
+            json!({"instruction": 3}),
+            json!({"language": "xx"}),
+            json!({"language": "eng"}),
+            json!({"timezone": "Mars/Olympus"}),
+            json!({"context": {"nested": {"a": 1}}}),
+            json!({"customer": "Ada"}),
+            json!({"sessionId": ""}),
+            json!({"environment": 1}),
+        ] {
+            assert!(envelope(&bad).is_err(), "{bad}");
+        }
+    }
+}

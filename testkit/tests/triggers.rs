@@ -1,0 +1,354 @@
+//! The trigger route (ChatHive's semantics) against the real services: templates, filters,
+//! inputSchema, waitForResponse, 404s, body checks, and the invocations it records.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_testkit::api::{
+    assert_problem, delete, get, patch, post, project_with_agent, tenant,
+};
+use switchyard_testkit::{Stack, StackOptions, poll};
+
+struct Fixture {
+    stack: Stack,
+    tenant: String,
+    key: String,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let stack = Stack::start(StackOptions {
+            workers: 1,
+            ..StackOptions::default()
+        })
+        .await
+        .expect("stack starts");
+        let (tenant, key) = tenant(&stack).await;
+        project_with_agent(&stack, &tenant, &key, "shop", "echo").await;
+        Self { stack, tenant, key }
+    }
+
+    fn triggers(&self, agent: &str) -> String {
+        format!(
+            "/manage/tenants/{}/projects/shop/agents/{agent}/triggers",
+            self.tenant
+        )
+    }
+
+    async fn trigger(&self, agent: &str, spec: Value) {
+        let made = post(&self.stack, &self.triggers(agent), &self.key, spec).await;
+        assert_eq!(made.status, 201, "{}", made.body);
+    }
+
+    /// Invokes with `x-api-key`, as ChatHive documents.
+    async fn invoke(&self, key: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .stack
+            .http
+            .post(format!(
+                "{}/api/v1.0/project/shop/trigger/{key}",
+                self.stack.base_url
+            ))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn finished(&self, run_id: &str) -> Value {
+        poll(Duration::from_secs(20), || async {
+            let run = get(&self.stack, &format!("/v1/runs/{run_id}"), &self.key).await;
+            matches!(run.body["status"].as_str(), Some("completed" | "failed")).then_some(run.body)
+        })
+        .await
+        .expect("the run finishes")
+    }
+
+    async fn invocations(&self, agent: &str, trigger: &str, query: &str) -> Value {
+        let listed = get(
+            &self.stack,
+            &format!("{}/{trigger}/invocations{query}", self.triggers(agent)),
+            &self.key,
+        )
+        .await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        listed.body
+    }
+}
+
+#[tokio::test]
+async fn an_invocation_runs_the_agent_on_the_rendered_template() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "welcome", "name": "Welcome", "key": "Welcome_Mail",
+        "messageTemplate": "Hello {{customer.name}} on {{context.plan}}{{missing.part}}!"}),
+    )
+    .await;
+    let (status, run) = f
+        .invoke(
+            "wElCoMe_mAiL",
+            json!({"customer": {"name": "Ada"}, "context": {"plan": "pro"},
+        "sessionId": "s-1", "language": "en", "timezone": "Europe/Oslo"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(run["triggerId"], "welcome");
+    assert_eq!(run["environment"], "api");
+    assert_eq!(run["sessionId"], "s-1");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let done = f.finished(&id).await;
+    assert_eq!(done["result"]["output"], "Hello Ada on pro!");
+
+    let listed = f.invocations("echo", "welcome", "").await;
+    let inv = &listed["data"][0];
+    assert_eq!(inv["id"], id.as_str());
+    assert_eq!(inv["runId"], id.as_str());
+    assert_eq!(inv["status"], "success");
+    assert_eq!(inv["outcome"], "accepted");
+    assert_eq!(inv["conversationId"], "s-1");
+    assert_eq!(inv["transformedPayload"], "Hello Ada on pro!");
+    assert_eq!(inv["missingPlaceholders"], json!(["missing.part"]));
+    assert_eq!(inv["requestPayload"]["customer"]["name"], "Ada");
+    let one = get(
+        &f.stack,
+        &format!("{}/welcome/invocations/{id}", f.triggers("echo")),
+        &f.key,
+    )
+    .await;
+    assert_eq!(one.body["data"]["id"], id.as_str());
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn filters_drop_events_with_400_and_the_drop_is_recorded() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "big-orders", "name": "Big orders", "filters": {"all": [
+        {"pointer": "/order/total", "op": "gte", "value": 100},
+        {"not": {"pointer": "/order/test", "op": "equals", "value": true}}]}}),
+    )
+    .await;
+    let (status, body) = f
+        .invoke("big-orders", json!({"order": {"total": 20}}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "bad_request");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("dropped")
+    );
+    let (status, _) = f
+        .invoke("big-orders", json!({"order": {"total": 500, "test": true}}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, run) = f
+        .invoke("big-orders", json!({"order": {"total": 500}}))
+        .await;
+    assert_eq!(status, 202);
+    f.finished(run["id"].as_str().expect("id")).await;
+
+    let failed = f.invocations("echo", "big-orders", "?status=failed").await;
+    assert_eq!(failed["pagination"]["total"], 2);
+    assert_eq!(failed["data"][0]["outcome"], "dropped");
+    assert!(
+        failed["data"][0]["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("filters")
+    );
+    assert_eq!(failed["data"][0]["requestPayload"]["order"]["test"], true);
+    let ok = f.invocations("echo", "big-orders", "?status=success").await;
+    assert_eq!(ok["pagination"]["total"], 1);
+    let later = f
+        .invocations("echo", "big-orders", "?from=2999-01-01T00:00:00Z")
+        .await;
+    assert_eq!(later["pagination"]["total"], 0);
+    let elsewhere = f.invocations("echo", "big-orders", "?environment=ci").await;
+    assert_eq!(elsewhere["pagination"]["total"], 0);
+    let bad = get(
+        &f.stack,
+        &format!("{}/big-orders/invocations?status=maybe", f.triggers("echo")),
+        &f.key,
+    )
+    .await;
+    assert_problem(&bad, 400, "bad_request");
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn schema_violations_answer_422_listing_every_pointer() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "orders", "name": "Orders", "inputSchema": {
+        "type": "object", "required": ["order"],
+        "properties": {
+            "amount": {"type": "number", "minimum": 0},
+            "order": {"type": "object", "properties": {"id": {"type": "string"}}}
+        }}}),
+    )
+    .await;
+    let (status, body) = f
+        .invoke("orders", json!({"amount": -1, "order": {"id": 5}}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "unprocessable_entity");
+    let mut pointers: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["pointer"].as_str())
+        .collect();
+    pointers.sort_unstable();
+    assert_eq!(pointers, ["/amount", "/order/id"]);
+    let (status, _) = f
+        .invoke("orders", json!({"amount": 3, "order": {"id": "A-1"}}))
+        .await;
+    assert_eq!(status, 202);
+    let rejected = f.invocations("echo", "orders", "?status=failed").await;
+    assert_eq!(rejected["data"][0]["outcome"], "rejected");
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_paused_and_deleted_triggers_answer_404() {
+    let f = Fixture::new().await;
+    f.trigger("echo", json!({"id": "t", "name": "T", "key": "pausable"}))
+        .await;
+    assert_eq!(f.invoke("pausable", json!({})).await.0, 202);
+    assert_eq!(f.invoke("no-such-key", json!({})).await.0, 404);
+    let paused = patch(
+        &f.stack,
+        &format!("{}/t", f.triggers("echo")),
+        &f.key,
+        json!({"enabled": false}),
+    )
+    .await;
+    assert_eq!(paused.status, 200);
+    let (status, body) = f.invoke("pausable", json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "not_found");
+    assert_eq!(
+        delete(&f.stack, &format!("{}/t", f.triggers("echo")), &f.key)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(f.invoke("pausable", json!({})).await.0, 404);
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn wait_for_response_answers_200_with_the_transformed_result_or_408_with_the_run() {
+    let f = Fixture::new().await;
+    let slow = post(
+        &f.stack,
+        &format!("/manage/tenants/{}/projects/shop/agents", f.tenant),
+        &f.key,
+        json!({"id": "slow", "name": "Slow", "kind": "echo", "config": {"delayMs": 3000}}),
+    )
+    .await;
+    assert_eq!(slow.status, 201);
+    f.trigger(
+        "echo",
+        json!({"id": "quick", "name": "Quick", "waitForResponse": true,
+        "outputTransform": {"pointer": "/output"}, "messageTemplate": "answer for {{q}}"}),
+    )
+    .await;
+    f.trigger(
+        "slow",
+        json!({"id": "late", "name": "Late", "waitForResponse": true, "waitTimeoutSeconds": 1}),
+    )
+    .await;
+
+    let (status, done) = f.invoke("quick", json!({"q": "42"})).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        done["result"], "answer for 42",
+        "outputTransform picked /output"
+    );
+
+    let (status, timeout) = f
+        .invoke("late", json!({"instruction": "take your time"}))
+        .await;
+    assert_eq!(status, 408, "{timeout}");
+    assert_eq!(timeout["code"], "request_timeout");
+    let run_id = timeout["runId"].as_str().expect("runId").to_owned();
+    assert_eq!(timeout["runUrl"], format!("/v1/runs/{run_id}"));
+    let finished = f.finished(&run_id).await;
+    assert_eq!(
+        finished["status"], "completed",
+        "the run went on after the 408"
+    );
+    assert_eq!(finished["result"]["output"], "take your time");
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_body_is_checked_before_anything_runs() {
+    let f = Fixture::new().await;
+    f.trigger("echo", json!({"id": "t", "name": "T"})).await;
+    for bad in [
+        json!({"language": "xx"}),
+        json!({"timezone": "Moon/Base"}),
+        json!({"context": {"deep": {"no": 1}}}),
+        json!({"instruction": 12}),
+        json!([1, 2]),
+    ] {
+        let (status, body) = f.invoke("t", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let huge = "x".repeat(300 * 1024);
+    let (status, body) = f.invoke("t", json!({"instruction": huge})).await;
+    assert_eq!(status, 413, "{body}");
+    let empty = f
+        .stack
+        .http
+        .post(format!(
+            "{}/api/v1.0/project/shop/trigger/t",
+            f.stack.base_url
+        ))
+        .header("x-api-key", &f.key)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(empty.status(), 202, "the body is optional");
+    // Without the trigger scope, or outside the key's projects, nothing happens.
+    let read_only = post(
+        &f.stack,
+        &format!("/manage/tenants/{}/api-keys", f.tenant),
+        &f.key,
+        json!({"name": "r", "scopes": ["runs:read"]}),
+    )
+    .await;
+    let read_only = read_only.body["data"]["key"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let refused = f
+        .stack
+        .http
+        .post(format!(
+            "{}/api/v1.0/project/shop/trigger/t",
+            f.stack.base_url
+        ))
+        .header("x-api-key", &read_only)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 403);
+    let listed = f.invocations("echo", "t", "").await;
+    assert_eq!(
+        listed["pagination"]["total"], 1,
+        "only the accepted call reached the trigger's pipeline"
+    );
+    f.stack.shutdown().await;
+}
