@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dedupe;
 pub mod deliveries;
 pub mod egress;
 pub mod filters;

@@ -61,6 +61,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub key_cache_ttl: Duration,
 
+    /// How long an `Idempotency-Key` is remembered.
+    #[arg(long, env = "SWITCHYARD_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// How long a trigger with `ignoreDuplicates` remembers a body.
+    #[arg(long, env = "SWITCHYARD_DUPLICATE_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+
     /// How often the keys' last-use times are written.
     #[arg(long, env = "SWITCHYARD_KEY_USAGE_FLUSH", default_value = "10s", value_parser = parse_duration)]
     pub key_usage_flush: Duration,
@@ -106,6 +114,8 @@ pub struct AppState {
     pub master_key: MasterKey,
     pub max_api_keys: i32,
     pub accept_timeout: Duration,
+    pub idempotency_ttl: Duration,
+    pub duplicate_window: Duration,
 }
 
 impl AppState {
@@ -135,6 +145,21 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request::context))
         .with_state(state)
+}
+
+/// Deletes expired idempotency keys and duplicate marks every ten minutes.
+async fn purge_expired_guards(pool: Pool, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
+        if let Ok(client) = pool.get().await
+            && let Err(err) = switchyard_common::dedupe::purge_expired(&client).await
+        {
+            tracing::warn!(error = %err, "could not purge expired idempotency keys");
+        }
+    }
 }
 
 /// Serves on `listener` until `shutdown`, then drains in-flight requests.
@@ -192,7 +217,10 @@ pub async fn run(
         master_key,
         max_api_keys: config.max_api_keys,
         accept_timeout: config.accept_timeout,
+        idempotency_ttl: config.idempotency_ttl,
+        duplicate_window: config.duplicate_window,
     };
+    tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;

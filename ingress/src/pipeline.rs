@@ -4,12 +4,133 @@
 
 use std::time::Duration;
 
+use axum::http::HeaderMap;
+use serde_json::Value;
 use switchyard_common::Run;
+use switchyard_common::dedupe::{self, Slot};
+use switchyard_common::problem::ErrorCode;
 use switchyard_common::runs::{self, NewRun};
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::accept::StoreError;
 use crate::error::ApiError;
+
+/// The header that makes a create idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` a request sent, checked: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match raw.to_str() {
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(ApiError::bad_request(
+            "`Idempotency-Key` must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// What the once-only guards decided about a new request.
+pub enum Guarded {
+    /// Go on and create the run with the id the guards were claimed for.
+    Proceed,
+    /// The same `Idempotency-Key` and request came before: answer with that run.
+    Replay(Box<Run>),
+    /// `ignoreDuplicates`: the same body reached the trigger before, and started this run.
+    Duplicate(Uuid),
+}
+
+/// The once-only checks of one request.
+pub struct Guards<'a> {
+    /// `Idempotency-Key`, with the route it came to.
+    pub idempotency: Option<(&'a str, &'a str)>,
+    /// `ignoreDuplicates`: the trigger whose earlier bodies count.
+    pub duplicates_of: Option<&'a str>,
+}
+
+/// Claims the guards for `run_id`. The body is compared as canonical JSON.
+pub async fn guard(
+    state: &AppState,
+    tenant_id: &str,
+    run_id: Uuid,
+    guards: &Guards<'_>,
+    body: &Value,
+) -> Result<Guarded, ApiError> {
+    if guards.idempotency.is_none() && guards.duplicates_of.is_none() {
+        return Ok(Guarded::Proceed);
+    }
+    let canonical = dedupe::canonical(body);
+    let client = state.pool.get().await?;
+    if let Some((key, route)) = guards.idempotency {
+        let hash = dedupe::digest(&[route.as_bytes(), canonical.as_bytes()]);
+        match dedupe::claim_idempotency_key(
+            &client,
+            tenant_id,
+            key,
+            &hash,
+            run_id,
+            state.idempotency_ttl,
+        )
+        .await?
+        {
+            Slot::Claimed => {}
+            Slot::Mismatch => {
+                return Err(ApiError::new(
+                    ErrorCode::UnprocessableEntity,
+                    "this Idempotency-Key was used with a different request",
+                ));
+            }
+            Slot::Taken { run_id: original } => {
+                return match runs::get(&client, tenant_id, original).await? {
+                    Some(run) => Ok(Guarded::Replay(Box::new(run))),
+                    None => Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "a request with this Idempotency-Key is still being processed; retry shortly",
+                    )),
+                };
+            }
+        }
+    }
+    if let Some(trigger_id) = guards.duplicates_of {
+        let hash = dedupe::digest(&[canonical.as_bytes()]);
+        if let Slot::Taken { run_id: original } = dedupe::claim_trigger_body(
+            &client,
+            tenant_id,
+            trigger_id,
+            &hash,
+            run_id,
+            state.duplicate_window,
+        )
+        .await?
+        {
+            // The idempotency key (if any) was claimed for a run that will not exist.
+            dedupe::release(&client, tenant_id, run_id).await?;
+            return Ok(Guarded::Duplicate(original));
+        }
+    }
+    Ok(Guarded::Proceed)
+}
+
+/// [`enqueue`], giving the guards' slots back when the run could not be recorded.
+pub async fn enqueue_guarded(
+    state: &AppState,
+    new: NewRun,
+    guarded: bool,
+) -> Result<Run, ApiError> {
+    let (tenant_id, run_id) = (new.tenant_id.clone(), new.id);
+    let outcome = enqueue(state, new).await;
+    if outcome.is_err()
+        && guarded
+        && let Ok(client) = state.pool.get().await
+    {
+        let _ = dedupe::release(&client, &tenant_id, run_id).await;
+    }
+    outcome
+}
 
 /// Records `new` as `queued` and publishes its id, answering once the broker confirmed (or the id
 /// was handed to the background publisher). A publish failure is not an error: the row is the

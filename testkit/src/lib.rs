@@ -151,6 +151,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V2__default_tenant.sql"),
     include_str!("../../migrations/V3__access_and_catalog.sql"),
     include_str!("../../migrations/V4__invocations.sql"),
+    include_str!("../../migrations/V5__idempotency.sql"),
 ];
 
 /// How many migrations the repository holds.

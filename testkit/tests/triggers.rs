@@ -352,3 +352,131 @@ async fn the_body_is_checked_before_anything_runs() {
     );
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_repeated_body_is_dropped_with_409_naming_the_first_run() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "once", "name": "Once", "ignoreDuplicates": true}),
+    )
+    .await;
+    let (status, first) = f
+        .invoke(
+            "once",
+            json!({"order": {"id": 7, "lines": [1, 2]}, "note": "x"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    // The same document with its members in another order is the same body.
+    let (status, dup) = f
+        .invoke(
+            "once",
+            json!({"note": "x", "order": {"lines": [1, 2], "id": 7}}),
+        )
+        .await;
+    assert_eq!(status, 409, "{dup}");
+    assert_eq!(dup["code"], "conflict");
+    assert_eq!(dup["runId"], first_id.as_str());
+    let (status, _) = f.invoke("once", json!({"order": {"id": 8}})).await;
+    assert_eq!(status, 202, "another body runs");
+    let dropped = f.invocations("echo", "once", "?status=failed").await;
+    assert_eq!(dropped["pagination"]["total"], 1);
+    assert!(
+        dropped["data"][0]["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&first_id)
+    );
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_original_run_and_refuses_another_request() {
+    let f = Fixture::new().await;
+    f.trigger("echo", json!({"id": "t", "name": "T"})).await;
+    let create = |key: &'static str, body: Value| {
+        let f = &f;
+        async move {
+            let r = f
+                .stack
+                .http
+                .post(format!("{}/v1/runs", f.stack.base_url))
+                .bearer_auth(&f.key)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .expect("sent");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let body = json!({"agentId": "echo", "message": "charge card 42"});
+    let (status, first) = create("order-42", body.clone()).await;
+    assert_eq!(status, 202);
+    let (status, again) = create("order-42", body.clone()).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let (status, other) = create(
+        "order-42",
+        json!({"agentId": "echo", "message": "charge card 43"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{other}");
+    assert_eq!(other["code"], "unprocessable_entity");
+    let runs: i64 = f
+        .stack
+        .db
+        .client()
+        .await
+        .expect("db")
+        .query_one(
+            "SELECT count(*) FROM runs WHERE message LIKE 'charge card%'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(runs, 1, "one run for one key");
+
+    // The trigger route honours it too.
+    let invoke = || async {
+        let r = f
+            .stack
+            .http
+            .post(format!(
+                "{}/api/v1.0/project/shop/trigger/t",
+                f.stack.base_url
+            ))
+            .header("x-api-key", &f.key)
+            .header("Idempotency-Key", "hook-1")
+            .json(&json!({"a": 1}))
+            .send()
+            .await
+            .expect("sent");
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    let (s1, r1) = invoke().await;
+    let (s2, r2) = invoke().await;
+    assert_eq!((s1, s2), (202, 200));
+    assert_eq!(r1["id"], r2["id"]);
+    let bad = f
+        .stack
+        .http
+        .post(format!("{}/v1/runs", f.stack.base_url))
+        .bearer_auth(&f.key)
+        .header("Idempotency-Key", "")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(bad.status(), 400);
+    f.stack.shutdown().await;
+}

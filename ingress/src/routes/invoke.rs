@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
@@ -28,7 +28,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::Params;
-use crate::pipeline;
+use crate::pipeline::{self, Guarded, Guards};
 use crate::routes::manage::Errors;
 
 /// Most compiled triggers kept per process.
@@ -220,7 +220,8 @@ fn message(
 /// `environment` (default `api`), `language` (ISO 639-1), `timezone` (IANA), `customer` and
 /// `context` are checked, and every member is available to filters, the schema and the template.
 #[utoipa::path(post, path = "/api/v1.0/project/{projectId}/trigger/{key}", tag = "Triggers",
-    params(InvokePath),
+    params(InvokePath,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
     request_body(content = Object, description = "Any JSON object", content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted: the run, still going", body = Run),
@@ -232,9 +233,11 @@ pub async fn invoke(
     State(state): State<AppState>,
     principal: Principal,
     Params(path): Params<InvokePath>,
+    headers: HeaderMap,
     bytes: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = principal.key_with(Scope::Trigger)?;
+    let idempotency = pipeline::idempotency_key(&headers)?;
     let missing = || {
         ApiError::not_found(format!(
             "trigger `{}` was not found in project `{}`, or it is paused",
@@ -317,11 +320,38 @@ pub async fn invoke(
             );
         }
     }
+    let run_id = Uuid::now_v7();
+    let route = format!(
+        "POST /api/v1.0/project/{}/trigger/{}",
+        path.project_id, trigger.id
+    );
+    let guards = Guards {
+        idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
+        duplicates_of: trigger.ignore_duplicates.then_some(trigger.id.as_str()),
+    };
+    match pipeline::guard(&state, &key.tenant_id, run_id, &guards, &body).await? {
+        Guarded::Proceed => {}
+        Guarded::Replay(run) => return Ok((StatusCode::OK, axum::Json(run)).into_response()),
+        Guarded::Duplicate(original) => {
+            let mut dropped = refusal(
+                Refusal::Dropped,
+                format!("a duplicate of the body that started run {original}"),
+            );
+            dropped.duplicate_of = Some(original);
+            invocations::record_refusal(&client, &dropped).await?;
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "the event was dropped: the trigger ignores duplicates, and this body came before",
+            )
+            .with_run(original));
+        }
+    }
     drop(client);
 
     let (message, missing_placeholders) = message(&compiled, &envelope, &body);
+    let guarded = idempotency.is_some() || trigger.ignore_duplicates;
     let new = NewRun {
-        id: Uuid::now_v7(),
+        id: run_id,
         tenant_id: key.tenant_id.clone(),
         agent_id: trigger.agent_id.clone(),
         message,
@@ -336,7 +366,7 @@ pub async fn invoke(
             missing_placeholders,
         }),
     };
-    let run = pipeline::enqueue(&state, new).await?;
+    let run = pipeline::enqueue_guarded(&state, new, guarded).await?;
     if !trigger.wait_for_response {
         return Ok(crate::routes::runs::accepted(&run));
     }

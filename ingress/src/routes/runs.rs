@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::pipeline;
+use crate::pipeline::{self, Guarded, Guards};
 use crate::routes::manage::Errors;
 use switchyard_common::catalog::api_keys::Scope;
 
@@ -161,20 +161,35 @@ pub(crate) fn run_location(id: Uuid) -> String {
 /// confirm, then 202. A publish failure still answers 202: the row is the outbox and the sweeper
 /// publishes it again. Needs the `trigger` scope.
 #[utoipa::path(post, path = "/v1/runs", tag = "Runs", request_body = CreateRun,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the create idempotent for 24 hours")),
     responses(
         (status = 202, description = "Accepted; `Location` names the run", body = Run),
-        (status = 200, description = "Finished within `wait`", body = Run),
+        (status = 200, description = "Finished within `wait`, or the original run of a repeated `Idempotency-Key`", body = Run),
         Errors))]
 pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
-    JsonBody(body): JsonBody<CreateRun>,
+    headers: HeaderMap,
+    JsonBody(raw): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let key = principal.key_with(Scope::Trigger)?;
+    let body: CreateRun = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))?;
     let valid = validate(body)?;
+    let idempotency = pipeline::idempotency_key(&headers)?;
     let wait = valid.wait;
+    let run_id = Uuid::now_v7();
+    let guards = Guards {
+        idempotency: idempotency.as_deref().map(|k| (k, "POST /v1/runs")),
+        duplicates_of: None,
+    };
+    if let Guarded::Replay(run) =
+        pipeline::guard(&state, &key.tenant_id, run_id, &guards, &raw).await?
+    {
+        return Ok((StatusCode::OK, axum::Json(run)).into_response());
+    }
     let new = NewRun {
-        id: Uuid::now_v7(),
+        id: run_id,
         tenant_id: key.tenant_id.clone(),
         agent_id: valid.agent_id,
         message: valid.message,
@@ -184,7 +199,7 @@ pub async fn create(
         projects: key.project_ids.clone(),
         trigger: None,
     };
-    let run = pipeline::enqueue(&state, new).await?;
+    let run = pipeline::enqueue_guarded(&state, new, idempotency.is_some()).await?;
     if let Some(wait) = wait.filter(|w| !w.is_zero())
         && let Some(done) = pipeline::wait_for_end(&state, &run, wait).await
     {
