@@ -60,7 +60,7 @@ curl -fsS "${auth[@]}" "$base/manage/tenants/fuzz/projects" -d '{"id":"p","name"
 curl -fsS "${auth[@]}" "$base/manage/tenants/fuzz/projects/p/agents" \
   -d '{"id":"echo","name":"Echo","kind":"echo"}' >/dev/null
 key=$(curl -fsS "${auth[@]}" "$base/manage/tenants/fuzz/api-keys" \
-  -d '{"name":"fuzz","scopes":["trigger","runs:read","manage"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
+  -d '{"name":"fuzz","scopes":["trigger","runs:read","manage"],"rateLimitPerMinute":1000000}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["key"])')
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
 run() {

@@ -17,6 +17,7 @@ pub struct ApiError {
     retry_after_secs: Option<u64>,
     violations: Option<Vec<Violation>>,
     run_id: Option<uuid::Uuid>,
+    rate_limit: Option<u32>,
 }
 
 impl ApiError {
@@ -28,6 +29,7 @@ impl ApiError {
             retry_after_secs: None,
             violations: None,
             run_id: None,
+            rate_limit: None,
         }
     }
 
@@ -105,6 +107,13 @@ impl ApiError {
         self
     }
 
+    /// A 429: `Retry-After` and the `X-RateLimit-*` headers of the exhausted limit.
+    pub fn with_rate_limit(mut self, per_minute: u32, retry_after_secs: u64) -> Self {
+        self.rate_limit = Some(per_minute);
+        self.retry_after_secs = Some(retry_after_secs);
+        self
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.code
     }
@@ -127,6 +136,11 @@ impl IntoResponse for ApiError {
         );
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let (Some(limit), Some(secs)) = (self.rate_limit, self.retry_after_secs) {
+            headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+            headers.insert("x-ratelimit-remaining", HeaderValue::from(0));
+            headers.insert("x-ratelimit-reset", HeaderValue::from(secs));
         }
         if self.code == ErrorCode::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

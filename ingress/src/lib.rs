@@ -8,6 +8,7 @@ pub mod accept;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod pipeline;
 pub mod request;
@@ -61,6 +62,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub key_cache_ttl: Duration,
 
+    /// Invocations per minute per API key, unless the key sets its own (`rateLimitPerMinute`).
+    #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_KEY", default_value_t = 30)]
+    pub rate_limit_per_key: u32,
+
     /// How long an `Idempotency-Key` is remembered.
     #[arg(long, env = "SWITCHYARD_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
@@ -111,6 +116,7 @@ pub struct AppState {
     pub backlog: Backlog,
     pub auth: Arc<Auth>,
     pub compiled: Arc<routes::invoke::CompiledTriggers>,
+    pub limits: Arc<limits::RateLimits>,
     pub master_key: MasterKey,
     pub max_api_keys: i32,
     pub accept_timeout: Duration,
@@ -214,6 +220,7 @@ pub async fn run(
         backlog,
         auth,
         compiled: Arc::default(),
+        limits: Arc::new(limits::RateLimits::new(config.rate_limit_per_key)),
         master_key,
         max_api_keys: config.max_api_keys,
         accept_timeout: config.accept_timeout,

@@ -152,6 +152,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V3__access_and_catalog.sql"),
     include_str!("../../migrations/V4__invocations.sql"),
     include_str!("../../migrations/V5__idempotency.sql"),
+    include_str!("../../migrations/V6__rate_limits.sql"),
 ];
 
 /// How many migrations the repository holds.

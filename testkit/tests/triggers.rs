@@ -480,3 +480,106 @@ async fn an_idempotency_key_replays_the_original_run_and_refuses_another_request
     assert_eq!(bad.status(), 400);
     f.stack.shutdown().await;
 }
+
+/// Invokes `trigger` with `key`; returns the status and the rate-limit headers.
+async fn invoke_as(f: &Fixture, trigger: &str, key: &str) -> (u16, [Option<String>; 4]) {
+    let r = f
+        .stack
+        .http
+        .post(format!(
+            "{}/api/v1.0/project/shop/trigger/{trigger}",
+            f.stack.base_url
+        ))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("sent");
+    let h = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let headers = [
+        h("x-ratelimit-limit"),
+        h("x-ratelimit-remaining"),
+        h("x-ratelimit-reset"),
+        h("retry-after"),
+    ];
+    (r.status().as_u16(), headers)
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_per_key_and_per_trigger() {
+    let f = Fixture::new().await;
+    f.trigger("echo", json!({"id": "open", "name": "Open"}))
+        .await;
+    f.trigger(
+        "echo",
+        json!({"id": "narrow", "name": "Narrow", "rateLimitPerMinute": 2}),
+    )
+    .await;
+    let make_key = |limit: u32| {
+        let f = &f;
+        async move {
+            let made = post(
+                &f.stack,
+                &format!("/manage/tenants/{}/api-keys", f.tenant),
+                &f.key,
+                json!({"name": format!("limit {limit}"), "rateLimitPerMinute": limit}),
+            )
+            .await;
+            assert_eq!(made.status, 201, "{}", made.body);
+            made.body["data"]["key"]
+                .as_str()
+                .expect("secret")
+                .to_owned()
+        }
+    };
+    let three = make_key(3).await;
+    for remaining in ["2", "1", "0"] {
+        let (status, [limit, left, _, _]) = invoke_as(&f, "open", &three).await;
+        assert_eq!(status, 202);
+        assert_eq!(limit.as_deref(), Some("3"));
+        assert_eq!(left.as_deref(), Some(remaining));
+    }
+    let (status, [limit, left, reset, retry_after]) = invoke_as(&f, "open", &three).await;
+    assert_eq!(status, 429);
+    assert_eq!(limit.as_deref(), Some("3"));
+    assert_eq!(left.as_deref(), Some("0"));
+    let retry: u64 = retry_after
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .expect("Retry-After");
+    assert!(
+        (1..=20).contains(&retry),
+        "one request's worth of refill: {retry}s"
+    );
+    assert_eq!(reset.as_deref(), retry_after.as_deref());
+    // Another key is not affected by that one...
+    let roomy = make_key(100).await;
+    assert_eq!(invoke_as(&f, "open", &roomy).await.0, 202);
+    // ...but a trigger's own limit binds every caller together.
+    let other = make_key(100).await;
+    assert_eq!(invoke_as(&f, "narrow", &roomy).await.0, 202);
+    assert_eq!(invoke_as(&f, "narrow", &other).await.0, 202);
+    assert_eq!(invoke_as(&f, "narrow", &roomy).await.0, 429);
+    assert_eq!(invoke_as(&f, "narrow", &other).await.0, 429);
+    // The default is 30 a minute for a key that sets nothing.
+    let plain = post(
+        &f.stack,
+        &format!("/manage/tenants/{}/api-keys", f.tenant),
+        &f.key,
+        json!({"name": "plain"}),
+    )
+    .await;
+    let plain = plain.body["data"]["key"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    assert_eq!(
+        invoke_as(&f, "open", &plain).await.1[0].as_deref(),
+        Some("30")
+    );
+    f.stack.shutdown().await;
+}

@@ -73,6 +73,11 @@ pub struct ApiKey {
     pub last_used_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Invocations per minute this key may make; `null` means the server's default.
+    pub rate_limit_per_minute: Option<i32>,
+    /// The tenant's own limit, shared by all its keys (filled in when authenticating).
+    #[serde(skip)]
+    pub tenant_rate_limit_per_minute: Option<i32>,
 }
 
 /// A key just created: the secret, shown this once.
@@ -95,6 +100,9 @@ pub struct NewApiKey {
     pub scopes: Option<Vec<Scope>>,
     /// Limit the key to these projects; absent or `null` for all.
     pub project_ids: Option<Vec<String>>,
+    /// Invocations per minute (1 to 1,000,000); absent for the server's default.
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<i32>,
 }
 
 /// The SHA-256 digest a key is stored and looked up by.
@@ -114,8 +122,8 @@ pub fn looks_like_key(presented: &str) -> bool {
     presented.len() == KEY_PREFIX.len() + 43 && presented.starts_with(KEY_PREFIX)
 }
 
-const COLUMNS: &str =
-    "id, tenant_id, name, prefix, scopes, project_ids, created_at, last_used_at, revoked_at";
+const COLUMNS: &str = "id, tenant_id, name, prefix, scopes, project_ids, created_at, last_used_at, \
+    revoked_at, rate_limit_per_minute";
 
 fn from_row(row: &Row) -> Result<ApiKey, tokio_postgres::Error> {
     let scopes: Vec<String> = row.try_get("scopes")?;
@@ -129,6 +137,11 @@ fn from_row(row: &Row) -> Result<ApiKey, tokio_postgres::Error> {
         created_at: row.try_get("created_at")?,
         last_used_at: row.try_get("last_used_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
+        tenant_rate_limit_per_minute: row
+            .try_get::<_, Option<i32>>("tenant_rate_limit_per_minute")
+            .ok()
+            .flatten(),
     })
 }
 
@@ -150,6 +163,14 @@ pub async fn create(
     scopes.dedup();
     if scopes.is_empty() {
         return Err(Error::invalid("`scopes` must name at least one scope"));
+    }
+    if new
+        .rate_limit_per_minute
+        .is_some_and(|n| !(1..=1_000_000).contains(&n))
+    {
+        return Err(Error::invalid(
+            "`rateLimitPerMinute` must be from 1 to 1000000",
+        ));
     }
     let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
     let projects = match new.project_ids {
@@ -211,8 +232,9 @@ pub async fn create(
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, project_ids) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+                "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, project_ids, \
+                                       rate_limit_per_minute) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
             ),
             &[
                 &Uuid::now_v7(),
@@ -222,6 +244,7 @@ pub async fn create(
                 &hash,
                 &scope_names,
                 &projects,
+                &new.rate_limit_per_minute,
             ],
         )
         .await?;
@@ -296,9 +319,13 @@ pub async fn authenticate(
     hash: &[u8; 32],
 ) -> Result<Option<ApiKey>, tokio_postgres::Error> {
     let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE hash = $1 AND revoked_at IS NULL"
-        ))
+        .prepare_cached(
+            "SELECT k.id, k.tenant_id, k.name, k.prefix, k.scopes, k.project_ids, k.created_at, \
+                    k.last_used_at, k.revoked_at, k.rate_limit_per_minute, \
+                    t.rate_limit_per_minute AS tenant_rate_limit_per_minute \
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.hash = $1 AND k.revoked_at IS NULL",
+        )
         .await?;
     let row = client.query_opt(&stmt, &[&hash.as_slice()]).await?;
     row.as_ref().map(from_row).transpose()
@@ -320,7 +347,8 @@ pub async fn record_use(
         .await
 }
 
-/// Inserts a key directly, for tests and bootstrap tooling that have no HTTP server at hand.
+/// Inserts a key directly, for tests and bootstrap tooling that have no HTTP server at hand. Its
+/// rate limit is the highest there is (a million a minute), for load tests.
 pub async fn insert_raw(
     client: &tokio_postgres::Client,
     tenant_id: &str,
@@ -332,7 +360,8 @@ pub async fn insert_raw(
     let names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
     client
         .execute(
-            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, hash, scopes, rate_limit_per_minute) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1000000)",
             &[
                 &id,
                 &tenant_id,

@@ -16,6 +16,8 @@ pub struct Tenant {
     pub name: String,
     /// The most active API keys this tenant may hold; `null` means the server's default.
     pub max_api_keys: Option<i32>,
+    /// Invocations per minute across all the tenant's keys; `null` for no tenant-wide limit.
+    pub rate_limit_per_minute: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -33,6 +35,8 @@ pub struct NewTenant {
     pub name: String,
     #[schema(minimum = 1, maximum = 1000)]
     pub max_api_keys: Option<i32>,
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<i32>,
 }
 
 /// The body of `PATCH /manage/tenants/{tenantId}`: members present are changed.
@@ -45,18 +49,32 @@ pub struct TenantPatch {
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
     pub max_api_keys: Option<Option<i32>>,
+    /// `null` removes the tenant-wide limit.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<Option<i32>>,
 }
 
-const COLUMNS: &str = "id, name, max_api_keys, created_at, updated_at";
+const COLUMNS: &str = "id, name, max_api_keys, rate_limit_per_minute, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Tenant, tokio_postgres::Error> {
     Ok(Tenant {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         max_api_keys: row.try_get("max_api_keys")?,
+        rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+fn check_rate(rate: Option<i32>) -> Result<(), Error> {
+    match rate {
+        Some(n) if !(1..=1_000_000).contains(&n) => Err(Error::invalid(
+            "`rateLimitPerMinute` must be from 1 to 1000000",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_max_keys(max: Option<i32>) -> Result<(), Error> {
@@ -72,12 +90,19 @@ pub async fn create(client: &impl GenericClient, new: NewTenant) -> Result<Tenan
     let id = id_or_new(new.id, "tenant")?;
     check_name(&new.name, "tenant")?;
     check_max_keys(new.max_api_keys)?;
+    check_rate(new.rate_limit_per_minute)?;
     let row = client
         .query_one(
             &format!(
-                "INSERT INTO tenants (id, name, max_api_keys) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
+                "INSERT INTO tenants (id, name, max_api_keys, rate_limit_per_minute) \
+                 VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
             ),
-            &[&id, &new.name, &new.max_api_keys],
+            &[
+                &id,
+                &new.name,
+                &new.max_api_keys,
+                &new.rate_limit_per_minute,
+            ],
         )
         .await
         .map_err(|e| constraint(e, "tenant"))?;
@@ -121,11 +146,16 @@ pub async fn update(
     if let Some(max) = patch.max_api_keys {
         check_max_keys(max)?;
     }
+    if let Some(rate) = patch.rate_limit_per_minute {
+        check_rate(rate)?;
+    }
     let row = client
         .query_opt(
             &format!(
                 "UPDATE tenants SET name = coalesce($2, name), \
-                     max_api_keys = CASE WHEN $3 THEN $4 ELSE max_api_keys END, updated_at = now() \
+                     max_api_keys = CASE WHEN $3 THEN $4 ELSE max_api_keys END, \
+                     rate_limit_per_minute = CASE WHEN $5 THEN $6 ELSE rate_limit_per_minute END, \
+                     updated_at = now() \
                  WHERE id = $1 RETURNING {COLUMNS}"
             ),
             &[
@@ -133,6 +163,8 @@ pub async fn update(
                 &patch.name,
                 &patch.max_api_keys.is_some(),
                 &patch.max_api_keys.flatten(),
+                &patch.rate_limit_per_minute.is_some(),
+                &patch.rate_limit_per_minute.flatten(),
             ],
         )
         .await

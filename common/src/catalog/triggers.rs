@@ -188,6 +188,8 @@ pub struct Trigger {
     pub ignore_duplicates: bool,
     pub wait_for_response: bool,
     pub wait_timeout_seconds: i32,
+    /// Invocations per minute across every caller; `null` for none beyond the keys' own limits.
+    pub rate_limit_per_minute: Option<i32>,
     /// Bumped by every update.
     pub version: i32,
     #[serde(with = "time::serde::rfc3339")]
@@ -230,6 +232,9 @@ pub struct TriggerSpec {
     /// Seconds a `waitForResponse` call waits, 1 to 300 (default 30).
     #[schema(minimum = 1, maximum = 300)]
     pub wait_timeout_seconds: Option<i32>,
+    /// Invocations per minute across every caller (1 to 1,000,000).
+    #[schema(minimum = 1, maximum = 1000000)]
+    pub rate_limit_per_minute: Option<i32>,
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
     pub created_at: Option<Value>,
@@ -274,6 +279,8 @@ pub struct TriggerPatch {
     wait_for_response: Option<bool>,
     #[schema(minimum = 1, maximum = 300)]
     wait_timeout_seconds: Option<i32>,
+    #[schema(minimum = 1, maximum = 1000000)]
+    rate_limit_per_minute: Option<i32>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
     #[schema(value_type = Option<String>)]
@@ -297,6 +304,7 @@ struct Valid {
     ignore_duplicates: bool,
     wait_for_response: bool,
     wait_timeout_seconds: i32,
+    rate_limit_per_minute: Option<i32>,
 }
 
 /// Whether `key` is a valid trigger key: `[a-zA-Z0-9_-]`, 1 to 255.
@@ -502,6 +510,14 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
     {
         return Err(Error::invalid("the referenced credential does not exist"));
     }
+    if spec
+        .rate_limit_per_minute
+        .is_some_and(|n| !(1..=1_000_000).contains(&n))
+    {
+        return Err(Error::invalid(
+            "`rateLimitPerMinute` must be from 1 to 1000000",
+        ));
+    }
     let wait_timeout_seconds = spec.wait_timeout_seconds.unwrap_or(30);
     if !(1..=300).contains(&wait_timeout_seconds) {
         return Err(Error::invalid("`waitTimeoutSeconds` must be from 1 to 300"));
@@ -523,13 +539,14 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
         ignore_duplicates: spec.ignore_duplicates.unwrap_or(false),
         wait_for_response: spec.wait_for_response.unwrap_or(false),
         wait_timeout_seconds,
+        rate_limit_per_minute: spec.rate_limit_per_minute,
     })
 }
 
 const COLUMNS: &str = "id, project_id, agent_id, name, description, enabled, key, input_schema, \
     message_template, output_transform, filters, authentication, signature_verification, \
     signing_secret_credential_id, webhook_url, ignore_duplicates, wait_for_response, \
-    wait_timeout_seconds, version, created_at, updated_at";
+    wait_timeout_seconds, rate_limit_per_minute, version, created_at, updated_at";
 
 /// The stored row, with the authentication digests still in it (for merging a PATCH).
 struct Stored {
@@ -576,6 +593,7 @@ fn from_row(row: &Row) -> Result<Stored, tokio_postgres::Error> {
             ignore_duplicates: row.try_get("ignore_duplicates")?,
             wait_for_response: row.try_get("wait_for_response")?,
             wait_timeout_seconds: row.try_get("wait_timeout_seconds")?,
+            rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
             version: row.try_get("version")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -609,9 +627,9 @@ pub async fn create(
                 "INSERT INTO triggers (tenant_id, id, project_id, agent_id, name, description, enabled, \
                      key, input_schema, message_template, output_transform, filters, authentication, \
                      signature_verification, signing_secret_credential_id, webhook_url, \
-                     ignore_duplicates, wait_for_response, wait_timeout_seconds) \
+                     ignore_duplicates, wait_for_response, wait_timeout_seconds, rate_limit_per_minute) \
                  SELECT a.tenant_id, $4, a.project_id, a.id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                        $15, $16, $17, $18, $19 \
+                        $15, $16, $17, $18, $19, $20 \
                  FROM agents a WHERE a.tenant_id = $1 AND a.project_id = $2 AND a.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -635,6 +653,7 @@ pub async fn create(
                 &v.ignore_duplicates,
                 &v.wait_for_response,
                 &v.wait_timeout_seconds,
+                &v.rate_limit_per_minute,
             ],
         )
         .await
@@ -785,6 +804,7 @@ pub async fn update(
         "ignoreDuplicates": t.ignore_duplicates,
         "waitForResponse": t.wait_for_response,
         "waitTimeoutSeconds": t.wait_timeout_seconds,
+        "rateLimitPerMinute": t.rate_limit_per_minute,
     });
     merge_top_level(
         &mut merged,
@@ -808,7 +828,8 @@ pub async fn update(
                      input_schema = $9, message_template = $10, output_transform = $11, filters = $12, \
                      authentication = $13, signature_verification = $14, \
                      signing_secret_credential_id = $15, webhook_url = $16, ignore_duplicates = $17, \
-                     wait_for_response = $18, wait_timeout_seconds = $19, version = version + 1, \
+                     wait_for_response = $18, wait_timeout_seconds = $19, rate_limit_per_minute = $20, \
+                     version = version + 1, \
                      updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND agent_id = $3 AND id = $4 \
                  RETURNING {COLUMNS}"
@@ -833,6 +854,7 @@ pub async fn update(
                 &v.ignore_duplicates,
                 &v.wait_for_response,
                 &v.wait_timeout_seconds,
+                &v.rate_limit_per_minute,
             ],
         )
         .await

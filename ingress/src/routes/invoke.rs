@@ -265,6 +265,13 @@ pub async fn invoke(
         .await?
         .filter(|t| t.enabled)
         .ok_or_else(missing)?;
+    let standing = state.limits.admit(
+        key,
+        trigger
+            .rate_limit_per_minute
+            .and_then(|n| u32::try_from(n).ok())
+            .map(|n| (trigger.id.as_str(), n)),
+    )?;
     let compiled = state.compiled.get(&key.tenant_id, &trigger)?;
     let refusal = |refusal: Refusal, reason: String| NewRefusal {
         tenant_id: &key.tenant_id,
@@ -331,7 +338,11 @@ pub async fn invoke(
     };
     match pipeline::guard(&state, &key.tenant_id, run_id, &guards, &body).await? {
         Guarded::Proceed => {}
-        Guarded::Replay(run) => return Ok((StatusCode::OK, axum::Json(run)).into_response()),
+        Guarded::Replay(run) => {
+            let mut response = (StatusCode::OK, axum::Json(run)).into_response();
+            standing.write(response.headers_mut());
+            return Ok(response);
+        }
         Guarded::Duplicate(original) => {
             let mut dropped = refusal(
                 Refusal::Dropped,
@@ -367,11 +378,19 @@ pub async fn invoke(
         }),
     };
     let run = pipeline::enqueue_guarded(&state, new, guarded).await?;
+    let mut response = answer(&state, &trigger, run).await?;
+    standing.write(response.headers_mut());
+    Ok(response)
+}
+
+/// 202 with the run; or, when the trigger waits for the response, 200 with the finished run
+/// (its result after `outputTransform`) or 408 naming the run, which continues.
+async fn answer(state: &AppState, trigger: &Trigger, run: Run) -> Result<Response, ApiError> {
     if !trigger.wait_for_response {
         return Ok(crate::routes::runs::accepted(&run));
     }
     let wait = Duration::from_secs(u64::try_from(trigger.wait_timeout_seconds).unwrap_or(30));
-    match pipeline::wait_for_end(&state, &run, wait).await {
+    match pipeline::wait_for_end(state, &run, wait).await {
         Some(mut done) => {
             if let (Some(ot), Some(result)) = (&trigger.output_transform, &done.result) {
                 done.result = Some(transform::apply(ot, result));

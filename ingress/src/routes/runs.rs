@@ -173,6 +173,7 @@ pub async fn create(
     JsonBody(raw): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let key = principal.key_with(Scope::Trigger)?;
+    let standing = state.limits.admit(key, None)?;
     let body: CreateRun = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))?;
     let valid = validate(body)?;
@@ -186,7 +187,9 @@ pub async fn create(
     if let Guarded::Replay(run) =
         pipeline::guard(&state, &key.tenant_id, run_id, &guards, &raw).await?
     {
-        return Ok((StatusCode::OK, axum::Json(run)).into_response());
+        let mut response = (StatusCode::OK, axum::Json(run)).into_response();
+        standing.write(response.headers_mut());
+        return Ok(response);
     }
     let new = NewRun {
         id: run_id,
@@ -200,12 +203,15 @@ pub async fn create(
         trigger: None,
     };
     let run = pipeline::enqueue_guarded(&state, new, idempotency.is_some()).await?;
-    if let Some(wait) = wait.filter(|w| !w.is_zero())
-        && let Some(done) = pipeline::wait_for_end(&state, &run, wait).await
-    {
-        return Ok((StatusCode::OK, axum::Json(done)).into_response());
-    }
-    Ok(accepted(&run))
+    let mut response = match wait.filter(|w| !w.is_zero()) {
+        Some(wait) => match pipeline::wait_for_end(&state, &run, wait).await {
+            Some(done) => (StatusCode::OK, axum::Json(done)).into_response(),
+            None => accepted(&run),
+        },
+        None => accepted(&run),
+    };
+    standing.write(response.headers_mut());
+    Ok(response)
 }
 
 pub(crate) fn accepted(run: &Run) -> Response {

@@ -68,7 +68,12 @@ pub async fn update(
 ) -> Result<Json<Data<Tenant>>, ApiError> {
     principal.admin_of(&p.tenant_id)?;
     let client = state.pool.get().await?;
-    Ok(data(tenants::update(&client, &p.tenant_id, body).await?))
+    let tenant = tenants::update(&client, &p.tenant_id, body).await?;
+    // Cached keys carry the tenant's rate limit.
+    state
+        .announce_key_change(b"{\"type\":\"tenant.updated\"}")
+        .await?;
+    Ok(data(tenant))
 }
 
 /// Delete a tenant and everything it owns (admin).

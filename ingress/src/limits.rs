@@ -1,0 +1,190 @@
+//! Rate limits with governor (GCRA), per API key, per tenant and per trigger, each counted in
+//! this process's memory. A quota of N per minute admits up to N at once and refills at N per
+//! minute. Across R ingress replicas behind a balancer each replica counts on its own, so the
+//! effective limit is up to R × N; set the configured values to the global limit divided by R.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use switchyard_common::problem::ErrorCode;
+
+use crate::error::ApiError;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Most limiters of one kind kept; past it they start over (a reset is generous, not unsafe).
+const CAPACITY: usize = 100_000;
+
+/// One family of limiters, each rebuilt when its quota changes.
+struct Family<K> {
+    limiters: Mutex<HashMap<K, (u32, Arc<Limiter>)>>,
+}
+
+impl<K: Hash + Eq + Clone> Family<K> {
+    fn new() -> Self {
+        Self {
+            limiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limiter(&self, key: &K, per_minute: u32) -> Arc<Limiter> {
+        let Ok(mut limiters) = self.limiters.lock() else {
+            return Arc::new(build(per_minute));
+        };
+        if let Some((quota, limiter)) = limiters.get(key)
+            && *quota == per_minute
+        {
+            return limiter.clone();
+        }
+        if limiters.len() >= CAPACITY {
+            limiters.clear();
+        }
+        let limiter = Arc::new(build(per_minute));
+        limiters.insert(key.clone(), (per_minute, limiter.clone()));
+        limiter
+    }
+}
+
+fn build(per_minute: u32) -> Limiter {
+    let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_minute(n)).with_middleware::<StateInformationMiddleware>()
+}
+
+/// Where a request stands against the limit that concerns its caller (the key's).
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    limit: u32,
+    remaining: u32,
+    reset: Duration,
+}
+
+impl Standing {
+    fn of(per_minute: u32, snapshot: &StateSnapshot) -> Self {
+        let remaining = snapshot.remaining_burst_capacity();
+        let per_request = 60.0 / f64::from(per_minute.max(1));
+        Self {
+            limit: per_minute,
+            remaining,
+            reset: Duration::from_secs_f64(
+                per_request * f64::from(per_minute.saturating_sub(remaining)),
+            ),
+        }
+    }
+
+    /// `X-RateLimit-Limit` (per minute), `-Remaining` (requests that may come at once now) and
+    /// `-Reset` (seconds until the full allowance is back).
+    pub fn write(&self, headers: &mut HeaderMap) {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from(self.reset.as_secs_f64().ceil() as u64),
+        );
+    }
+}
+
+/// Every limiter of this process.
+pub struct RateLimits {
+    per_key_default: u32,
+    keys: Family<uuid::Uuid>,
+    tenants: Family<String>,
+    triggers: Family<(String, String)>,
+    clock: DefaultClock,
+}
+
+/// Which limit a request ran into.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    Key,
+    Tenant,
+    Trigger,
+}
+
+impl RateLimits {
+    pub fn new(per_key_default: u32) -> Self {
+        Self {
+            per_key_default: per_key_default.max(1),
+            keys: Family::new(),
+            tenants: Family::new(),
+            triggers: Family::new(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn check(
+        &self,
+        limiter: &Limiter,
+        per_minute: u32,
+        scope: Scope,
+    ) -> Result<StateSnapshot, ApiError> {
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let what = match scope {
+                Scope::Key => "this API key",
+                Scope::Tenant => "this tenant",
+                Scope::Trigger => "this trigger",
+            };
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!("{what} may make {per_minute} invocations a minute; retry in {secs}s"),
+            )
+            .with_rate_limit(per_minute, secs)
+        })
+    }
+
+    /// Counts one invocation against the key, its tenant and (when given) the trigger. Returns
+    /// the key's standing for the response headers, or 429 with `Retry-After`.
+    pub fn admit(
+        &self,
+        key: &switchyard_common::catalog::api_keys::ApiKey,
+        trigger: Option<(&str, u32)>,
+    ) -> Result<Standing, ApiError> {
+        let per_key = key
+            .rate_limit_per_minute
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(self.per_key_default);
+        let snapshot = self.check(&self.keys.limiter(&key.id, per_key), per_key, Scope::Key)?;
+        if let Some(per_tenant) = key
+            .tenant_rate_limit_per_minute
+            .and_then(|n| u32::try_from(n).ok())
+        {
+            let limiter = self.tenants.limiter(&key.tenant_id, per_tenant);
+            self.check(&limiter, per_tenant, Scope::Tenant)?;
+        }
+        if let Some((trigger_id, per_trigger)) = trigger {
+            let limiter = self
+                .triggers
+                .limiter(&(key.tenant_id.clone(), trigger_id.to_owned()), per_trigger);
+            self.check(&limiter, per_trigger, Scope::Trigger)?;
+        }
+        Ok(Standing::of(per_key, &snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_admits_its_burst_then_refuses_with_a_wait() {
+        let limits = RateLimits::new(3);
+        let family: Family<u8> = Family::new();
+        let limiter = family.limiter(&1, 3);
+        for _ in 0..3 {
+            assert!(limits.check(&limiter, 3, Scope::Key).is_ok());
+        }
+        assert!(limits.check(&limiter, 3, Scope::Key).is_err());
+        // A changed quota gets a fresh limiter.
+        let bigger = family.limiter(&1, 10);
+        assert!(limits.check(&bigger, 10, Scope::Key).is_ok());
+    }
+}
