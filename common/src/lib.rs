@@ -15,6 +15,7 @@ pub mod dedupe;
 pub mod deliveries;
 pub mod egress;
 pub mod filters;
+pub mod inbound;
 pub mod model;
 pub mod problem;
 pub mod runs;

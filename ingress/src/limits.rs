@@ -170,6 +170,26 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// Counts one call against a trigger's own limit, when it has one (inbound webhooks carry no
+    /// API key to count against).
+    pub fn admit_trigger(
+        &self,
+        tenant_id: &str,
+        trigger_id: &str,
+        per_minute: Option<i32>,
+    ) -> Result<(), ApiError> {
+        let Some(per_trigger) = per_minute.and_then(|n| u32::try_from(n).ok()) else {
+            return Ok(());
+        };
+        let limiter = self
+            .triggers
+            .limiter(&(tenant_id.to_owned(), trigger_id.to_owned()), per_trigger);
+        self.check(&limiter, per_trigger, Scope::Trigger)
+            .map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

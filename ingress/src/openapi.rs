@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 use crate::routes::manage::{agents, api_keys, credentials, projects, tenants, triggers};
-use crate::routes::{invoke, runs};
+use crate::routes::{hooks, invoke, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -61,6 +61,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::create))
         .routes(routes!(runs::get))
         .routes(routes!(invoke::invoke))
+        .routes(routes!(hooks::receive))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(projects::list, projects::create))

@@ -36,6 +36,18 @@ pub struct SignatureVerification {
     pub component_join: Option<ComponentJoin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<SignatureValidation>,
+    /// Switchyard's extension: how the secret becomes the HMAC key. `utf8` (the default: GitHub,
+    /// Stripe, Slack) uses its text; `base64` decodes it after an optional `whsec_` prefix
+    /// (Standard Webhooks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_encoding: Option<SecretEncoding>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretEncoding {
+    Utf8,
+    Base64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -99,6 +111,10 @@ pub struct SignedComponent {
     pub regex: Option<String>,
     #[serde(default = "yes")]
     pub required: bool,
+    /// Switchyard's extension: this component is a Unix timestamp (seconds), and a request whose
+    /// timestamp is further from now than `validation.toleranceSeconds` is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timestamp: bool,
 }
 
 fn yes() -> bool {
@@ -127,6 +143,9 @@ pub struct SignatureValidation {
     pub header_case_sensitive: bool,
     #[serde(default)]
     pub normalize_unicode: bool,
+    /// How far a `timestamp` component may be from now, in seconds (default 300).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance_seconds: Option<u32>,
 }
 
 /// Static header authentication for callers that cannot send an API key: each named header must
@@ -683,6 +702,26 @@ pub async fn get(
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(from_row(&row)?.trigger)
+}
+
+/// A trigger of the tenant by id (in any project), with its stored `authentication` (the header
+/// digests), for the inbound-webhook route.
+pub async fn find_with_authentication(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Option<(Trigger, Option<Value>)>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM triggers WHERE tenant_id = $1 AND id = $2"
+        ))
+        .await?;
+    let row = client.query_opt(&stmt, &[&tenant_id, &id]).await?;
+    Ok(row
+        .as_ref()
+        .map(from_row)
+        .transpose()?
+        .map(|s| (s.trigger, s.authentication)))
 }
 
 /// The trigger invoked as `key` (any case) in a project of the tenant, enabled or not.

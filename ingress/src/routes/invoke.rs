@@ -28,6 +28,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::Params;
+use crate::limits::Standing;
 use crate::pipeline::{self, Guarded, Guards};
 use crate::routes::manage::Errors;
 
@@ -101,10 +102,10 @@ impl CompiledTriggers {
 }
 
 /// ChatHive's body members, checked; every other member passes through untouched.
-struct Envelope {
-    instruction: Option<Value>,
-    session_id: Option<String>,
-    environment: String,
+pub(crate) struct Envelope {
+    pub instruction: Option<Value>,
+    pub session_id: Option<String>,
+    pub environment: String,
 }
 
 /// ISO 639-1: every two-letter language code.
@@ -181,7 +182,7 @@ fn envelope(body: &Value) -> Result<Envelope, ApiError> {
 }
 
 /// The body: empty means `{}`; otherwise a JSON object.
-fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
     }
@@ -272,9 +273,54 @@ pub async fn invoke(
             .and_then(|n| u32::try_from(n).ok())
             .map(|n| (trigger.id.as_str(), n)),
     )?;
-    let compiled = state.compiled.get(&key.tenant_id, &trigger)?;
+    drop(client);
+    run_trigger(
+        &state,
+        TriggerCall {
+            tenant_id: &key.tenant_id,
+            projects: key.project_ids.clone(),
+            trigger,
+            body,
+            envelope,
+            idempotency,
+            standing: Some(standing),
+        },
+    )
+    .await
+}
+
+/// A call that reached a trigger, authenticated and admitted.
+pub(crate) struct TriggerCall<'a> {
+    pub tenant_id: &'a str,
+    /// The caller's project limits (an API key's), checked again by the INSERT.
+    pub projects: Option<Vec<String>>,
+    pub trigger: Trigger,
+    pub body: Value,
+    pub envelope: Envelope,
+    pub idempotency: Option<String>,
+    /// The caller's rate-limit standing, for the response headers.
+    pub standing: Option<Standing>,
+}
+
+/// The pipeline from the trigger on: filters → schema → once-only guards → template → record
+/// and publish → answer. Every door that resolves a trigger ends here.
+pub(crate) async fn run_trigger(
+    state: &AppState,
+    call: TriggerCall<'_>,
+) -> Result<Response, ApiError> {
+    let TriggerCall {
+        tenant_id,
+        projects,
+        trigger,
+        body,
+        envelope,
+        idempotency,
+        standing,
+    } = call;
+    let client = state.pool.get().await?;
+    let compiled = state.compiled.get(tenant_id, &trigger)?;
     let refusal = |refusal: Refusal, reason: String| NewRefusal {
-        tenant_id: &key.tenant_id,
+        tenant_id,
         project_id: &trigger.project_id,
         agent_id: &trigger.agent_id,
         trigger_id: &trigger.id,
@@ -328,19 +374,18 @@ pub async fn invoke(
         }
     }
     let run_id = Uuid::now_v7();
-    let route = format!(
-        "POST /api/v1.0/project/{}/trigger/{}",
-        path.project_id, trigger.id
-    );
+    let route = format!("trigger {}", trigger.id);
     let guards = Guards {
         idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
         duplicates_of: trigger.ignore_duplicates.then_some(trigger.id.as_str()),
     };
-    match pipeline::guard(&state, &key.tenant_id, run_id, &guards, &body).await? {
+    match pipeline::guard(state, tenant_id, run_id, &guards, &body).await? {
         Guarded::Proceed => {}
         Guarded::Replay(run) => {
             let mut response = (StatusCode::OK, axum::Json(run)).into_response();
-            standing.write(response.headers_mut());
+            if let Some(standing) = standing {
+                standing.write(response.headers_mut());
+            }
             return Ok(response);
         }
         Guarded::Duplicate(original) => {
@@ -363,13 +408,13 @@ pub async fn invoke(
     let guarded = idempotency.is_some() || trigger.ignore_duplicates;
     let new = NewRun {
         id: run_id,
-        tenant_id: key.tenant_id.clone(),
+        tenant_id: tenant_id.to_owned(),
         agent_id: trigger.agent_id.clone(),
         message,
         inputs: Some(body),
         metadata: Value::Object(Default::default()),
         webhook_url: trigger.webhook_url.clone(),
-        projects: key.project_ids.clone(),
+        projects,
         trigger: Some(TriggerOrigin {
             trigger_id: trigger.id.clone(),
             environment: envelope.environment,
@@ -377,9 +422,11 @@ pub async fn invoke(
             missing_placeholders,
         }),
     };
-    let run = pipeline::enqueue_guarded(&state, new, guarded).await?;
-    let mut response = answer(&state, &trigger, run).await?;
-    standing.write(response.headers_mut());
+    let run = pipeline::enqueue_guarded(state, new, guarded).await?;
+    let mut response = answer(state, &trigger, run).await?;
+    if let Some(standing) = standing {
+        standing.write(response.headers_mut());
+    }
     Ok(response)
 }
 

@@ -1,4 +1,5 @@
 pub mod health;
+pub mod hooks;
 pub mod invoke;
 pub mod manage;
 pub mod runs;

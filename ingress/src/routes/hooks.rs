@@ -1,0 +1,223 @@
+//! `POST /hooks/{tenantId}/{triggerId}`: inbound webhooks, for senders that cannot send an API key
+//! (GitHub, Stripe, Slack, Standard Webhooks senders). The trigger's `signatureVerification`
+//! (with the secret from its credential) and/or its `authentication` headers authenticate the
+//! request; then the same pipeline as the trigger route runs, with `environment: "webhook"`.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use switchyard_common::catalog::credentials;
+use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
+use switchyard_common::catalog::triggers::{self, Trigger};
+use switchyard_common::inbound;
+use switchyard_common::problem::ErrorCode;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::Params;
+use crate::pipeline;
+use crate::routes::invoke::{Envelope, TriggerCall, parse_body, run_trigger};
+use crate::routes::manage::Errors;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub struct HookPath {
+    /// Tenant identifier
+    pub tenant_id: String,
+    /// Trigger identifier
+    pub trigger_id: String,
+}
+
+/// The parts of an inbound request that authentication reads.
+struct Incoming<'a> {
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    body: &'a Bytes,
+}
+
+/// Checks the request against the trigger's configured authentication; the error is the reason
+/// to record and show.
+async fn authenticate(
+    state: &AppState,
+    client: &deadpool_postgres::Client,
+    tenant_id: &str,
+    trigger: &Trigger,
+    stored_auth: Option<&Value>,
+    incoming: Incoming<'_>,
+) -> Result<Result<(), String>, ApiError> {
+    let Incoming {
+        headers,
+        query,
+        body,
+    } = incoming;
+    if trigger.signature_verification.is_none() && stored_auth.is_none() {
+        return Ok(Err(
+            "this trigger takes no webhooks: give it signatureVerification or authentication"
+                .into(),
+        ));
+    }
+    if let Some(auth) = stored_auth {
+        let checks = auth
+            .get("headers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for check in checks {
+            let name = check
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let want = check
+                .get("valueSha256")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let got = headers
+                .get(name)
+                .map(|v| inbound::hex(&Sha256::digest(v.as_bytes())))
+                .unwrap_or_default();
+            if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
+                return Ok(Err(format!("the `{name}` header is missing or wrong")));
+            }
+        }
+    }
+    if let Some(sv) = &trigger.signature_verification {
+        let Some(credential) = &trigger.signing_secret_credential_reference_id else {
+            return Ok(Err(
+                "the trigger names no signing secret (signingSecretCredentialReferenceId)".into(),
+            ));
+        };
+        let secret = credentials::reveal(client, &state.master_key, tenant_id, credential).await?;
+        let header_list: Vec<(String, String)> = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let query_list: Vec<(String, String)> = query
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let request = inbound::Request {
+            headers: &header_list,
+            query: &query_list,
+            body,
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(refused) = inbound::verify(sv, &secret, &request, now) {
+            return Ok(Err(refused.to_string()));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Receive a webhook for a trigger. No API key: the trigger's `signatureVerification` and/or
+/// `authentication` headers authenticate the sender; a failure is a 401, recorded as a rejected
+/// invocation.
+#[utoipa::path(post, path = "/hooks/{tenantId}/{triggerId}", tag = "Triggers",
+    params(HookPath,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
+    request_body(content = Object, description = "The sender's JSON payload", content_type = "application/json"),
+    security(()),
+    responses(
+        (status = 202, description = "Accepted: the run, still going", body = switchyard_common::Run),
+        (status = 200, description = "`waitForResponse`: the finished run", body = switchyard_common::Run),
+        Errors))]
+pub async fn receive(
+    State(state): State<AppState>,
+    Params(path): Params<HookPath>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    bytes: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = bytes.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+        } else {
+            ApiError::bad_request(format!("the body could not be read: {e}"))
+        }
+    })?;
+    let idempotency = pipeline::idempotency_key(&headers)?;
+    let client = state.pool.get().await?;
+    let (trigger, stored_auth) =
+        triggers::find_with_authentication(&client, &path.tenant_id, &path.trigger_id)
+            .await?
+            .filter(|(t, _)| t.enabled)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "trigger `{}` was not found, or it is paused",
+                    path.trigger_id
+                ))
+            })?;
+    let verdict = authenticate(
+        &state,
+        &client,
+        &path.tenant_id,
+        &trigger,
+        stored_auth.as_ref(),
+        Incoming {
+            headers: &headers,
+            query: query.as_deref(),
+            body: &bytes,
+        },
+    )
+    .await?;
+    if let Err(reason) = verdict {
+        let payload = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
+            Value::String(String::from_utf8_lossy(&bytes).chars().take(4096).collect())
+        });
+        let payload = if switchyard_common::catalog::contains_nul(&payload) {
+            Value::Null
+        } else {
+            payload
+        };
+        invocations::record_refusal(
+            &client,
+            &NewRefusal {
+                tenant_id: &path.tenant_id,
+                project_id: &trigger.project_id,
+                agent_id: &trigger.agent_id,
+                trigger_id: &trigger.id,
+                refusal: Refusal::Rejected,
+                reason: format!("the webhook was not authenticated: {reason}"),
+                environment: Some("webhook"),
+                session_id: None,
+                request_payload: &payload,
+                duplicate_of: None,
+            },
+        )
+        .await?;
+        return Err(ApiError::unauthorized(format!(
+            "the webhook was not authenticated: {reason}"
+        )));
+    }
+    drop(client);
+    state
+        .limits
+        .admit_trigger(&path.tenant_id, &trigger.id, trigger.rate_limit_per_minute)?;
+    let body = parse_body(&bytes)?;
+    run_trigger(
+        &state,
+        TriggerCall {
+            tenant_id: &path.tenant_id,
+            projects: None,
+            trigger,
+            body,
+            envelope: Envelope {
+                instruction: None,
+                session_id: None,
+                environment: "webhook".into(),
+            },
+            idempotency,
+            standing: None,
+        },
+    )
+    .await
+}
