@@ -72,6 +72,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(triggers::get, triggers::update, triggers::delete))
         .routes(routes!(triggers::list_invocations))
         .routes(routes!(triggers::get_invocation))
+        .routes(routes!(triggers::test))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::get, api_keys::revoke))
         .routes(routes!(credentials::list, credentials::create))

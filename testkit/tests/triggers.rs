@@ -583,3 +583,51 @@ async fn rate_limits_answer_429_with_retry_after_per_key_and_per_trigger() {
     );
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_test_run_uses_the_schema_example_and_is_marked_as_a_test() {
+    let f = Fixture::new().await;
+    f.trigger("echo", json!({"id": "tried", "name": "Tried", "enabled": false, "rateLimitPerMinute": 1,
+        "messageTemplate": "about {{q}}",
+        "inputSchema": {"type": "object", "required": ["q"], "properties": {"q": {"type": "string"}},
+                        "examples": [{"q": "sample"}]}})).await;
+    let test = format!("{}/tried/test", f.triggers("echo"));
+    let first = f
+        .stack
+        .http
+        .post(format!("{}{test}", f.stack.base_url))
+        .bearer_auth(&f.key)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        first.status(),
+        202,
+        "a paused trigger can be tested, with no body"
+    );
+    let run: Value = first.json().await.expect("run");
+    assert_eq!(run["metadata"]["test"], true);
+    assert_eq!(run["environment"], "test");
+    assert_eq!(
+        f.finished(run["id"].as_str().expect("id")).await["result"]["output"],
+        "about sample"
+    );
+    // Tests do not count against the trigger's one call a minute.
+    let second = post(&f.stack, &test, &f.key, json!({"q": "given"})).await;
+    assert_eq!(second.status, 202, "{}", second.body);
+    assert_eq!(
+        f.finished(second.body["id"].as_str().expect("id")).await["result"]["output"],
+        "about given"
+    );
+    assert_problem(
+        &post(&f.stack, &test, &f.key, json!({"q": 3})).await,
+        422,
+        "unprocessable_entity",
+    );
+    assert_eq!(
+        f.invoke("tried", json!({"q": "real"})).await.0,
+        404,
+        "still paused for real calls"
+    );
+    f.stack.shutdown().await;
+}

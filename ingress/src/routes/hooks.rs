@@ -217,6 +217,7 @@ pub async fn receive(
             },
             idempotency,
             standing: None,
+            test: false,
         },
     )
     .await

@@ -116,7 +116,7 @@ const ISO_639_1: &str = "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm b
     oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su \
     sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu";
 
-fn envelope(body: &Value) -> Result<Envelope, ApiError> {
+pub(crate) fn envelope(body: &Value) -> Result<Envelope, ApiError> {
     let bad = |m: &str| ApiError::bad_request(m.to_owned());
     let instruction = match body.get("instruction") {
         None | Some(Value::Null) => None,
@@ -284,6 +284,7 @@ pub async fn invoke(
             envelope,
             idempotency,
             standing: Some(standing),
+            test: false,
         },
     )
     .await
@@ -300,6 +301,9 @@ pub(crate) struct TriggerCall<'a> {
     pub idempotency: Option<String>,
     /// The caller's rate-limit standing, for the response headers.
     pub standing: Option<Standing>,
+    /// A test run (`…/triggers/{id}/test`): marked `{"test": true}` in its metadata, and neither
+    /// checked for nor remembered as a duplicate.
+    pub test: bool,
 }
 
 /// The pipeline from the trigger on: filters → schema → once-only guards → template → record
@@ -316,6 +320,7 @@ pub(crate) async fn run_trigger(
         envelope,
         idempotency,
         standing,
+        test,
     } = call;
     let client = state.pool.get().await?;
     let compiled = state.compiled.get(tenant_id, &trigger)?;
@@ -377,7 +382,7 @@ pub(crate) async fn run_trigger(
     let route = format!("trigger {}", trigger.id);
     let guards = Guards {
         idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
-        duplicates_of: trigger.ignore_duplicates.then_some(trigger.id.as_str()),
+        duplicates_of: (trigger.ignore_duplicates && !test).then_some(trigger.id.as_str()),
     };
     match pipeline::guard(state, tenant_id, run_id, &guards, &body).await? {
         Guarded::Proceed => {}
@@ -405,14 +410,18 @@ pub(crate) async fn run_trigger(
     drop(client);
 
     let (message, missing_placeholders) = message(&compiled, &envelope, &body);
-    let guarded = idempotency.is_some() || trigger.ignore_duplicates;
+    let guarded = idempotency.is_some() || (trigger.ignore_duplicates && !test);
     let new = NewRun {
         id: run_id,
         tenant_id: tenant_id.to_owned(),
         agent_id: trigger.agent_id.clone(),
         message,
         inputs: Some(body),
-        metadata: Value::Object(Default::default()),
+        metadata: if test {
+            serde_json::json!({"test": true})
+        } else {
+            Value::Object(Default::default())
+        },
         webhook_url: trigger.webhook_url.clone(),
         projects,
         trigger: Some(TriggerOrigin {

@@ -215,3 +215,61 @@ pub async fn get_invocation(
         invocations::get(&client, owner, &p.id, &p.invocation_id).await?,
     ))
 }
+
+/// Test a trigger: runs it on the body given, or on the first of its `inputSchema`'s `examples`,
+/// or on `{}`. Filters, the schema and the template apply as to a real call; the run is marked
+/// `{"test": true}` in its metadata, does not count against rate limits, and is never taken for a
+/// duplicate. Paused triggers can be tested.
+#[utoipa::path(post,
+    path = "/manage/tenants/{tenantId}/projects/{projectId}/agents/{agentId}/triggers/{id}/test",
+    tag = "Triggers", params(TriggerPath),
+    request_body(content = Option<Object>, description = "A sample body (optional)", content_type = "application/json"),
+    responses(
+        (status = 202, description = "The test run, still going", body = switchyard_common::Run),
+        (status = 200, description = "`waitForResponse`: the finished test run", body = switchyard_common::Run),
+        Errors))]
+pub async fn test(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(p): Params<TriggerPath>,
+    bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let access = principal.manage(&p.tenant_id)?;
+    access.project(&p.project_id)?;
+    let bytes =
+        bytes.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+    let client = state.pool.get().await?;
+    let trigger = triggers::get(&client, item_owner(&p), &p.id).await?;
+    drop(client);
+    let supplied = crate::routes::invoke::parse_body(&bytes)?;
+    let body = if supplied.as_object().is_some_and(|m| !m.is_empty()) {
+        supplied
+    } else {
+        trigger
+            .input_schema
+            .as_ref()
+            .and_then(|s| s.get("examples"))
+            .and_then(|e| e.get(0))
+            .filter(|e| e.is_object())
+            .cloned()
+            .unwrap_or(supplied)
+    };
+    let mut envelope = crate::routes::invoke::envelope(&body)?;
+    if body.get("environment").is_none() {
+        envelope.environment = "test".into();
+    }
+    crate::routes::invoke::run_trigger(
+        &state,
+        crate::routes::invoke::TriggerCall {
+            tenant_id: &p.tenant_id,
+            projects: access.projects().map(<[String]>::to_vec),
+            trigger,
+            body,
+            envelope,
+            idempotency: None,
+            standing: None,
+            test: true,
+        },
+    )
+    .await
+}
