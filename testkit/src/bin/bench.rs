@@ -30,6 +30,9 @@ struct Args {
     /// Client concurrencies to measure accept at.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     accept_concurrency: Vec<usize>,
+    /// Client concurrencies to measure accept through the trigger route at.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    trigger_concurrency: Vec<usize>,
     /// Runs per end-to-end measurement.
     #[arg(long, default_value_t = 3000)]
     e2e_runs: usize,
@@ -243,9 +246,88 @@ fn authed(stack: &Stack, idle: usize) -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// Where the load goes in: the native runs API, or a trigger (ChatHive's route).
+enum Door {
+    Runs,
+    Trigger(&'static str),
+}
+
+impl Door {
+    fn url(&self, base: &str) -> String {
+        match self {
+            Self::Runs => format!("{base}/v1/runs"),
+            Self::Trigger(key) => format!("{base}/api/v1.0/project/default/trigger/{key}"),
+        }
+    }
+
+    fn body(&self, n: usize, webhook: Option<&str>) -> Value {
+        match self {
+            Self::Runs => {
+                let mut body = json!({"agentId": "echo", "message": format!("bench {n}")});
+                if let Some(hook) = webhook {
+                    body["webhookUrl"] = json!(hook);
+                }
+                body
+            }
+            Self::Trigger(_) => json!({"instruction": format!("bench {n}"), "context": {"n": n}}),
+        }
+    }
+}
+
+/// A trigger on the `default` tenant's echo agent, with a template, for the trigger door.
+async fn bench_trigger(stack: &Stack) -> anyhow::Result<()> {
+    let made = authed(stack, 1)
+        .post(format!(
+            "{}/manage/tenants/default/projects/default/agents/echo/triggers",
+            stack.base_url
+        ))
+        .json(&json!({"id": "bench", "name": "bench", "messageTemplate": "{{instruction}} #{{context.n}}"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        made.status() == 201,
+        "creating the bench trigger: {}",
+        made.status()
+    );
+    Ok(())
+}
+
+/// One row of an accept table: `requests` creates through `door` at concurrency `c`, workers off,
+/// after 200 warm-up requests.
+async fn accept_row(door: &Door, c: usize, requests: usize) -> anyhow::Result<String> {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await?;
+    if matches!(door, Door::Trigger(_)) {
+        bench_trigger(&stack).await?;
+    }
+    let _ = load_through(&stack, door, 200.min(requests), c, None).await;
+    let run = load_through(&stack, door, requests, c, None).await;
+    stack.shutdown().await;
+    Ok(format!(
+        "| {c} | {requests} | {:.0} | {} | {} | {} |",
+        run.latencies.len() as f64 / run.elapsed.as_secs_f64(),
+        ms(percentile(&run.latencies, 50.0)),
+        ms(percentile(&run.latencies, 99.0)),
+        run.failures
+    ))
+}
+
 async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&str>) -> Load {
+    load_through(stack, &Door::Runs, total, concurrency, webhook).await
+}
+
+async fn load_through(
+    stack: &Stack,
+    door: &Door,
+    total: usize,
+    concurrency: usize,
+    webhook: Option<&str>,
+) -> Load {
     let http = authed(stack, concurrency);
-    let url = format!("{}/v1/runs", stack.base_url);
+    let url = door.url(&stack.base_url);
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
@@ -255,10 +337,7 @@ async fn load(stack: &Stack, total: usize, concurrency: usize, webhook: Option<&
         };
         let http = http.clone();
         let url = url.clone();
-        let mut body = json!({"agentId": "echo", "message": format!("bench {n}")});
-        if let Some(hook) = webhook {
-            body["webhookUrl"] = json!(hook);
-        }
+        let body = door.body(n, webhook);
         tasks.push(tokio::spawn(async move {
             let sent = send_one(http, url, body).await;
             drop(permit);
@@ -333,23 +412,27 @@ async fn main() -> anyhow::Result<()> {
     );
     for &c in &args.accept_concurrency {
         eprintln!("[bench] accept at concurrency {c}");
-        let stack = Stack::start(StackOptions {
-            workers: 0,
-            ..StackOptions::default()
-        })
-        .await?;
-        // Warm the connections up.
-        let _ = load(&stack, 200.min(args.accept_requests), c, None).await;
-        let run = load(&stack, args.accept_requests, c, None).await;
         println!(
-            "| {c} | {} | {:.0} | {} | {} | {} |",
-            args.accept_requests,
-            run.latencies.len() as f64 / run.elapsed.as_secs_f64(),
-            ms(percentile(&run.latencies, 50.0)),
-            ms(percentile(&run.latencies, 99.0)),
-            run.failures
+            "{}",
+            accept_row(&Door::Runs, c, args.accept_requests).await?
         );
-        stack.shutdown().await;
+    }
+
+    println!(
+        "\n### Durable accept through the trigger route (`POST /api/v1.0/project/…/trigger/{{key}}`; workers off)\n"
+    );
+    println!(
+        "The trigger renders a template; each call also reads the trigger (one indexed SELECT).\n"
+    );
+    println!(
+        "| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|"
+    );
+    for &c in &args.trigger_concurrency {
+        eprintln!("[bench] trigger accept at concurrency {c}");
+        println!(
+            "{}",
+            accept_row(&Door::Trigger("bench"), c, args.accept_requests).await?
+        );
     }
 
     println!(
