@@ -55,6 +55,10 @@ pub fn digest(parts: &[&[u8]]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+fn ttl_secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
 /// Who holds a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Slot {
@@ -91,12 +95,14 @@ pub async fn claim_idempotency_key(
              WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM claim)",
         )
         .await?;
-    let row = client
-        .query_one(
-            &stmt,
-            &[&tenant_id, &key, &request_hash, &run_id, &ttl.as_secs_f64()],
-        )
-        .await?;
+    // A row committed by a concurrent claim after this statement began is seen by ON CONFLICT but
+    // not by the SELECT: then nothing comes back, and a second statement sees it.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&tenant_id, &key, &request_hash, &run_id, &ttl_secs(ttl)];
+    let row = match client.query_opt(&stmt, &params).await? {
+        Some(row) => row,
+        None => client.query_one(&stmt, &params).await?,
+    };
     let claimed: bool = row.try_get(0)?;
     if claimed {
         return Ok(Slot::Claimed);

@@ -164,19 +164,26 @@ pub fn verify(
     if req.body.is_empty() && !validation.allow_empty_body {
         return Err(Refused::EmptyBody);
     }
-    let body = String::from_utf8_lossy(req.body);
-    let body = if validation.normalize_unicode {
-        body.nfc().collect::<String>()
+    // The body is signed as the bytes that arrived, unless it is to be NFC-normalised first.
+    let normalized;
+    let body: &[u8] = if validation.normalize_unicode {
+        normalized = String::from_utf8_lossy(req.body).nfc().collect::<String>();
+        normalized.as_bytes()
     } else {
-        body.into_owned()
+        req.body
     };
+    let body_text = String::from_utf8_lossy(body);
     let tolerance = i64::from(validation.tolerance_seconds.unwrap_or(300));
-    let mut parts: Vec<String> = Vec::new();
+    let mut parts: Vec<Vec<u8>> = Vec::new();
     for (i, c) in sv.signed_components.iter().enumerate() {
+        if c.source == ComponentSource::Body && c.regex.is_none() && !c.timestamp {
+            parts.push(body.to_vec());
+            continue;
+        }
         let raw = match c.source {
             ComponentSource::Header => c.key.as_deref().and_then(|k| req.header(k)),
             ComponentSource::Query => c.key.as_deref().and_then(|k| req.query(k)),
-            ComponentSource::Body => Some(body.as_str()),
+            ComponentSource::Body => Some(body_text.as_ref()),
             ComponentSource::Literal => c.value.as_deref(),
         };
         let value = raw.and_then(|v| capture(v, c.regex.as_deref()));
@@ -189,23 +196,23 @@ pub fn verify(
         };
         if c.timestamp {
             let ts: i64 = value.trim().parse().map_err(|_| Refused::Stale)?;
-            if (now - ts).abs() > tolerance {
+            if now.abs_diff(ts) > tolerance.unsigned_abs() {
                 return Err(Refused::Stale);
             }
         }
-        parts.push(value.to_owned());
+        parts.push(value.as_bytes().to_vec());
     }
     let message = if sv.signed_components.is_empty() {
-        body
+        body.to_vec()
     } else {
         let separator = sv
             .component_join
             .as_ref()
             .map_or("", |j| j.separator.as_str());
-        parts.join(separator)
+        parts.join(separator.as_bytes())
     };
     let key = key_bytes(secret, sv.secret_encoding.unwrap_or(SecretEncoding::Utf8));
-    let expected = mac(sv.algorithm, &key, message.as_bytes());
+    let expected = mac(sv.algorithm, &key, &message);
     let candidates = signatures(sv, req);
     if candidates.is_empty() {
         return Err(Refused::MissingSignature);

@@ -17,7 +17,7 @@ pub struct ApiError {
     retry_after_secs: Option<u64>,
     violations: Option<Vec<Violation>>,
     run_id: Option<uuid::Uuid>,
-    rate_limit: Option<u32>,
+    rate_limit: Option<(u32, u64)>,
 }
 
 impl ApiError {
@@ -108,8 +108,13 @@ impl ApiError {
     }
 
     /// A 429: `Retry-After` and the `X-RateLimit-*` headers of the exhausted limit.
-    pub fn with_rate_limit(mut self, per_minute: u32, retry_after_secs: u64) -> Self {
-        self.rate_limit = Some(per_minute);
+    pub fn with_rate_limit(
+        mut self,
+        per_minute: u32,
+        retry_after_secs: u64,
+        reset_secs: u64,
+    ) -> Self {
+        self.rate_limit = Some((per_minute, reset_secs));
         self.retry_after_secs = Some(retry_after_secs);
         self
     }
@@ -137,10 +142,10 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let (Some(limit), Some(secs)) = (self.rate_limit, self.retry_after_secs) {
+        if let Some((limit, reset)) = self.rate_limit {
             headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
             headers.insert("x-ratelimit-remaining", HeaderValue::from(0));
-            headers.insert("x-ratelimit-reset", HeaderValue::from(secs));
+            headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
         }
         if self.code == ErrorCode::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -79,3 +79,16 @@ where
             })
     }
 }
+
+/// A raw body, with the rejection as problem+json: 413 over the size limit, else 400.
+pub fn body_bytes(
+    bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    bytes.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
+        } else {
+            ApiError::bad_request(format!("the body could not be read: {e}"))
+        }
+    })
+}

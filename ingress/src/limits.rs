@@ -1,6 +1,6 @@
 //! Rate limits with governor (GCRA), per API key, per tenant and per trigger, each counted in
-//! this process's memory. A quota of N per minute admits up to N at once and refills at N per
-//! minute. Across R ingress replicas behind a balancer each replica counts on its own, so the
+//! this process's memory. A quota of N per minute refills at N per minute and admits a small
+//! burst: a sixth of N at once (at least 1; 5 for the default 30). Across R ingress replicas behind a balancer each replica counts on its own, so the
 //! effective limit is up to R × N; set the configured values to the global limit divided by R.
 
 use std::collections::HashMap;
@@ -53,9 +53,21 @@ impl<K: Hash + Eq + Clone> Family<K> {
     }
 }
 
+/// How many calls a quota of `per_minute` admits at once.
+pub fn burst(per_minute: u32) -> u32 {
+    per_minute.div_ceil(6).max(1)
+}
+
 fn build(per_minute: u32) -> Limiter {
     let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_minute(n)).with_middleware::<StateInformationMiddleware>()
+    let b = NonZeroU32::new(burst(per_minute)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_minute(n).allow_burst(b))
+        .with_middleware::<StateInformationMiddleware>()
+}
+
+/// Seconds for one call's worth of refill.
+fn per_call(per_minute: u32) -> f64 {
+    60.0 / f64::from(per_minute.max(1))
 }
 
 /// Where a request stands against the limit that concerns its caller (the key's).
@@ -79,8 +91,8 @@ impl Standing {
         }
     }
 
-    /// `X-RateLimit-Limit` (per minute), `-Remaining` (requests that may come at once now) and
-    /// `-Reset` (seconds until the full allowance is back).
+    /// `X-RateLimit-Limit` (per minute), `-Remaining` (calls that may come at once now) and
+    /// `-Reset` (seconds until the whole burst is available again).
     pub fn write(&self, headers: &mut HeaderMap) {
         headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
         headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
@@ -128,6 +140,9 @@ impl RateLimits {
         limiter.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            // Until the whole burst is back: this wait, then one refill per further call.
+            let reset = wait.as_secs_f64()
+                + per_call(per_minute) * f64::from(burst(per_minute).saturating_sub(1));
             let what = match scope {
                 Scope::Key => "this API key",
                 Scope::Tenant => "this tenant",
@@ -137,7 +152,7 @@ impl RateLimits {
                 ErrorCode::TooManyRequests,
                 format!("{what} may make {per_minute} invocations a minute; retry in {secs}s"),
             )
-            .with_rate_limit(per_minute, secs)
+            .with_rate_limit(per_minute, secs, reset.ceil() as u64)
         })
     }
 
@@ -199,10 +214,11 @@ mod tests {
         let limits = RateLimits::new(3);
         let family: Family<u8> = Family::new();
         let limiter = family.limiter(&1, 3);
-        for _ in 0..3 {
-            assert!(limits.check(&limiter, 3, Scope::Key).is_ok());
-        }
-        assert!(limits.check(&limiter, 3, Scope::Key).is_err());
+        assert_eq!(burst(3), 1);
+        assert_eq!(burst(30), 5);
+        assert!(limits.check(&limiter, 3, Scope::Key).is_ok());
+        let refused = limits.check(&limiter, 3, Scope::Key);
+        assert!(refused.is_err());
         // A changed quota gets a fresh limiter.
         let bigger = family.limiter(&1, 10);
         assert!(limits.check(&bigger, 10, Scope::Key).is_ok());

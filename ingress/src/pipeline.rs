@@ -56,6 +56,7 @@ pub struct Guards<'a> {
 pub async fn guard(
     state: &AppState,
     tenant_id: &str,
+    projects: Option<&[String]>,
     run_id: Uuid,
     guards: &Guards<'_>,
     body: &Value,
@@ -86,6 +87,13 @@ pub async fn guard(
             }
             Slot::Taken { run_id: original } => {
                 return match runs::get(&client, tenant_id, original).await? {
+                    // A project-limited key must not read another project's run through a key.
+                    Some(run) if projects.is_some_and(|p| !p.contains(&run.project_id)) => {
+                        Err(ApiError::new(
+                            ErrorCode::UnprocessableEntity,
+                            "this Idempotency-Key was used with a different request",
+                        ))
+                    }
                     Some(run) => Ok(Guarded::Replay(Box::new(run))),
                     None => Err(ApiError::new(
                         ErrorCode::Conflict,
@@ -115,7 +123,8 @@ pub async fn guard(
     Ok(Guarded::Proceed)
 }
 
-/// [`enqueue`], giving the guards' slots back when the run could not be recorded.
+/// [`enqueue`], giving the guards' slots back when the run was refused (its agent does not
+/// exist). After a timeout or an outage the run may still commit, so the slots stay taken.
 pub async fn enqueue_guarded(
     state: &AppState,
     new: NewRun,
@@ -123,7 +132,9 @@ pub async fn enqueue_guarded(
 ) -> Result<Run, ApiError> {
     let (tenant_id, run_id) = (new.tenant_id.clone(), new.id);
     let outcome = enqueue(state, new).await;
-    if outcome.is_err()
+    if outcome
+        .as_ref()
+        .is_err_and(|e| e.code() == ErrorCode::NotFound)
         && guarded
         && let Ok(client) = state.pool.get().await
     {

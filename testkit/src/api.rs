@@ -77,7 +77,8 @@ pub fn assert_problem(answer: &Answer, status: u16, code: &str) {
     assert_eq!(answer.request_id.as_deref(), Some(id));
 }
 
-/// A tenant made with the admin token, and an unrestricted key with every scope.
+/// A tenant made with the admin token, and an unrestricted key with every scope (and a rate
+/// limit high enough not to get in a test's way).
 pub async fn tenant(stack: &Stack) -> (String, String) {
     let id = format!("t-{}", unique());
     let made = post(
@@ -92,7 +93,7 @@ pub async fn tenant(stack: &Stack) -> (String, String) {
         stack,
         &format!("/manage/tenants/{id}/api-keys"),
         ADMIN_TOKEN,
-        json!({"name": "owner", "scopes": ["trigger", "runs:read", "manage"]}),
+        json!({"name": "owner", "scopes": ["trigger", "runs:read", "manage"], "rateLimitPerMinute": 100_000}),
     )
     .await;
     assert_eq!(key.status, 201, "{}", key.body);

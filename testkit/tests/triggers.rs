@@ -536,35 +536,42 @@ async fn rate_limits_answer_429_with_retry_after_per_key_and_per_trigger() {
                 .to_owned()
         }
     };
-    let three = make_key(3).await;
-    for remaining in ["2", "1", "0"] {
-        let (status, [limit, left, _, _]) = invoke_as(&f, "open", &three).await;
+    // 12 a minute: a burst of 2, then one every 5 s.
+    let twelve = make_key(12).await;
+    for remaining in ["1", "0"] {
+        let (status, [limit, left, _, _]) = invoke_as(&f, "open", &twelve).await;
         assert_eq!(status, 202);
-        assert_eq!(limit.as_deref(), Some("3"));
+        assert_eq!(limit.as_deref(), Some("12"));
         assert_eq!(left.as_deref(), Some(remaining));
     }
-    let (status, [limit, left, reset, retry_after]) = invoke_as(&f, "open", &three).await;
+    let (status, [limit, left, reset, retry_after]) = invoke_as(&f, "open", &twelve).await;
     assert_eq!(status, 429);
-    assert_eq!(limit.as_deref(), Some("3"));
+    assert_eq!(limit.as_deref(), Some("12"));
     assert_eq!(left.as_deref(), Some("0"));
     let retry: u64 = retry_after
         .as_deref()
         .and_then(|r| r.parse().ok())
         .expect("Retry-After");
     assert!(
-        (1..=20).contains(&retry),
-        "one request's worth of refill: {retry}s"
+        (1..=5).contains(&retry),
+        "one call's worth of refill: {retry}s"
     );
-    assert_eq!(reset.as_deref(), retry_after.as_deref());
+    let reset: u64 = reset
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .expect("reset");
+    assert!(
+        reset > retry && reset <= 10,
+        "the whole burst is back later: {reset}s"
+    );
     // Another key is not affected by that one...
     let roomy = make_key(100).await;
     assert_eq!(invoke_as(&f, "open", &roomy).await.0, 202);
-    // ...but a trigger's own limit binds every caller together.
+    // ...but a trigger's own limit (2 a minute: a burst of 1) binds every caller together.
     let other = make_key(100).await;
     assert_eq!(invoke_as(&f, "narrow", &roomy).await.0, 202);
-    assert_eq!(invoke_as(&f, "narrow", &other).await.0, 202);
-    assert_eq!(invoke_as(&f, "narrow", &roomy).await.0, 429);
     assert_eq!(invoke_as(&f, "narrow", &other).await.0, 429);
+    assert_eq!(invoke_as(&f, "narrow", &roomy).await.0, 429);
     // The default is 30 a minute for a key that sets nothing.
     let plain = post(
         &f.stack,
@@ -629,5 +636,55 @@ async fn a_test_run_uses_the_schema_example_and_is_marked_as_a_test() {
         404,
         "still paused for real calls"
     );
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_idempotency_key_make_one_run_and_no_error() {
+    let f = Fixture::new().await;
+    let body = json!({"agentId": "echo", "message": "pay invoice 9"});
+    let attempts = (0..6).map(|_| {
+        let (f, body) = (&f, body.clone());
+        async move {
+            let r = f
+                .stack
+                .http
+                .post(format!("{}/v1/runs", f.stack.base_url))
+                .bearer_auth(&f.stack.api_key)
+                .header("Idempotency-Key", "invoice-9")
+                .json(&body)
+                .send()
+                .await
+                .expect("sent");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    for (status, body) in &answers {
+        assert!(matches!(status, 200 | 202 | 409), "{status}: {body}");
+    }
+    let ids: std::collections::HashSet<&str> = answers
+        .iter()
+        .filter(|(s, _)| *s != 409)
+        .filter_map(|(_, b)| b["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "every answer names the same run: {answers:?}");
+    let runs: i64 = f
+        .stack
+        .db
+        .client()
+        .await
+        .expect("db")
+        .query_one(
+            "SELECT count(*) FROM runs WHERE message = 'pay invoice 9'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(runs, 1);
     f.stack.shutdown().await;
 }

@@ -124,11 +124,12 @@ const UNION: &str = "\
            'accepted' AS outcome, r.id AS run_id, r.session_id, r.environment, \
            r.inputs AS request_payload, r.message AS transformed_payload, \
            coalesce(r.missing_placeholders, '{}') AS missing_placeholders, r.error_message, r.created_at \
-    FROM runs r WHERE r.tenant_id = $1 AND r.trigger_id = $2 \
+    FROM runs r WHERE r.tenant_id = $1 AND r.trigger_id = $2 AND r.project_id = $7 AND r.agent_id = $8 \
     UNION ALL \
     SELECT i.id, i.trigger_id, 'failed', i.outcome, NULL, i.session_id, i.environment, \
            i.request_payload, NULL, '{}', i.reason, i.created_at \
-    FROM invocations i WHERE i.tenant_id = $1 AND i.trigger_id = $2";
+    FROM invocations i WHERE i.tenant_id = $1 AND i.trigger_id = $2 AND i.project_id = $7 \
+      AND i.agent_id = $8";
 
 const WHERE: &str = "($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR environment = $4) \
     AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at <= $6)";
@@ -166,13 +167,15 @@ pub async fn list(
             "`status` must be pending, success or failed".into(),
         ));
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &owner.tenant_id,
         &trigger_id,
         &filter.status,
         &filter.environment,
         &filter.from,
         &filter.to,
+        &owner.project_id,
+        &owner.agent_id,
     ];
     let total: i64 = client
         .query_one(
@@ -189,7 +192,7 @@ pub async fn list(
         .query(
             &format!(
                 "SELECT * FROM ({UNION}) AS x WHERE {WHERE} \
-                 ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8"
+                 ORDER BY created_at DESC, id DESC LIMIT $9 OFFSET $10"
             ),
             &all,
         )
@@ -210,8 +213,20 @@ pub async fn get(
     let id = Uuid::parse_str(id).map_err(|_| not_found())?;
     let row = client
         .query_opt(
-            &format!("SELECT * FROM ({UNION}) AS x WHERE id = $3"),
-            &[&owner.tenant_id, &trigger_id, &id],
+            &format!(
+                "SELECT * FROM ({UNION}) AS x WHERE id = $3 AND $4::int IS NULL AND $5::int IS NULL \
+                 AND $6::int IS NULL"
+            ),
+            &[
+                &owner.tenant_id,
+                &trigger_id,
+                &id,
+                &None::<i32>,
+                &None::<i32>,
+                &None::<i32>,
+                &owner.project_id,
+                &owner.agent_id,
+            ],
         )
         .await?
         .ok_or_else(not_found)?;

@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,7 +15,6 @@ use switchyard_common::catalog::credentials;
 use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
 use switchyard_common::catalog::triggers::{self, Trigger};
 use switchyard_common::inbound;
-use switchyard_common::problem::ErrorCode;
 use utoipa::IntoParams;
 
 use crate::AppState;
@@ -93,7 +92,13 @@ async fn authenticate(
                 "the trigger names no signing secret (signingSecretCredentialReferenceId)".into(),
             ));
         };
-        let secret = credentials::reveal(client, &state.master_key, tenant_id, credential).await?;
+        // Whatever goes wrong here, an unauthenticated sender learns nothing about it.
+        let Ok(secret) =
+            credentials::reveal(client, &state.master_key, tenant_id, credential).await
+        else {
+            tracing::warn!(trigger_id = %trigger.id, "the trigger's signing secret cannot be read");
+            return Ok(Err("the signature cannot be checked".into()));
+        };
         let header_list: Vec<(String, String)> = headers
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -137,13 +142,7 @@ pub async fn receive(
     RawQuery(query): RawQuery,
     bytes: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = bytes.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
-        } else {
-            ApiError::bad_request(format!("the body could not be read: {e}"))
-        }
-    })?;
+    let bytes = crate::extract::body_bytes(bytes)?;
     let idempotency = pipeline::idempotency_key(&headers)?;
     let client = state.pool.get().await?;
     let (trigger, stored_auth) =
@@ -156,6 +155,10 @@ pub async fn receive(
                     path.trigger_id
                 ))
             })?;
+    // Limited before authenticating: refused requests cost work too.
+    state
+        .limits
+        .admit_trigger(&path.tenant_id, &trigger.id, trigger.rate_limit_per_minute)?;
     let verdict = authenticate(
         &state,
         &client,
@@ -199,9 +202,6 @@ pub async fn receive(
         )));
     }
     drop(client);
-    state
-        .limits
-        .admit_trigger(&path.tenant_id, &trigger.id, trigger.rate_limit_per_minute)?;
     let body = parse_body(&bytes)?;
     run_trigger(
         &state,

@@ -52,8 +52,9 @@ pub struct Compiled {
     template: Option<Template>,
 }
 
-/// A trigger's compiled form, tagged with the version it was compiled from.
-type Versioned = (i32, Arc<Compiled>);
+/// A trigger's compiled form, tagged with the version (and creation time: a trigger deleted and
+/// made again starts over at version 1) it was compiled from.
+type Versioned = ((i32, time::OffsetDateTime), Arc<Compiled>);
 
 /// Compiled triggers by (tenant, trigger id).
 #[derive(Default)]
@@ -67,7 +68,7 @@ impl CompiledTriggers {
         let key = (tenant_id.to_owned(), trigger.id.clone());
         if let Ok(entries) = self.entries.lock()
             && let Some((version, compiled)) = entries.get(&key)
-            && *version == trigger.version
+            && *version == (trigger.version, trigger.created_at)
         {
             return Ok(compiled.clone());
         }
@@ -95,7 +96,10 @@ impl CompiledTriggers {
             if entries.len() >= CACHE_CAPACITY {
                 entries.clear();
             }
-            entries.insert(key, (trigger.version, compiled.clone()));
+            entries.insert(
+                key,
+                ((trigger.version, trigger.created_at), compiled.clone()),
+            );
         }
         Ok(compiled)
     }
@@ -252,13 +256,7 @@ pub async fn invoke(
     {
         return Err(missing());
     }
-    let bytes = bytes.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
-        } else {
-            ApiError::bad_request(format!("the body could not be read: {e}"))
-        }
-    })?;
+    let bytes = crate::extract::body_bytes(bytes)?;
     let body = parse_body(&bytes)?;
     let envelope = envelope(&body)?;
     let client = state.pool.get().await?;
@@ -378,13 +376,23 @@ pub(crate) async fn run_trigger(
             );
         }
     }
+    drop(client);
     let run_id = Uuid::now_v7();
     let route = format!("trigger {}", trigger.id);
     let guards = Guards {
         idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
         duplicates_of: (trigger.ignore_duplicates && !test).then_some(trigger.id.as_str()),
     };
-    match pipeline::guard(state, tenant_id, run_id, &guards, &body).await? {
+    match pipeline::guard(
+        state,
+        tenant_id,
+        projects.as_deref(),
+        run_id,
+        &guards,
+        &body,
+    )
+    .await?
+    {
         Guarded::Proceed => {}
         Guarded::Replay(run) => {
             let mut response = (StatusCode::OK, axum::Json(run)).into_response();
@@ -399,7 +407,7 @@ pub(crate) async fn run_trigger(
                 format!("a duplicate of the body that started run {original}"),
             );
             dropped.duplicate_of = Some(original);
-            invocations::record_refusal(&client, &dropped).await?;
+            invocations::record_refusal(&state.pool.get().await?, &dropped).await?;
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "the event was dropped: the trigger ignores duplicates, and this body came before",
@@ -407,7 +415,6 @@ pub(crate) async fn run_trigger(
             .with_run(original));
         }
     }
-    drop(client);
 
     let (message, missing_placeholders) = message(&compiled, &envelope, &body);
     let guarded = idempotency.is_some() || (trigger.ignore_duplicates && !test);

@@ -184,8 +184,15 @@ pub async fn create(
         idempotency: idempotency.as_deref().map(|k| (k, "POST /v1/runs")),
         duplicates_of: None,
     };
-    if let Guarded::Replay(run) =
-        pipeline::guard(&state, &key.tenant_id, run_id, &guards, &raw).await?
+    if let Guarded::Replay(run) = pipeline::guard(
+        &state,
+        &key.tenant_id,
+        key.project_ids.as_deref(),
+        run_id,
+        &guards,
+        &raw,
+    )
+    .await?
     {
         let mut response = (StatusCode::OK, axum::Json(run)).into_response();
         standing.write(response.headers_mut());

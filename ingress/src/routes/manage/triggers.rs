@@ -236,8 +236,7 @@ pub async fn test(
 ) -> Result<axum::response::Response, ApiError> {
     let access = principal.manage(&p.tenant_id)?;
     access.project(&p.project_id)?;
-    let bytes =
-        bytes.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
+    let bytes = crate::extract::body_bytes(bytes)?;
     let client = state.pool.get().await?;
     let trigger = triggers::get(&client, item_owner(&p), &p.id).await?;
     drop(client);
