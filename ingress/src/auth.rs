@@ -8,9 +8,8 @@
 //! the broker's delivery time. Last use is recorded in memory and written in batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -25,10 +24,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::cache::ControlledCache;
 use crate::error::ApiError;
-
-/// Most keys cached per process; past it the cache starts over.
-const CACHE_CAPACITY: usize = 10_000;
 
 /// SHA-256 of a token, so comparisons are constant-time over equal lengths.
 pub fn digest(token: &str) -> [u8; 32] {
@@ -181,7 +178,7 @@ impl FromRequestParts<AppState> for Principal {
         if !api_keys::looks_like_key(presented) {
             return Err(ApiError::unauthorized("the API key is not valid"));
         }
-        let key = state.auth.keys.resolve(&state.pool, &hash).await?;
+        let key = resolve(&state.auth.keys, &state.pool, &hash).await?;
         state.auth.usage.touch(key.id);
         Ok(Self::Key(key))
     }
@@ -194,89 +191,49 @@ pub struct Auth {
     pub usage: Arc<Usage>,
 }
 
-/// A cached key and when it was fetched.
-type Cached = (Arc<ApiKey>, Instant);
+/// API keys by digest.
+pub type KeyCache = ControlledCache<[u8; 32], ApiKey>;
 
-/// API keys by digest, valid only while the control subscription is up.
-pub struct KeyCache {
-    entries: Mutex<HashMap<[u8; 32], Cached>>,
-    /// Bumped by every invalidation, so a lookup that raced one does not fill the cache.
-    epoch: AtomicU64,
-    live: AtomicBool,
-    ttl: Duration,
+/// The active key with this digest: from the cache, else from Postgres (then cached).
+async fn resolve(keys: &KeyCache, pool: &Pool, hash: &[u8; 32]) -> Result<Arc<ApiKey>, ApiError> {
+    if let Some(key) = keys.get(hash) {
+        return Ok(key);
+    }
+    let epoch = keys.epoch();
+    let client = pool.get().await.map_err(ApiError::from_pool)?;
+    let key = api_keys::authenticate(&client, hash)
+        .await
+        .map_err(ApiError::from_pg)?
+        .map(Arc::new)
+        .ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
+    keys.fill(*hash, key.clone(), epoch);
+    Ok(key)
 }
 
-impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
-            live: AtomicBool::new(false),
-            ttl,
-        }
-    }
-
-    fn cached(&self, hash: &[u8; 32]) -> Option<Arc<ApiKey>> {
-        if !self.live.load(Ordering::Acquire) {
-            return None;
-        }
-        let entries = self.entries.lock().ok()?;
-        let (key, at) = entries.get(hash)?;
-        (at.elapsed() < self.ttl).then(|| key.clone())
-    }
-
-    /// The active key with this digest: from the cache, else from Postgres (then cached).
-    async fn resolve(&self, pool: &Pool, hash: &[u8; 32]) -> Result<Arc<ApiKey>, ApiError> {
-        if let Some(key) = self.cached(hash) {
-            return Ok(key);
-        }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let client = pool.get().await.map_err(ApiError::from_pool)?;
-        let key = api_keys::authenticate(&client, hash)
-            .await
-            .map_err(ApiError::from_pg)?
-            .map(Arc::new)
-            .ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
-        if self.live.load(Ordering::Acquire)
-            && let Ok(mut entries) = self.entries.lock()
-            && self.epoch.load(Ordering::Acquire) == epoch
-        {
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
+/// Follows the control exchange until `shutdown`, switching `caches` on and off with the
+/// subscription and emptying them on every message.
+pub async fn follow_control(
+    broker: Broker,
+    shutdown: CancellationToken,
+    keys: Arc<KeyCache>,
+    triggers: Arc<crate::routes::invoke::TriggerCache>,
+) {
+    broker
+        .subscribe_control(shutdown, |event| match event {
+            ControlEvent::Subscribed => {
+                keys.set_live(true);
+                triggers.set_live(true);
             }
-            entries.insert(*hash, (key.clone(), Instant::now()));
-        }
-        Ok(key)
-    }
-
-    /// Forgets every cached key.
-    pub fn invalidate(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.clear();
-        }
-    }
-
-    /// Whether the cache is in use (the control subscription is up).
-    pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
-    }
-
-    fn set_live(&self, live: bool) {
-        self.invalidate();
-        self.live.store(live, Ordering::Release);
-    }
-
-    /// Follows the control exchange until `shutdown`.
-    pub async fn follow(self: Arc<Self>, broker: Broker, shutdown: CancellationToken) {
-        broker
-            .subscribe_control(shutdown, |event| match event {
-                ControlEvent::Subscribed => self.set_live(true),
-                ControlEvent::Lost => self.set_live(false),
-                ControlEvent::Message(_) => self.invalidate(),
-            })
-            .await;
-    }
+            ControlEvent::Lost => {
+                keys.set_live(false);
+                triggers.set_live(false);
+            }
+            ControlEvent::Message(_) => {
+                keys.invalidate();
+                triggers.invalidate();
+            }
+        })
+        .await;
 }
 
 /// The control message sent when a key is revoked.

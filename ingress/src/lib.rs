@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod cache;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -58,7 +59,7 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_API_KEYS", default_value_t = 10)]
     pub max_api_keys: i32,
 
-    /// Longest an API key stays cached (revocations empty the cache sooner, via RabbitMQ).
+    /// Longest an API key or a trigger stays cached (changes empty the caches sooner, via RabbitMQ).
     #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub key_cache_ttl: Duration,
 
@@ -116,6 +117,8 @@ pub struct AppState {
     pub backlog: Backlog,
     pub auth: Arc<Auth>,
     pub compiled: Arc<routes::invoke::CompiledTriggers>,
+    /// Resolved triggers, by (tenant, project, lowercase key).
+    pub triggers: Arc<routes::invoke::TriggerCache>,
     pub limits: Arc<limits::RateLimits>,
     pub master_key: MasterKey,
     pub max_api_keys: i32,
@@ -125,12 +128,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Tells every replica (this one included) that API keys changed: each empties its key cache.
+    /// Tells every replica (this one included) that API keys or triggers changed: each empties its
+    /// caches.
     /// When the broker does not confirm the message, the change is already committed but other
     /// replicas may still hold the key for up to the cache TTL: the caller answers 503 so that
     /// the client retries (revoking is idempotent).
-    pub async fn announce_key_change(&self, message: &[u8]) -> Result<(), ApiError> {
+    pub async fn announce_change(&self, message: &[u8]) -> Result<(), ApiError> {
         self.auth.keys.invalidate();
+        self.triggers.invalidate();
         self.broker.publish_control(message).await.map_err(|err| {
             tracing::warn!(error = %err, "could not announce an API key change");
             ApiError::unavailable_because(
@@ -199,10 +204,16 @@ pub async fn run(
     let accepter = Accepter::start(pool.clone(), config.accept_batch, config.accept_inflight);
     let backlog = Backlog::start(broker.clone(), 100_000);
     let keys = Arc::new(KeyCache::new(config.key_cache_ttl));
+    let triggers = Arc::new(routes::invoke::TriggerCache::new(config.key_cache_ttl));
     let usage = Arc::new(Usage::default());
     let background = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(Arc::clone(&keys).follow(broker.clone(), background.clone()));
+    tasks.spawn(auth::follow_control(
+        broker.clone(),
+        background.clone(),
+        Arc::clone(&keys),
+        Arc::clone(&triggers),
+    ));
     tasks.spawn(Arc::clone(&usage).flush_every(
         pool.clone(),
         config.key_usage_flush,
@@ -220,6 +231,7 @@ pub async fn run(
         backlog,
         auth,
         compiled: Arc::default(),
+        triggers,
         limits: Arc::new(limits::RateLimits::new(config.rate_limit_per_key)),
         master_key,
         max_api_keys: config.max_api_keys,

@@ -688,3 +688,56 @@ async fn concurrent_retries_with_one_idempotency_key_make_one_run_and_no_error()
     assert_eq!(runs, 1);
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn pausing_a_trigger_reaches_every_replica_within_a_second() {
+    let f = Fixture::new().await;
+    f.trigger("echo", json!({"id": "shared", "name": "Shared"}))
+        .await;
+    let (_second, second_url) = f.stack.add_ingress().await.expect("second ingress");
+    poll(Duration::from_secs(10), || async {
+        let ready: Value = f
+            .stack
+            .http
+            .get(format!("{second_url}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ready["keyCache"] == "live").then_some(())
+    })
+    .await
+    .expect("the second replica's caches go live");
+    let on_second = || async {
+        f.stack
+            .http
+            .post(format!("{second_url}/api/v1.0/project/shop/trigger/shared"))
+            .header("x-api-key", &f.key)
+            .send()
+            .await
+            .expect("sent")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        on_second().await,
+        202,
+        "resolved, and now cached, on the second replica"
+    );
+    let paused = patch(
+        &f.stack,
+        &format!("{}/shared", f.triggers("echo")),
+        &f.key,
+        json!({"enabled": false}),
+    )
+    .await;
+    assert_eq!(paused.status, 200);
+    poll(Duration::from_secs(1), || async {
+        (on_second().await == 404).then_some(())
+    })
+    .await
+    .expect("the second replica stops serving the paused trigger within a second");
+    f.stack.shutdown().await;
+}

@@ -208,7 +208,7 @@ pub async fn receive(
         TriggerCall {
             tenant_id: &path.tenant_id,
             projects: None,
-            trigger,
+            trigger: std::sync::Arc::new(trigger),
             body,
             envelope: Envelope {
                 instruction: None,

@@ -52,6 +52,34 @@ pub struct Compiled {
     template: Option<Template>,
 }
 
+/// Resolved triggers by (tenant, project, lowercase key); see [`crate::cache`].
+pub type TriggerCache = crate::cache::ControlledCache<(String, String, String), Trigger>;
+
+/// The trigger invoked as `key` in the project: from the cache, else from Postgres (then cached).
+async fn resolve(
+    state: &AppState,
+    tenant_id: &str,
+    project_id: &str,
+    key: &str,
+) -> Result<Option<Arc<Trigger>>, ApiError> {
+    let cache_key = (
+        tenant_id.to_owned(),
+        project_id.to_owned(),
+        key.to_lowercase(),
+    );
+    if let Some(trigger) = state.triggers.get(&cache_key) {
+        return Ok(Some(trigger));
+    }
+    let epoch = state.triggers.epoch();
+    let client = state.pool.get().await?;
+    let Some(trigger) = triggers::resolve(&client, tenant_id, project_id, key).await? else {
+        return Ok(None);
+    };
+    let trigger = Arc::new(trigger);
+    state.triggers.fill(cache_key, trigger.clone(), epoch);
+    Ok(Some(trigger))
+}
+
 /// A trigger's compiled form, tagged with the version (and creation time: a trigger deleted and
 /// made again starts over at version 1) it was compiled from.
 type Versioned = ((i32, time::OffsetDateTime), Arc<Compiled>);
@@ -259,8 +287,7 @@ pub async fn invoke(
     let bytes = crate::extract::body_bytes(bytes)?;
     let body = parse_body(&bytes)?;
     let envelope = envelope(&body)?;
-    let client = state.pool.get().await?;
-    let trigger = triggers::resolve(&client, &key.tenant_id, &path.project_id, &path.key)
+    let trigger = resolve(&state, &key.tenant_id, &path.project_id, &path.key)
         .await?
         .filter(|t| t.enabled)
         .ok_or_else(missing)?;
@@ -271,7 +298,6 @@ pub async fn invoke(
             .and_then(|n| u32::try_from(n).ok())
             .map(|n| (trigger.id.as_str(), n)),
     )?;
-    drop(client);
     run_trigger(
         &state,
         TriggerCall {
@@ -293,7 +319,7 @@ pub(crate) struct TriggerCall<'a> {
     pub tenant_id: &'a str,
     /// The caller's project limits (an API key's), checked again by the INSERT.
     pub projects: Option<Vec<String>>,
-    pub trigger: Trigger,
+    pub trigger: Arc<Trigger>,
     pub body: Value,
     pub envelope: Envelope,
     pub idempotency: Option<String>,

@@ -105,5 +105,9 @@ pub async fn delete(
     principal.manage(&p.tenant_id)?.project(&p.project_id)?;
     let client = state.pool.get().await?;
     agents::delete(&client, &p.tenant_id, &p.project_id, &p.agent_id).await?;
+    // Its triggers went with it.
+    state
+        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

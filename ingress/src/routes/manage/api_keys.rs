@@ -72,6 +72,6 @@ pub async fn revoke(
     principal.manage(&p.tenant_id)?.tenant_wide()?;
     let client = state.pool.get().await?;
     let key = api_keys::revoke(&client, &p.tenant_id, &p.id).await?;
-    state.announce_key_change(&revoked_message(&key)).await?;
+    state.announce_change(&revoked_message(&key)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -92,5 +92,9 @@ pub async fn delete(
     principal.manage(&p.tenant_id)?.tenant_wide()?;
     let client = state.pool.get().await?;
     projects::delete(&client, &p.tenant_id, &p.project_id).await?;
+    // Its triggers went with it.
+    state
+        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

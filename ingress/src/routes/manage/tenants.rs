@@ -71,7 +71,7 @@ pub async fn update(
     let tenant = tenants::update(&client, &p.tenant_id, body).await?;
     // Cached keys carry the tenant's rate limit.
     state
-        .announce_key_change(b"{\"type\":\"tenant.updated\"}")
+        .announce_change(b"{\"type\":\"tenant.updated\"}")
         .await?;
     Ok(data(tenant))
 }
@@ -89,7 +89,7 @@ pub async fn delete(
     tenants::delete(&client, &p.tenant_id).await?;
     // Its keys are gone: drop them from every replica's cache.
     state
-        .announce_key_change(b"{\"type\":\"tenant.deleted\"}")
+        .announce_change(b"{\"type\":\"tenant.deleted\"}")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -100,9 +100,12 @@ pub async fn update(
     access.project(&p.project_id)?;
     let may_use = access.projects().is_none();
     let mut client = state.pool.get().await?;
-    Ok(data(
-        triggers::update(&mut client, item_owner(&p), &p.id, body, may_use).await?,
-    ))
+    let trigger = triggers::update(&mut client, item_owner(&p), &p.id, body, may_use).await?;
+    // Every ingress replica drops its cached copy.
+    state
+        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .await?;
+    Ok(data(trigger))
 }
 
 /// Delete Trigger
@@ -118,6 +121,9 @@ pub async fn delete(
     principal.manage(&p.tenant_id)?.project(&p.project_id)?;
     let client = state.pool.get().await?;
     triggers::delete(&client, item_owner(&p), &p.id).await?;
+    state
+        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -262,7 +268,7 @@ pub async fn test(
         crate::routes::invoke::TriggerCall {
             tenant_id: &p.tenant_id,
             projects: access.projects().map(<[String]>::to_vec),
-            trigger,
+            trigger: std::sync::Arc::new(trigger),
             body,
             envelope,
             idempotency: None,
