@@ -9,6 +9,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
+use crate::catalog::triggers::OutputTransform;
+
 use crate::model::Run;
 
 /// A delivery claimed for one attempt.
@@ -59,11 +61,47 @@ pub async fn create_for_run(
     create_for_runs(client, std::slice::from_ref(run)).await
 }
 
-/// [`create_for_run`] for many runs in one statement.
+/// The `outputTransform`s of the triggers that started `runs`, by (tenant, trigger id); one
+/// query, and none at all when no run came through a trigger.
+async fn output_transforms(
+    client: &impl GenericClient,
+    runs: &[Run],
+) -> Result<std::collections::HashMap<(String, String), OutputTransform>, tokio_postgres::Error> {
+    let (tenants, triggers): (Vec<&str>, Vec<&str>) = runs
+        .iter()
+        .filter_map(|r| Some((r.tenant_id.as_str(), r.trigger_id.as_deref()?)))
+        .unzip();
+    if triggers.is_empty() {
+        return Ok(Default::default());
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT t.tenant_id, t.id, t.output_transform FROM triggers t \
+             JOIN unnest($1::text[], $2::text[]) AS w(tenant_id, id) \
+               ON t.tenant_id = w.tenant_id AND t.id = w.id \
+             WHERE t.output_transform IS NOT NULL",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&tenants, &triggers]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let ot: serde_json::Value = row.try_get(2).ok()?;
+            Some((
+                (row.try_get(0).ok()?, row.try_get(1).ok()?),
+                serde_json::from_value(ot).ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// [`create_for_run`] for many runs in one statement. A run started by a trigger with an
+/// `outputTransform` is delivered with its result transformed.
 pub async fn create_for_runs(
     client: &impl GenericClient,
     runs: &[Run],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let transforms = output_transforms(client, runs).await?;
     let mut ids = Vec::new();
     let mut tenants = Vec::new();
     let mut run_ids = Vec::new();
@@ -83,7 +121,18 @@ pub async fn create_for_runs(
         types.push(event_type);
         urls.push(url);
         message_ids.push(format!("msg_{}", id.simple()));
-        payloads.push(payload(event_type, run));
+        let transform = run
+            .trigger_id
+            .as_ref()
+            .and_then(|t| transforms.get(&(run.tenant_id.clone(), t.clone())));
+        match (transform, &run.result) {
+            (Some(ot), Some(result)) => {
+                let mut shown = run.clone();
+                shown.result = Some(crate::transform::apply(ot, result));
+                payloads.push(payload(event_type, &shown));
+            }
+            _ => payloads.push(payload(event_type, run)),
+        }
     }
     if ids.is_empty() {
         return Ok(Vec::new());

@@ -741,3 +741,35 @@ async fn pausing_a_trigger_reaches_every_replica_within_a_second() {
     .expect("the second replica stops serving the paused trigger within a second");
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_webhook_of_a_trigger_run_carries_the_transformed_result() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "shaped", "name": "Shaped", "messageTemplate": "{{q}}",
+        "outputTransform": {"template": "Answer: {{output}}"}, "webhookUrl": f.stack.receiver.url}),
+    )
+    .await;
+    let (status, run) = f.invoke("shaped", json!({"q": "forty-two"})).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let received = f
+        .stack
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| {
+            r.iter().any(|d| d.body["data"]["id"] == id.as_str())
+        })
+        .await
+        .expect("the webhook arrives");
+    let delivery = received
+        .iter()
+        .find(|d| d.body["data"]["id"] == id.as_str())
+        .expect("ours");
+    assert!(delivery.verified);
+    assert_eq!(delivery.body["data"]["result"], "Answer: forty-two");
+    // The run itself keeps the agent's own result.
+    let stored = get(&f.stack, &format!("/v1/runs/{id}"), &f.key).await;
+    assert_eq!(stored.body["result"]["output"], "forty-two");
+    f.stack.shutdown().await;
+}
