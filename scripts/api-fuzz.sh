@@ -34,6 +34,9 @@ export SWITCHYARD_MASTER_KEY=$(head -c 32 /dev/urandom | base64)
 export SWITCHYARD_INGRESS_LISTEN=127.0.0.1:$port
 export SWITCHYARD_LOG=${SWITCHYARD_LOG:-warn}
 export SWITCHYARD_LOG_FORMAT=text
+# No worker runs here, so a trigger that waits for its response would hold each request until its
+# timeout (30 s by default, past schemathesis' 10 s): cap every wait.
+export SWITCHYARD_MAX_WAIT=2s
 
 pg="postgres://postgres@127.0.0.1:5432/postgres"
 psql "$pg" -qc "CREATE DATABASE $db"

@@ -95,6 +95,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_ACCEPT_TIMEOUT", default_value = "900ms", value_parser = parse_duration)]
     pub accept_timeout: Duration,
 
+    /// Longest any request waits for its run to finish (`wait` on the runs API, a trigger's
+    /// `waitForResponse`), whatever it asks for. Keep it below the idle timeout of any proxy in
+    /// front of the ingress.
+    #[arg(long, env = "SWITCHYARD_MAX_WAIT", default_value = "300s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
@@ -125,6 +131,8 @@ pub struct AppState {
     pub accept_timeout: Duration,
     pub idempotency_ttl: Duration,
     pub duplicate_window: Duration,
+    /// The cap on every wait for a run's end (`SWITCHYARD_MAX_WAIT`).
+    pub max_wait: Duration,
 }
 
 impl AppState {
@@ -238,6 +246,7 @@ pub async fn run(
         accept_timeout: config.accept_timeout,
         idempotency_ttl: config.idempotency_ttl,
         duplicate_window: config.duplicate_window,
+        max_wait: config.max_wait,
     };
     tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
     let addr = listener

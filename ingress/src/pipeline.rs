@@ -181,10 +181,11 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, ApiError> {
     Ok(run)
 }
 
-/// Polls the run until it is terminal or `wait` passes. Polling is a stopgap until run events
-/// stream; it reads one row per tick, and backs off from 50 ms to 250 ms.
+/// Polls the run until it is terminal or `wait` passes (never longer than `SWITCHYARD_MAX_WAIT`).
+/// Polling is a stopgap until run events stream; it reads one row per tick, and backs off from
+/// 50 ms to 250 ms.
 pub async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run> {
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait.min(state.max_wait);
     let mut every = Duration::from_millis(50);
     loop {
         tokio::time::sleep(

@@ -263,6 +263,8 @@ pub struct StackOptions {
     pub egress_allow: &'static str,
     /// `SWITCHYARD_WEBHOOK_TIMEOUT` of the notifier.
     pub webhook_timeout: &'static str,
+    /// More environment for every ingress (after the harness's own, so it can override them).
+    pub ingress_env: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -277,6 +279,7 @@ impl Default for StackOptions {
             receiver_script: Vec::new(),
             egress_allow: "127.0.0.0/8",
             webhook_timeout: "5s",
+            ingress_env: Vec::new(),
         }
     }
 }
@@ -440,30 +443,29 @@ fn spawn_ingress(
     options: &StackOptions,
 ) -> anyhow::Result<(Proc, String)> {
     let port = free_port()?;
-    let proc = Proc::spawn(
-        "switchyard-ingress",
-        &[
-            ("SWITCHYARD_INGRESS_LISTEN", format!("127.0.0.1:{port}")),
-            ("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN.into()),
-            ("SWITCHYARD_MASTER_KEY", MASTER_KEY.into()),
-            ("SWITCHYARD_KEY_USAGE_FLUSH", "200ms".into()),
-            (
-                "SWITCHYARD_DATABASE_URL",
-                options
-                    .ingress_database_url
-                    .clone()
-                    .unwrap_or_else(|| db.url.clone()),
-            ),
-            (
-                "SWITCHYARD_AMQP_URL",
-                options.ingress_amqp_url.clone().unwrap_or_else(amqp_url),
-            ),
-            ("SWITCHYARD_AMQP_PREFIX", prefix.to_owned()),
-            // Generous: four stacks share two cores under nextest.
-            ("SWITCHYARD_ACCEPT_TIMEOUT", "10s".into()),
-            ("SWITCHYARD_RUNTIME_THREADS", runtime_threads("0")),
-        ],
-    )?;
+    let mut env = vec![
+        ("SWITCHYARD_INGRESS_LISTEN", format!("127.0.0.1:{port}")),
+        ("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        ("SWITCHYARD_MASTER_KEY", MASTER_KEY.into()),
+        ("SWITCHYARD_KEY_USAGE_FLUSH", "200ms".into()),
+        (
+            "SWITCHYARD_DATABASE_URL",
+            options
+                .ingress_database_url
+                .clone()
+                .unwrap_or_else(|| db.url.clone()),
+        ),
+        (
+            "SWITCHYARD_AMQP_URL",
+            options.ingress_amqp_url.clone().unwrap_or_else(amqp_url),
+        ),
+        ("SWITCHYARD_AMQP_PREFIX", prefix.to_owned()),
+        // Generous: four stacks share two cores under nextest.
+        ("SWITCHYARD_ACCEPT_TIMEOUT", "10s".into()),
+        ("SWITCHYARD_RUNTIME_THREADS", runtime_threads("0")),
+    ];
+    env.extend(options.ingress_env.iter().cloned());
+    let proc = Proc::spawn("switchyard-ingress", &env)?;
     Ok((proc, format!("http://127.0.0.1:{port}")))
 }
 

@@ -17,12 +17,15 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let stack = Stack::start(StackOptions {
+        Self::with(StackOptions {
             workers: 1,
             ..StackOptions::default()
         })
         .await
-        .expect("stack starts");
+    }
+
+    async fn with(options: StackOptions) -> Self {
+        let stack = Stack::start(options).await.expect("stack starts");
         let (tenant, key) = tenant(&stack).await;
         project_with_agent(&stack, &tenant, &key, "shop", "echo").await;
         Self { stack, tenant, key }
@@ -289,6 +292,54 @@ async fn wait_for_response_answers_200_with_the_transformed_result_or_408_with_t
         "the run went on after the 408"
     );
     assert_eq!(finished["result"]["output"], "take your time");
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_wait_outlasts_the_operators_cap() {
+    let f = Fixture::with(StackOptions {
+        workers: 1,
+        ingress_env: vec![("SWITCHYARD_MAX_WAIT", "1s".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let slow = post(
+        &f.stack,
+        &format!("/manage/tenants/{}/projects/shop/agents", f.tenant),
+        &f.key,
+        json!({"id": "slow", "name": "Slow", "kind": "echo", "config": {"delayMs": 4000}}),
+    )
+    .await;
+    assert_eq!(slow.status, 201);
+    // The trigger would wait 60 s, long enough for the run; the operator's cap answers first.
+    f.trigger(
+        "slow",
+        json!({"id": "patient", "name": "Patient", "waitForResponse": true, "waitTimeoutSeconds": 60}),
+    )
+    .await;
+    let (status, timeout) = f.invoke("patient", json!({"instruction": "hi"})).await;
+    assert_eq!(status, 408, "{timeout}");
+    assert_eq!(
+        timeout["detail"],
+        "the run did not finish within 1s; it continues"
+    );
+    let run_id = timeout["runId"].as_str().expect("runId").to_owned();
+
+    // The native door's `wait` is capped the same way: 202 with the run, still going.
+    let native = post(
+        &f.stack,
+        "/v1/runs",
+        &f.key,
+        json!({"agentId": "slow", "message": "hello", "wait": 60}),
+    )
+    .await;
+    assert_eq!(native.status, 202, "{}", native.body);
+    assert!(
+        matches!(native.body["status"].as_str(), Some("queued" | "running")),
+        "{}",
+        native.body
+    );
+    assert_eq!(f.finished(&run_id).await["status"], "completed");
     f.stack.shutdown().await;
 }
 

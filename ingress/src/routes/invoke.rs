@@ -478,7 +478,8 @@ async fn answer(state: &AppState, trigger: &Trigger, run: Run) -> Result<Respons
     if !trigger.wait_for_response {
         return Ok(crate::routes::runs::accepted(&run));
     }
-    let wait = Duration::from_secs(u64::try_from(trigger.wait_timeout_seconds).unwrap_or(30));
+    let wait = Duration::from_secs(u64::try_from(trigger.wait_timeout_seconds).unwrap_or(30))
+        .min(state.max_wait);
     match pipeline::wait_for_end(state, &run, wait).await {
         Some(mut done) => {
             if let (Some(ot), Some(result)) = (&trigger.output_transform, &done.result) {
@@ -489,8 +490,8 @@ async fn answer(state: &AppState, trigger: &Trigger, run: Run) -> Result<Respons
         None => Err(ApiError::new(
             ErrorCode::RequestTimeout,
             format!(
-                "the run did not finish within the trigger's {}s; it continues",
-                trigger.wait_timeout_seconds
+                "the run did not finish within {}s; it continues",
+                wait.as_secs_f64()
             ),
         )
         .with_run(run.id)),

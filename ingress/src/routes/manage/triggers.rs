@@ -233,6 +233,8 @@ pub async fn get_invocation(
     responses(
         (status = 202, description = "The test run, still going", body = switchyard_common::Run),
         (status = 200, description = "`waitForResponse`: the finished test run", body = switchyard_common::Run),
+        (status = 408, description = "`waitForResponse` timed out; the test run continues (`runId`, `runUrl`)",
+            body = switchyard_common::problem::Problem, content_type = "application/problem+json"),
         Errors))]
 pub async fn test(
     State(state): State<AppState>,
