@@ -10,6 +10,7 @@ pub mod batch;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod conversations;
 pub mod db;
 pub mod dedupe;
 pub mod deliveries;

@@ -97,8 +97,13 @@ pub struct Run {
     pub trigger_id: Option<String>,
     /// Where the invocation came from (ChatHive's `environment`, default `api`).
     pub environment: Option<String>,
-    /// The conversation the run belongs to.
+    /// The session the run belongs to (ChatHive's `sessionId`): its conversation is the
+    /// tenant's, project's and session's.
     pub session_id: Option<String>,
+    /// The conversation's row, once a worker first claimed the run.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub conversation_id: Option<Uuid>,
 }
 
 /// The agent a claimed run executes.

@@ -13,7 +13,15 @@ use crate::model::{AgentSpec, Run, RunStatus};
 /// The columns [`from_row`] reads, qualified by the alias `r`.
 const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
-    r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id";
+    r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
+    r.conversation_id";
+
+/// Frees the conversation of every run in `done` (a CTE that returned [`COLUMNS`]) that held it:
+/// the next run of the session may start. Part of every statement that moves a run out of
+/// `running`.
+const FREE_CONVERSATIONS: &str = "freed AS ( \
+    UPDATE conversations v SET active_run_id = NULL, updated_at = now() \
+    FROM done WHERE v.id = done.conversation_id AND v.active_run_id = done.id)";
 
 /// What the ingress records for a new run.
 #[derive(Debug, Clone)]
@@ -25,6 +33,9 @@ pub struct NewRun {
     pub inputs: Option<serde_json::Value>,
     pub metadata: serde_json::Value,
     pub webhook_url: Option<String>,
+    /// The session (ChatHive's `sessionId`): the run joins its conversation, sees its earlier
+    /// messages, and runs only after the session's earlier runs have finished.
+    pub session_id: Option<String>,
     /// The projects the caller may start runs in (a project-limited API key); `None` for all.
     pub projects: Option<Vec<String>>,
     /// Set when a trigger started the run.
@@ -36,7 +47,6 @@ pub struct NewRun {
 pub struct TriggerOrigin {
     pub trigger_id: String,
     pub environment: String,
-    pub session_id: Option<String>,
     pub missing_placeholders: Vec<String>,
 }
 
@@ -65,6 +75,7 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         trigger_id: row.try_get("trigger_id")?,
         environment: row.try_get("environment")?,
         session_id: row.try_get("session_id")?,
+        conversation_id: row.try_get("conversation_id")?,
     })
 }
 
@@ -91,10 +102,7 @@ pub async fn insert_batch(
         .iter()
         .map(|r| r.trigger.as_ref().map(|t| t.environment.as_str()))
         .collect();
-    let sessions: Vec<Option<&str>> = runs
-        .iter()
-        .map(|r| r.trigger.as_ref().and_then(|t| t.session_id.as_deref()))
-        .collect();
+    let sessions: Vec<Option<&str>> = runs.iter().map(|r| r.session_id.as_deref()).collect();
     // Arrays of arrays do not pass through unnest one per row; placeholder names hold no newline.
     let missing: Vec<Option<String>> = runs
         .iter()
@@ -176,22 +184,45 @@ pub async fn claim(
 }
 
 /// [`claim`] for many runs in one statement. Returns the runs won; the others are someone
-/// else's, cancelled or finished. A run whose agent was deleted is still claimed (with the kind
-/// [`AgentSpec::DELETED`]), so that it fails instead of waiting forever. Rows are locked in id order, so concurrent batches that
-/// overlap wait for each other instead of deadlocking, then see the run is no longer queued.
+/// else's, cancelled, finished, or waiting for their session. A run whose agent was deleted is
+/// still claimed (with the kind [`AgentSpec::DELETED`]), so that it fails instead of waiting
+/// forever. Rows are locked in id order, so concurrent batches that overlap wait for each other
+/// instead of deadlocking, then see the run is no longer queued.
+///
+/// A run with a session is claimed only when it is the earliest queued run of its session and
+/// takes the session's conversation (created on first use), which no other run holds: so the
+/// runs of one session run one at a time, in the order they were accepted. The conversation is
+/// taken with a guarded upsert (`active_run_id` from NULL), so two workers cannot both win it.
 pub async fn claim_many(
     client: &impl GenericClient,
     ids: &[Uuid],
     owner: &str,
     lease: Duration,
 ) -> Result<Vec<(Run, AgentSpec)>, tokio_postgres::Error> {
+    // An id for each conversation that this claim may have to create.
+    let fresh: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
     let sql = format!(
-        "WITH c AS (SELECT id FROM runs WHERE id = ANY($1) AND status = 'queued' ORDER BY id FOR UPDATE) \
+        "WITH c AS ( \
+             SELECT r.id, r.tenant_id, r.project_id, r.session_id, x.fresh \
+             FROM runs r JOIN unnest($1::uuid[], $4::uuid[]) AS x(id, fresh) ON x.id = r.id \
+             WHERE r.status = 'queued' ORDER BY r.id FOR UPDATE OF r), \
+         turn AS ( \
+             SELECT c.* FROM c WHERE c.session_id IS NOT NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM runs e WHERE e.tenant_id = c.tenant_id AND e.project_id = c.project_id \
+                   AND e.session_id = c.session_id AND e.status = 'queued' AND e.id < c.id)), \
+         taken AS ( \
+             INSERT INTO conversations AS v (id, tenant_id, project_id, session_id, active_run_id) \
+             SELECT fresh, tenant_id, project_id, session_id, id FROM turn \
+             ON CONFLICT (tenant_id, project_id, session_id) DO UPDATE \
+                 SET active_run_id = EXCLUDED.active_run_id, updated_at = now() \
+                 WHERE v.active_run_id IS NULL \
+             RETURNING v.id AS conversation_id, v.active_run_id AS run_id) \
          UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
                 lease_expires_at = now() + make_interval(secs => $3), \
-                started_at = coalesce(r.started_at, now()), updated_at = now() \
-         FROM c \
-         WHERE r.id = c.id AND r.status = 'queued' \
+                started_at = coalesce(r.started_at, clock_timestamp()), updated_at = now(), \
+                conversation_id = coalesce(t.conversation_id, r.conversation_id) \
+         FROM c LEFT JOIN taken t ON t.run_id = c.id \
+         WHERE r.id = c.id AND r.status = 'queued' AND (c.session_id IS NULL OR t.run_id IS NOT NULL) \
          RETURNING {COLUMNS}, \
              (SELECT a.kind FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_kind, \
              (SELECT a.config FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_config"
@@ -199,7 +230,7 @@ pub async fn claim_many(
     let rows = client
         .query(
             &client.prepare_cached(&sql).await?,
-            &[&ids, &owner, &secs(lease)],
+            &[&ids, &owner, &secs(lease), &fresh],
         )
         .await?;
     rows.iter()
@@ -259,11 +290,28 @@ pub async fn complete_many(
 ) -> Result<Vec<Run>, tokio_postgres::Error> {
     let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
     let values: Vec<&serde_json::Value> = results.iter().map(|(_, v)| v).collect();
+    // A completed run of a session adds its turn to the conversation: the message it was given
+    // (or its inputs) and its answer (`output` when that is text, else the whole result). Only
+    // the conversation's holder appends, so numbering from the last message cannot collide.
     let sql = format!(
-        "UPDATE runs r SET status = 'completed', result = c.result, lease_owner = NULL, \
-                lease_expires_at = NULL, completed_at = now(), updated_at = now() \
-         FROM unnest($1::uuid[], $2::jsonb[]) AS c(id, result) \
-         WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 RETURNING {COLUMNS}"
+        "WITH done AS ( \
+             UPDATE runs r SET status = 'completed', result = c.result, lease_owner = NULL, \
+                    lease_expires_at = NULL, completed_at = clock_timestamp(), updated_at = now() \
+             FROM unnest($1::uuid[], $2::jsonb[]) AS c(id, result) \
+             WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 RETURNING {COLUMNS}), \
+         {FREE_CONVERSATIONS}, \
+         said AS ( \
+             INSERT INTO messages (conversation_id, seq, tenant_id, run_id, role, content) \
+             SELECT d.conversation_id, \
+                    coalesce((SELECT max(m.seq) FROM messages m WHERE m.conversation_id = d.conversation_id), 0) + t.n, \
+                    d.tenant_id, d.id, t.role, t.content \
+             FROM done d CROSS JOIN LATERAL (VALUES \
+                 (1, 'user', coalesce(d.message, d.inputs::text, '')), \
+                 (2, 'assistant', CASE WHEN jsonb_typeof(d.result -> 'output') = 'string' \
+                                       THEN d.result ->> 'output' ELSE coalesce(d.result::text, '') END) \
+             ) AS t(n, role, content) \
+             WHERE d.conversation_id IS NOT NULL) \
+         SELECT * FROM done"
     );
     let rows = client
         .query(
@@ -283,9 +331,12 @@ pub async fn fail(
     error_message: &str,
 ) -> Result<Option<Run>, tokio_postgres::Error> {
     let sql = format!(
-        "UPDATE runs r SET status = 'failed', error_code = $3, error_message = $4, lease_owner = NULL, \
-                lease_expires_at = NULL, completed_at = now(), updated_at = now() \
-         WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}"
+        "WITH done AS ( \
+             UPDATE runs r SET status = 'failed', error_code = $3, error_message = $4, lease_owner = NULL, \
+                    lease_expires_at = NULL, completed_at = clock_timestamp(), updated_at = now() \
+             WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}), \
+         {FREE_CONVERSATIONS} \
+         SELECT * FROM done"
     );
     let row = client
         .query_opt(
@@ -303,15 +354,18 @@ pub async fn release(
     id: Uuid,
     owner: &str,
 ) -> Result<bool, tokio_postgres::Error> {
-    let n = client
-        .execute(
-            &client.prepare_cached("UPDATE runs SET status = 'queued', attempt = greatest(attempt - 1, 0), lease_owner = NULL, \
+    let sql = format!(
+        "WITH done AS ( \
+             UPDATE runs r SET status = 'queued', attempt = greatest(r.attempt - 1, 0), lease_owner = NULL, \
                     lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
-             WHERE id = $1 AND status = 'running' AND lease_owner = $2").await?,
-            &[&id, &owner],
-        )
+             WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}), \
+         {FREE_CONVERSATIONS} \
+         SELECT count(*) FROM done"
+    );
+    let row = client
+        .query_one(&client.prepare_cached(&sql).await?, &[&id, &owner])
         .await?;
-    Ok(n == 1)
+    Ok(row.try_get::<_, i64>(0)? == 1)
 }
 
 /// `running → queued` (or `→ failed` once attempts are spent) for runs whose lease expired: their
@@ -323,7 +377,8 @@ pub async fn reap_expired(
     let sql = format!(
         "WITH expired AS ( \
              SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < now() \
-             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         done AS ( \
          UPDATE runs r SET \
              status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END, \
              error_code = CASE WHEN r.attempt >= r.max_attempts THEN 'lease_expired' ELSE r.error_code END, \
@@ -333,7 +388,9 @@ pub async fn reap_expired(
              completed_at = CASE WHEN r.attempt >= r.max_attempts THEN now() ELSE NULL END, \
              lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
          FROM expired WHERE r.id = expired.id AND r.status = 'running' \
-         RETURNING {COLUMNS}"
+         RETURNING {COLUMNS}), \
+         {FREE_CONVERSATIONS} \
+         SELECT * FROM done"
     );
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
@@ -341,8 +398,33 @@ pub async fn reap_expired(
     rows.iter().map(from_row).collect()
 }
 
+/// The next run of `run`'s session once `run` has left `running`: the earliest queued one. Its
+/// message was refused while the session was busy, so whoever frees the session publishes it.
+pub async fn next_in_session(
+    client: &impl GenericClient,
+    run: &Run,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let Some(session_id) = &run.session_id else {
+        return Ok(None);
+    };
+    let row = client
+        .query_opt(
+            &client
+                .prepare_cached(
+                    "SELECT id FROM runs WHERE tenant_id = $1 AND project_id = $2 AND session_id = $3 \
+                     AND status = 'queued' ORDER BY id LIMIT 1",
+                )
+                .await?,
+            &[&run.tenant_id, &run.project_id, session_id],
+        )
+        .await?;
+    row.map(|r| r.try_get(0)).transpose()
+}
+
 /// Queued runs nobody claimed within `older_than` (their publish may have been lost): marks them
-/// as enqueued now and returns their ids, to be published again. Not a status change.
+/// as enqueued now and returns their ids, to be published again. Not a status change. A run that
+/// waits for its session (an earlier run of it is queued or running) is not due: whoever frees
+/// the session publishes it.
 pub async fn sweep_unclaimed(
     client: &impl GenericClient,
     older_than: Duration,
@@ -353,9 +435,13 @@ pub async fn sweep_unclaimed(
             &client
                 .prepare_cached(
                     "WITH stale AS ( \
-                 SELECT id FROM runs WHERE status = 'queued' \
+                 SELECT id FROM runs q WHERE status = 'queued' \
                    AND enqueued_at < now() - make_interval(secs => $1) \
-                 ORDER BY enqueued_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                   AND (session_id IS NULL OR NOT EXISTS ( \
+                       SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
+                         AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
+                         AND (e.status = 'running' OR e.id < q.id))) \
+                 ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
              UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id",
                 )
                 .await?,

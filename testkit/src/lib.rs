@@ -153,6 +153,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V4__invocations.sql"),
     include_str!("../../migrations/V5__idempotency.sql"),
     include_str!("../../migrations/V6__rate_limits.sql"),
+    include_str!("../../migrations/V7__conversations.sql"),
 ];
 
 /// How many migrations the repository holds.

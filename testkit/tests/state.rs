@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use switchyard_common::config::DatabaseArgs;
 use switchyard_common::deliveries::{self, Attempt, Next};
 use switchyard_common::runs::{self, NewRun};
-use switchyard_common::{RunStatus, db};
+use switchyard_common::{RunStatus, conversations, db};
 use switchyard_testkit::TestDb;
 use uuid::Uuid;
 
@@ -30,6 +30,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         inputs: None,
         metadata: serde_json::json!({"k": "v"}),
         webhook_url: webhook.map(str::to_owned),
+        session_id: None,
         projects: None,
         trigger: None,
     }
@@ -543,5 +544,196 @@ async fn one_batch_of_attempts_can_deliver_retry_and_fail_at_once() {
             .await
             .expect("finish")
             .is_empty()
+    );
+}
+
+fn in_session(session: &str, message: &str) -> NewRun {
+    NewRun {
+        session_id: Some(session.into()),
+        message: Some(message.into()),
+        ..new_run("echo", None)
+    }
+}
+
+async fn claimed_ids(pool: &Pool, ids: &[Uuid], owner: &str) -> Vec<Uuid> {
+    let client = pool.get().await.expect("connection");
+    runs::claim_many(&client, ids, owner, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|(run, _)| run.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conversation() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    let client = pool.get().await.expect("connection");
+    let batch = vec![
+        in_session("s", "first"),
+        in_session("s", "second"),
+        in_session("s", "third"),
+        in_session("other", "elsewhere"),
+    ];
+    let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+    let (s1, s2, s3, o1) = (ids[0], ids[1], ids[2], ids[3]);
+    runs::insert_batch(&client, &batch).await.expect("insert");
+
+    // One batch holding the whole session, in any order: only its first run is claimed, and the
+    // other session does not wait for it.
+    let mut won = claimed_ids(&pool, &[s3, s2, s1, o1], "w1").await;
+    won.sort();
+    assert_eq!(won, vec![s1, o1]);
+    assert!(claimed_ids(&pool, &[s2], "w2").await.is_empty(), "s1 runs");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        runs::sweep_unclaimed(&client, Duration::ZERO, 10)
+            .await
+            .expect("sweep")
+            .is_empty(),
+        "runs waiting for their session are not swept"
+    );
+
+    let done = runs::complete(&client, s1, "w1", &serde_json::json!({"output": "one"}))
+        .await
+        .expect("q")
+        .expect("completed");
+    let conversation = done.conversation_id.expect("joined a conversation");
+    assert_eq!(
+        runs::next_in_session(&client, &done).await.expect("q"),
+        Some(s2)
+    );
+    assert_eq!(
+        runs::sweep_unclaimed(&client, Duration::ZERO, 10)
+            .await
+            .expect("sweep"),
+        vec![s2],
+        "only the session's next run is due"
+    );
+    assert!(
+        claimed_ids(&pool, &[s3], "w2").await.is_empty(),
+        "s2 is first"
+    );
+    let (second, _) = runs::claim(&client, s2, "w2", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
+    assert_eq!(second.conversation_id, Some(conversation));
+    let said = |role: &str, content: &str| conversations::Message {
+        role: role.into(),
+        content: content.into(),
+    };
+    let turn = vec![said("user", "first"), said("assistant", "one")];
+    assert_eq!(
+        conversations::history(&client, "default", conversation)
+            .await
+            .expect("q"),
+        turn
+    );
+    assert!(
+        conversations::history(&client, "someone-else", conversation)
+            .await
+            .expect("q")
+            .is_empty(),
+        "scoped by tenant"
+    );
+
+    // A failed run frees the session but adds nothing to the conversation.
+    runs::fail(&client, s2, "w2", "boom", "it broke")
+        .await
+        .expect("q")
+        .expect("failed");
+    let (third, _) = runs::claim(&client, s3, "w3", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
+    assert_eq!(third.conversation_id, Some(conversation));
+    assert_eq!(
+        conversations::history(&client, "default", conversation)
+            .await
+            .expect("q"),
+        turn
+    );
+    // A hand-back and an expired lease free it too.
+    assert!(runs::release(&client, s3, "w3").await.expect("q"));
+    runs::claim(&client, s3, "w4", Duration::ZERO)
+        .await
+        .expect("q")
+        .expect("claimed after the hand-back");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        runs::reap_expired(&client, 10).await.expect("reap").len(),
+        1
+    );
+    runs::claim(&client, s3, "w5", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed after the reaper");
+    runs::complete(&client, s3, "w5", &serde_json::json!({"answer": 3}))
+        .await
+        .expect("q")
+        .expect("completed");
+    let history = conversations::history(&client, "default", conversation)
+        .await
+        .expect("q");
+    assert_eq!(history.len(), 4);
+    assert_eq!(history[2], said("user", "third"));
+    assert_eq!(
+        history[3],
+        said("assistant", r#"{"answer": 3}"#),
+        "a result without a text output is kept as JSON"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_workers_never_run_two_runs_of_a_session_at_once() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    let batch: Vec<NewRun> = (0..24)
+        .map(|n| in_session("busy", &format!("m{n}")))
+        .collect();
+    let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+    runs::insert_batch(&pool.get().await.expect("connection"), &batch)
+        .await
+        .expect("insert");
+    let finished = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let (pool, ids, finished) = (pool.clone(), ids.clone(), finished.clone());
+        workers.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            while finished.lock().await.len() < ids.len() {
+                assert!(tokio::time::Instant::now() < deadline, "the session stalled");
+                // Every worker offers every run each time, as redelivered messages would.
+                for id in claimed_ids(&pool, &ids, &owner).await {
+                    let client = pool.get().await.expect("connection");
+                    let running: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM runs WHERE session_id = 'busy' AND status = 'running'",
+                            &[],
+                        )
+                        .await
+                        .expect("q")
+                        .get(0);
+                    assert_eq!(running, 1, "two runs of one session ran at once");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    finished.lock().await.push(id);
+                    runs::complete(&client, id, &owner, &serde_json::json!({"output": "ok"}))
+                        .await
+                        .expect("q")
+                        .expect("completed");
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    assert_eq!(
+        *finished.lock().await,
+        ids,
+        "the runs finished in the order they were accepted"
     );
 }

@@ -824,3 +824,99 @@ async fn the_webhook_of_a_trigger_run_carries_the_transformed_result() {
     assert_eq!(stored.body["result"]["output"], "forty-two");
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sessions_runs_execute_one_at_a_time_in_order_across_three_workers() {
+    let f = Fixture::with(StackOptions {
+        workers: 3,
+        ..StackOptions::default()
+    })
+    .await;
+    // Slow enough that three workers would overlap the runs if nothing kept them apart.
+    let paced = post(
+        &f.stack,
+        &format!("/manage/tenants/{}/projects/shop/agents", f.tenant),
+        &f.key,
+        json!({"id": "paced", "name": "Paced", "kind": "echo", "config": {"delayMs": 60}}),
+    )
+    .await;
+    assert_eq!(paced.status, 201);
+    f.trigger("paced", json!({"id": "chat", "name": "Chat"}))
+        .await;
+
+    // Twenty rapid invocations in session "a", interleaved with five in session "b".
+    let mut session_a = Vec::new();
+    let mut session_b = Vec::new();
+    for n in 0..20 {
+        let (status, run) = f
+            .invoke(
+                "chat",
+                json!({"instruction": format!("a{n}"), "sessionId": "a"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{run}");
+        session_a.push(run["id"].as_str().expect("id").to_owned());
+        if n % 4 == 0 {
+            let (status, run) = f
+                .invoke(
+                    "chat",
+                    json!({"instruction": format!("b{n}"), "sessionId": "b"}),
+                )
+                .await;
+            assert_eq!(status, 202, "{run}");
+            session_b.push(run["id"].as_str().expect("id").to_owned());
+        }
+    }
+
+    // Each run saw exactly the turns of the runs before it in its own session: so each started
+    // only after the one before it had completed, in the order they were accepted.
+    for (session, ids, prefix) in [("a", &session_a, "a"), ("b", &session_b, "b")] {
+        let mut expected = Vec::new();
+        for id in ids {
+            let run = f.finished(id).await;
+            assert_eq!(run["status"], "completed", "{run}");
+            assert_eq!(run["sessionId"], session);
+            assert_eq!(
+                run["result"]["history"],
+                json!(expected),
+                "{session}: {run}"
+            );
+            let said = run["result"]["output"].as_str().expect("output").to_owned();
+            assert!(said.starts_with(prefix), "{said}");
+            expected.push(json!({"role": "user", "content": said}));
+            expected.push(json!({"role": "assistant", "content": said}));
+        }
+    }
+    // The database's own clock agrees: no run of "a" started before the one before it ended.
+    let client = f.stack.db.client().await.expect("db");
+    let overlaps: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ( \
+                 SELECT started_at, lag(completed_at) OVER (ORDER BY id) AS before \
+                 FROM runs WHERE session_id = 'a') s \
+             WHERE started_at < before",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(overlaps, 0);
+
+    // The native runs API joins the same conversation by its sessionId.
+    let native = post(
+        &f.stack,
+        "/v1/runs",
+        &f.key,
+        json!({"agentId": "paced", "message": "native", "sessionId": "a"}),
+    )
+    .await;
+    assert_eq!(native.status, 202, "{}", native.body);
+    let run = f.finished(native.body["id"].as_str().expect("id")).await;
+    assert_eq!(
+        run["result"]["history"].as_array().map(Vec::len),
+        Some(40),
+        "{run}"
+    );
+    assert_eq!(run["result"]["history"][38]["content"], "a19");
+    f.stack.shutdown().await;
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use switchyard_common::conversations::Message;
 use switchyard_common::{AgentSpec, Run};
 
 /// The longest delay an echo agent may ask for.
@@ -15,10 +16,15 @@ pub struct ExecError {
     pub message: String,
 }
 
-/// Runs `run` on `agent` and returns its result.
-pub async fn execute(agent: &AgentSpec, run: &Run) -> Result<Value, ExecError> {
+/// Runs `run` on `agent` and returns its result. `history` holds the earlier messages of the
+/// run's conversation (empty without a session).
+pub async fn execute(
+    agent: &AgentSpec,
+    run: &Run,
+    history: &[Message],
+) -> Result<Value, ExecError> {
     match agent.kind.as_str() {
-        "echo" => Ok(echo(agent, run).await),
+        "echo" => Ok(echo(agent, run, history).await),
         AgentSpec::DELETED => Err(ExecError {
             code: "agent_not_found",
             message: format!(
@@ -34,8 +40,9 @@ pub async fn execute(agent: &AgentSpec, run: &Run) -> Result<Value, ExecError> {
 }
 
 /// Deterministic: after the agent's `delayMs` (default 0), returns the message, or the inputs as
-/// compact JSON when there is no message.
-async fn echo(agent: &AgentSpec, run: &Run) -> Value {
+/// compact JSON when there is no message. A run of a session also returns the conversation it
+/// was given, as `history`, so that what a session sees can be checked from outside.
+async fn echo(agent: &AgentSpec, run: &Run, history: &[Message]) -> Value {
     let delay = agent
         .config
         .get("delayMs")
@@ -50,5 +57,9 @@ async fn echo(agent: &AgentSpec, run: &Run) -> Value {
         (None, Some(inputs)) => inputs.to_string(),
         (None, None) => String::new(),
     };
-    json!({ "output": output })
+    if run.session_id.is_some() {
+        json!({ "output": output, "history": history })
+    } else {
+        json!({ "output": output })
+    }
 }

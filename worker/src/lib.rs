@@ -244,6 +244,14 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
 }
 
 async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
+    let history = match conversation(ctx, &run).await {
+        Ok(history) => history,
+        Err(err) => {
+            tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot read the conversation; handing the run back");
+            hand_back(ctx, run.id).await;
+            return;
+        }
+    };
     let lost = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone()));
     let drained = async {
@@ -251,18 +259,14 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         tokio::time::sleep(ctx.grace).await;
     };
     let outcome = tokio::select! {
-        outcome = executor::execute(&agent, &run) => Some(outcome),
+        outcome = executor::execute(&agent, &run, &history) => Some(outcome),
         () = lost.cancelled() => {
             tracing::warn!(run_id = %run.id, "lease lost; abandoning the run");
             None
         }
         () = drained => {
             tracing::warn!(run_id = %run.id, "shutting down; handing the run back");
-            if let Ok(client) = ctx.pool.get().await
-                && matches!(runs::release(&client, run.id, &ctx.owner).await, Ok(true)) {
-                    // The broker outlives the consumers, so another worker can start it now.
-                    let _ = ctx.broker.publish_id(&ctx.broker.topology().runs(), run.id).await;
-                }
+            hand_back(ctx, run.id).await;
             None
         }
     };
@@ -271,6 +275,59 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         finish(ctx, &run, outcome).await;
     }
     heartbeat.abort();
+}
+
+/// The earlier messages of the run's conversation; none without a session.
+async fn conversation(
+    ctx: &Ctx,
+    run: &Run,
+) -> anyhow::Result<Vec<switchyard_common::conversations::Message>> {
+    let Some(conversation_id) = run.conversation_id else {
+        return Ok(Vec::new());
+    };
+    let client = ctx.pool.get().await?;
+    Ok(switchyard_common::conversations::history(&client, &run.tenant_id, conversation_id).await?)
+}
+
+/// `running → queued` without spending the attempt, then publishes the run so that a worker can
+/// start it at once. Should the release fail, the lease expires and the reaper requeues it.
+async fn hand_back(ctx: &Ctx, run_id: Uuid) {
+    if let Ok(client) = ctx.pool.get().await
+        && matches!(runs::release(&client, run_id, &ctx.owner).await, Ok(true))
+    {
+        // The broker outlives the consumers, so another worker can start it now.
+        let _ = ctx
+            .broker
+            .publish_id(&ctx.broker.topology().runs(), run_id)
+            .await;
+    }
+}
+
+/// Publishes the next run of `run`'s session, now that `run` has finished: its own message was
+/// refused while the session was busy. Lost, the sweeper publishes it instead.
+async fn start_next_in_session(ctx: &Ctx, run: &Run) {
+    if run.session_id.is_none() {
+        return;
+    }
+    let next = async {
+        let client = ctx.pool.get().await?;
+        anyhow::Ok(runs::next_in_session(&client, run).await?)
+    };
+    match next.await {
+        Ok(Some(next)) => {
+            if let Err(err) = ctx
+                .broker
+                .publish_id(&ctx.broker.topology().runs(), next)
+                .await
+            {
+                tracing::warn!(run_id = %next, error = %err, "cannot publish the session's next run; the sweeper will");
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot find the session's next run; the sweeper will");
+        }
+    }
 }
 
 async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
@@ -314,6 +371,7 @@ async fn finish(ctx: &Ctx, run: &Run, outcome: Result<serde_json::Value, executo
         match recorded {
             Ok(true) => {
                 tracing::info!(run_id = %run.id, ok = outcome.is_ok(), "run finished");
+                start_next_in_session(ctx, run).await;
                 return;
             }
             Ok(false) => {
@@ -374,14 +432,19 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
         let reaped = runs::reap_expired(&tx, SWEEP_BATCH).await?;
         let mut requeued = Vec::new();
         let mut delivery_ids = Vec::new();
+        let mut ended_sessions = Vec::new();
         for run in &reaped {
             if run.status.is_terminal() {
                 delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
+                ended_sessions.push(run);
             } else {
                 requeued.push(run.id);
             }
         }
         tx.commit().await?;
+        for run in ended_sessions {
+            start_next_in_session(ctx, run).await;
+        }
         if !reaped.is_empty() {
             tracing::warn!(
                 requeued = requeued.len(),

@@ -456,11 +456,11 @@ pub(crate) async fn run_trigger(
             Value::Object(Default::default())
         },
         webhook_url: trigger.webhook_url.clone(),
+        session_id: envelope.session_id,
         projects,
         trigger: Some(TriggerOrigin {
             trigger_id: trigger.id.clone(),
             environment: envelope.environment,
-            session_id: envelope.session_id,
             missing_placeholders,
         }),
     };

@@ -41,6 +41,10 @@ pub struct CreateRun {
     webhook_url: Option<String>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    /// A conversation of your choosing (1 to 255 characters): runs with the same `sessionId` in a
+    /// project see the earlier messages, and run one at a time in the order they were accepted.
+    #[schema(min_length = 1, max_length = 255)]
+    session_id: Option<String>,
     /// Seconds to wait for the run to finish before answering (0 to 60). A run that finishes in
     /// time is answered 200 with its result; otherwise 202 as usual.
     #[schema(minimum = 0, maximum = 60)]
@@ -54,6 +58,7 @@ struct ValidRun {
     inputs: Option<Value>,
     webhook_url: Option<String>,
     metadata: Value,
+    session_id: Option<String>,
     wait: Option<Duration>,
 }
 
@@ -103,7 +108,15 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
             "`metadata` is larger than {MAX_METADATA_BYTES} bytes"
         )));
     }
+    if let Some(session) = &body.session_id
+        && !(1..=255).contains(&session.len())
+    {
+        return Err(ApiError::bad_request(
+            "`sessionId` must be a string of 1 to 255 characters",
+        ));
+    }
     let has_nul = body.message.as_deref().is_some_and(|m| m.contains('\0'))
+        || body.session_id.as_deref().is_some_and(|m| m.contains('\0'))
         || body.inputs.as_ref().is_some_and(contains_nul)
         || contains_nul(&metadata);
     if has_nul {
@@ -123,6 +136,7 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
     };
     Ok(ValidRun {
         wait,
+        session_id: body.session_id,
         agent_id,
         message: body.message,
         inputs: body.inputs,
@@ -206,6 +220,7 @@ pub async fn create(
         inputs: valid.inputs,
         metadata: valid.metadata,
         webhook_url: valid.webhook_url,
+        session_id: valid.session_id,
         projects: key.project_ids.clone(),
         trigger: None,
     };
