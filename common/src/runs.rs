@@ -186,19 +186,30 @@ pub async fn claim(
 /// [`claim`] for many runs in one statement. Returns the runs won; the others are someone
 /// else's, cancelled, finished, or waiting for their session. A run whose agent was deleted is
 /// still claimed (with the kind [`AgentSpec::DELETED`]), so that it fails instead of waiting
-/// forever. Rows are locked in id order, so concurrent batches that overlap wait for each other
-/// instead of deadlocking, then see the run is no longer queued.
+/// forever. Repeated ids count once.
 ///
-/// A run with a session is claimed only when it is the earliest queued run of its session and
-/// takes the session's conversation (created on first use), which no other run holds: so the
-/// runs of one session run one at a time, in the order they were accepted. The conversation is
-/// taken with a guarded upsert (`active_run_id` from NULL), so two workers cannot both win it.
+/// A run with a session is claimed only when no earlier run of its session is queued or running,
+/// and when it takes the session's conversation (created on first use), which no other run
+/// holds: so the runs of one session run one at a time, in the order they were accepted. The
+/// conversation is taken with a guarded upsert (`active_run_id` from NULL), which re-checks the
+/// newest row after waiting for a concurrent writer, so two workers cannot both win it. An
+/// earlier run seen `running` blocks too, even if it is being handed back as this runs: it will
+/// be queued again, and must not be overtaken.
+///
+/// Locks are taken in one order everywhere: every run row first, in id order; then the
+/// conversations, in key order (the sort in `turn` consumes all of `c` before the first upsert).
+/// So concurrent batches that overlap wait for each other instead of deadlocking, then see the
+/// run is no longer queued.
 pub async fn claim_many(
     client: &impl GenericClient,
     ids: &[Uuid],
     owner: &str,
     lease: Duration,
 ) -> Result<Vec<(Run, AgentSpec)>, tokio_postgres::Error> {
+    // A run offered twice (a republished message) would reach the conversation upsert twice.
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
     // An id for each conversation that this claim may have to create.
     let fresh: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
     let sql = format!(
@@ -209,7 +220,8 @@ pub async fn claim_many(
          turn AS ( \
              SELECT c.* FROM c WHERE c.session_id IS NOT NULL AND NOT EXISTS ( \
                  SELECT 1 FROM runs e WHERE e.tenant_id = c.tenant_id AND e.project_id = c.project_id \
-                   AND e.session_id = c.session_id AND e.status = 'queued' AND e.id < c.id)), \
+                   AND e.session_id = c.session_id AND e.status IN ('queued', 'running') AND e.id < c.id) \
+             ORDER BY c.tenant_id, c.project_id, c.session_id), \
          taken AS ( \
              INSERT INTO conversations AS v (id, tenant_id, project_id, session_id, active_run_id) \
              SELECT fresh, tenant_id, project_id, session_id, id FROM turn \
@@ -385,7 +397,7 @@ pub async fn reap_expired(
              error_message = CASE WHEN r.attempt >= r.max_attempts \
                  THEN 'the worker running this run stopped answering, and no attempts are left' \
                  ELSE r.error_message END, \
-             completed_at = CASE WHEN r.attempt >= r.max_attempts THEN now() ELSE NULL END, \
+             completed_at = CASE WHEN r.attempt >= r.max_attempts THEN clock_timestamp() ELSE NULL END, \
              lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
          FROM expired WHERE r.id = expired.id AND r.status = 'running' \
          RETURNING {COLUMNS}), \
@@ -430,21 +442,41 @@ pub async fn sweep_unclaimed(
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    sweep(client, older_than, limit, "").await
+}
+
+/// [`sweep_unclaimed`] for the runs of sessions alone. Meant to run even while run messages wait
+/// in the queue: a session's next run had its own message refused (and acked) while the session
+/// was busy, so the one publish that starts it, by whoever freed the session, is all it has. Were
+/// that publish lost, the run must not wait for a backlog to drain.
+pub async fn sweep_waiting_sessions(
+    client: &impl GenericClient,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    sweep(client, older_than, limit, "AND session_id IS NOT NULL").await
+}
+
+async fn sweep(
+    client: &impl GenericClient,
+    older_than: Duration,
+    limit: i64,
+    only: &str,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH stale AS ( \
+             SELECT id FROM runs q WHERE status = 'queued' {only} \
+               AND enqueued_at < now() - make_interval(secs => $1) \
+               AND (session_id IS NULL OR NOT EXISTS ( \
+                   SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
+                     AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
+                     AND (e.status = 'running' OR e.id < q.id))) \
+             ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
+         UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id"
+    );
     let rows = client
         .query(
-            &client
-                .prepare_cached(
-                    "WITH stale AS ( \
-                 SELECT id FROM runs q WHERE status = 'queued' \
-                   AND enqueued_at < now() - make_interval(secs => $1) \
-                   AND (session_id IS NULL OR NOT EXISTS ( \
-                       SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
-                         AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
-                         AND (e.status = 'running' OR e.id < q.id))) \
-                 ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
-             UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id",
-                )
-                .await?,
+            &client.prepare_cached(&sql).await?,
             &[&secs(older_than), &limit],
         )
         .await?;

@@ -100,6 +100,44 @@ async fn killed_worker_run_completes_once() {
 }
 
 #[tokio::test]
+async fn a_session_goes_on_in_order_after_its_worker_is_killed_mid_run() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 1,
+        worker_lease: "3s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack
+        .add_echo_agent("slow-chat", 1500)
+        .await
+        .expect("agent");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let body = json!({"agentId": "slow-chat", "message": format!("m{n}"), "sessionId": "s"});
+        ids.push(run_id(stack.create_run(&body).await.expect("request")).await);
+    }
+    wait_status(&stack, &ids[0], "running", Duration::from_secs(15)).await;
+    stack.workers[0].kill9();
+    stack.add_worker().expect("new worker");
+
+    // The dead worker held the session until its lease expired; then the first run ran again,
+    // and only after it the others, each seeing the turns before it.
+    let mut history = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let done = wait_status(&stack, id, "completed", Duration::from_secs(30)).await;
+        assert_eq!(done["result"]["history"], json!(history), "{done}");
+        if n == 0 {
+            assert!(done["attempt"].as_i64().is_some_and(|a| a >= 2), "{done}");
+        }
+        for role in ["user", "assistant"] {
+            history.push(json!({"role": role, "content": format!("m{n}")}));
+        }
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
 async fn runs_accepted_while_the_broker_is_unreachable_complete_once_it_is_back() {
     // The ingress's broker is a closed port; the workers' is the real one, and their sweeper
     // publishes what the ingress could not.

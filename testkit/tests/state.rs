@@ -8,7 +8,7 @@ use switchyard_common::config::DatabaseArgs;
 use switchyard_common::deliveries::{self, Attempt, Next};
 use switchyard_common::runs::{self, NewRun};
 use switchyard_common::{RunStatus, conversations, db};
-use switchyard_testkit::TestDb;
+use switchyard_testkit::{TestDb, poll};
 use uuid::Uuid;
 
 fn pool(db: &TestDb) -> Pool {
@@ -580,9 +580,9 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
     let (s1, s2, s3, o1) = (ids[0], ids[1], ids[2], ids[3]);
     runs::insert_batch(&client, &batch).await.expect("insert");
 
-    // One batch holding the whole session, in any order: only its first run is claimed, and the
-    // other session does not wait for it.
-    let mut won = claimed_ids(&pool, &[s3, s2, s1, o1], "w1").await;
+    // One batch holding the whole session, in any order and with a repeat: only its first run
+    // is claimed, and the other session does not wait for it.
+    let mut won = claimed_ids(&pool, &[s3, s2, s1, s1, o1, o1], "w1").await;
     won.sort();
     assert_eq!(won, vec![s1, o1]);
     assert!(claimed_ids(&pool, &[s2], "w2").await.is_empty(), "s1 runs");
@@ -604,13 +604,21 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
         runs::next_in_session(&client, &done).await.expect("q"),
         Some(s2)
     );
+    let loner = insert(&pool, new_run("echo", None)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        runs::sweep_unclaimed(&client, Duration::ZERO, 10)
+        runs::sweep_waiting_sessions(&client, Duration::ZERO, 10)
             .await
             .expect("sweep"),
         vec![s2],
-        "only the session's next run is due"
+        "only the session's next run is due, and runs without a session are left alone"
     );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut swept = runs::sweep_unclaimed(&client, Duration::ZERO, 10)
+        .await
+        .expect("sweep");
+    swept.sort();
+    assert_eq!(swept, vec![s2, loner.id]);
     assert!(
         claimed_ids(&pool, &[s3], "w2").await.is_empty(),
         "s2 is first"
@@ -736,4 +744,52 @@ async fn racing_workers_never_run_two_runs_of_a_session_at_once() {
         ids,
         "the runs finished in the order they were accepted"
     );
+}
+
+#[tokio::test]
+async fn a_run_handed_back_is_not_overtaken_by_the_next_of_its_session() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    let batch = vec![in_session("s", "first"), in_session("s", "second")];
+    let (s1, s2) = (batch[0].id, batch[1].id);
+    runs::insert_batch(&pool.get().await.expect("connection"), &batch)
+        .await
+        .expect("insert");
+    assert_eq!(claimed_ids(&pool, &[s1], "w1").await, vec![s1]);
+
+    // The hand-back holds the conversation's row, uncommitted, while the next run is offered:
+    // that claim sees the first run still running, and must not wait to take the session once
+    // it is free, since the first run will be queued again.
+    let mut holder = pool.get().await.expect("connection");
+    let handing_back = holder.transaction().await.expect("begin");
+    assert!(
+        runs::release(&handing_back, s1, "w1")
+            .await
+            .expect("release")
+    );
+    let claimer = {
+        let pool = pool.clone();
+        tokio::spawn(async move { claimed_ids(&pool, &[s2], "w2").await })
+    };
+    let watcher = db.client().await.expect("client");
+    poll(Duration::from_secs(10), || async {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (claimer.is_finished() || waiting > 0).then_some(())
+    })
+    .await
+    .expect("the claim finished or waits for a lock");
+    handing_back.commit().await.expect("commit");
+    assert!(
+        claimer.await.expect("claim").is_empty(),
+        "the second run overtook the first"
+    );
+    assert_eq!(claimed_ids(&pool, &[s2, s1], "w3").await, vec![s1]);
 }

@@ -244,16 +244,17 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
 }
 
 async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
+    let lost = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone()));
     let history = match conversation(ctx, &run).await {
         Ok(history) => history,
         Err(err) => {
             tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot read the conversation; handing the run back");
             hand_back(ctx, run.id).await;
+            heartbeat.abort();
             return;
         }
     };
-    let lost = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone()));
     let drained = async {
         ctx.shutdown.cancelled().await;
         tokio::time::sleep(ctx.grace).await;
@@ -376,6 +377,9 @@ async fn finish(ctx: &Ctx, run: &Run, outcome: Result<serde_json::Value, executo
             }
             Ok(false) => {
                 tracing::warn!(run_id = %run.id, "the lease was lost before completion; result dropped");
+                // Or an earlier try committed and only its answer was lost: then the session's
+                // next run is ours to start. A needless publish is refused by its claim.
+                start_next_in_session(ctx, run).await;
                 return;
             }
             Err(err) if tokio::time::Instant::now() < deadline => {
@@ -472,10 +476,11 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     // lost one: republishing would only pile duplicates onto a backlog. Sweep once it drains.
     // An unknown count (a slow broker) counts as a backlog.
     let backlog = ctx.broker.ready_count(&topology.runs()).await;
+    // The next runs of sessions are swept whatever the backlog: their messages are not in it.
     let unclaimed = if backlog == Some(0) {
         runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?
     } else {
-        Vec::new()
+        runs::sweep_waiting_sessions(&client, config.sweep_after, SWEEP_BATCH).await?
     };
     if !unclaimed.is_empty() {
         let sent = ctx

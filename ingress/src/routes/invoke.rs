@@ -157,7 +157,7 @@ pub(crate) fn envelope(body: &Value) -> Result<Envelope, ApiError> {
     };
     let session_id = match body.get("sessionId") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if (1..=255).contains(&s.len()) => Some(s.clone()),
+        Some(Value::String(s)) if (1..=255).contains(&s.chars().count()) => Some(s.clone()),
         Some(_) => return Err(bad("`sessionId` must be a string of 1 to 255 characters")),
     };
     let environment = match body.get("environment") {

@@ -109,7 +109,7 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
         )));
     }
     if let Some(session) = &body.session_id
-        && !(1..=255).contains(&session.len())
+        && !(1..=255).contains(&session.chars().count())
     {
         return Err(ApiError::bad_request(
             "`sessionId` must be a string of 1 to 255 characters",
