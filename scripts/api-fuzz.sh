@@ -37,6 +37,8 @@ export SWITCHYARD_LOG_FORMAT=text
 # No worker runs here, so a trigger that waits for its response would hold each request until its
 # timeout (30 s by default, past schemathesis' 10 s): cap every wait.
 export SWITCHYARD_MAX_WAIT=2s
+# Likewise an event stream of a run that never ends: end each response after 2 s.
+export SWITCHYARD_MAX_STREAM=2s
 
 pg="postgres://postgres@127.0.0.1:5432/postgres"
 psql "$pg" -qc "CREATE DATABASE $db"

@@ -75,6 +75,12 @@ impl Topology {
         format!("{}control", self.prefix)
     }
 
+    /// Topic exchange of run events, routed by `run.<id>`. Each ingress replica binds the keys of
+    /// the runs its clients watch to an exclusive queue of its own.
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
     /// Every queue this topology declares.
     pub fn queues(&self) -> Vec<String> {
         let mut all = vec![
@@ -121,6 +127,17 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         .exchange_declare(
             topology.control().into(),
             lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            topology.events().into(),
+            lapin::ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
@@ -181,9 +198,11 @@ pub async fn delete_topology(url: &str, topology: &Topology) -> lapin::Result<()
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await?;
     }
-    channel
-        .exchange_delete(topology.control().into(), ExchangeDeleteOptions::default())
-        .await?;
+    for exchange in [topology.control(), topology.events()] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
     conn.close(200, ShortString::from("bye")).await
 }
 
@@ -231,6 +250,17 @@ pub enum ControlEvent<'a> {
     Message(&'a [u8]),
     /// The subscription is down; messages may be missed until the next `Subscribed`.
     Lost,
+}
+
+/// What a topic follower is asked to do.
+#[derive(Debug)]
+pub enum TopicCommand {
+    /// Bind a routing key; the answer says whether the broker confirmed the binding (from then on
+    /// every message under the key arrives). Unanswered or `false`: not bound yet; it will be
+    /// after the next [`ControlEvent::Subscribed`].
+    Bind(String, tokio::sync::oneshot::Sender<bool>),
+    /// Unbind a routing key.
+    Unbind(String),
 }
 
 /// The body of every work message: one id.
@@ -504,6 +534,178 @@ impl Broker {
             }
             on_event(ControlEvent::Lost);
             tracing::warn!("stopped following the control exchange; following again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Publishes run events on the `events` exchange, each under `run.<id>`, without waiting for
+    /// confirms: they are for live listeners, and every one of them is already in `run_events`,
+    /// where a listener that missed one finds it.
+    pub async fn publish_events(&self, events: &[crate::events::RunEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let Some(live) = self.live() else {
+            return;
+        };
+        let exchange = self.0.topology.events();
+        for event in events {
+            let Ok(body) = serde_json::to_vec(event) else {
+                continue;
+            };
+            let sent = live
+                .publisher
+                .basic_publish(
+                    exchange.as_str().into(),
+                    crate::events::routing_key(event.run_id).as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_content_type("application/json".into()),
+                )
+                .await;
+            if let Err(err) = sent {
+                tracing::debug!(error = %err, "cannot publish a run event; listeners will read it from the database");
+                return;
+            }
+        }
+    }
+
+    /// Follows the topic `exchange` until `shutdown` through an exclusive queue of this process,
+    /// binding and unbinding keys as `commands` ask, across reconnects (every key is bound again
+    /// on a new connection). `on_event` hears [`ControlEvent::Subscribed`] each time the queue is
+    /// set up again (messages sent meanwhile were missed), every message, and
+    /// [`ControlEvent::Lost`].
+    pub async fn follow_topic<F>(
+        &self,
+        exchange: String,
+        shutdown: CancellationToken,
+        mut commands: tokio::sync::mpsc::UnboundedReceiver<TopicCommand>,
+        on_event: F,
+    ) where
+        F: Fn(ControlEvent<'_>) + Send + Sync,
+    {
+        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut connected = self.0.connected.subscribe();
+        loop {
+            // While there is no connection, remember what is asked and answer "not bound".
+            let Some(live) = self.live() else {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = connected.changed() => if changed.is_err() { return },
+                    command = commands.recv() => match command {
+                        Some(TopicCommand::Bind(key, reply)) => {
+                            keys.insert(key);
+                            let _ = reply.send(false);
+                        }
+                        Some(TopicCommand::Unbind(key)) => {
+                            keys.remove(&key);
+                        }
+                        None => return,
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            };
+            let setup = async {
+                let channel = live.conn.create_channel().await?;
+                let queue = channel
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                for key in &keys {
+                    channel
+                        .queue_bind(
+                            queue.name().clone(),
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
+                let consumer = channel
+                    .basic_consume(
+                        queue.name().clone(),
+                        "".into(),
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            exclusive: true,
+                            ..BasicConsumeOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok::<_, lapin::Error>((channel, queue.name().clone(), consumer))
+            };
+            let (channel, queue, mut consumer) = match setup.await {
+                Ok(set) => set,
+                Err(err) => {
+                    tracing::warn!(%exchange, error = %err, "cannot follow the exchange; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            on_event(ControlEvent::Subscribed);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = channel.close(200, ShortString::from("shutdown")).await;
+                        on_event(ControlEvent::Lost);
+                        return;
+                    }
+                    command = commands.recv() => match command {
+                        Some(TopicCommand::Bind(key, reply)) => {
+                            let bound = channel
+                                .queue_bind(
+                                    queue.clone(),
+                                    exchange.as_str().into(),
+                                    key.as_str().into(),
+                                    QueueBindOptions::default(),
+                                    FieldTable::default(),
+                                )
+                                .await;
+                            keys.insert(key);
+                            let _ = reply.send(bound.is_ok());
+                            if bound.is_err() {
+                                break;
+                            }
+                        }
+                        Some(TopicCommand::Unbind(key)) => {
+                            if keys.remove(&key) {
+                                let unbound = channel
+                                    .queue_unbind(
+                                        queue.clone(),
+                                        exchange.as_str().into(),
+                                        key.as_str().into(),
+                                        FieldTable::default(),
+                                    )
+                                    .await;
+                                if unbound.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        None => {
+                            let _ = channel.close(200, ShortString::from("shutdown")).await;
+                            on_event(ControlEvent::Lost);
+                            return;
+                        }
+                    },
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => on_event(ControlEvent::Message(&delivery.data)),
+                        _ => break,
+                    },
+                }
+            }
+            on_event(ControlEvent::Lost);
+            tracing::warn!(%exchange, "stopped following the exchange; following again");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -15,6 +15,7 @@ pub mod db;
 pub mod dedupe;
 pub mod deliveries;
 pub mod egress;
+pub mod events;
 pub mod filters;
 pub mod inbound;
 pub mod model;

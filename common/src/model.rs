@@ -104,6 +104,14 @@ pub struct Run {
     #[serde(skip)]
     #[schema(ignore)]
     pub conversation_id: Option<Uuid>,
+    /// The number of the run's last event, as a claim read it (0 elsewhere).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub last_seq: i64,
+    /// The events the statement that returned this run appended (to publish them live).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub events: Vec<crate::events::RunEvent>,
 }
 
 /// The agent a claimed run executes.

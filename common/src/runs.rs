@@ -8,6 +8,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use crate::events::NewEvent;
 use crate::model::{AgentSpec, Run, RunStatus};
 
 /// The columns [`from_row`] reads, qualified by the alias `r`.
@@ -15,6 +16,32 @@ const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
     r.conversation_id";
+
+/// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
+/// number its first closing event takes, or NULL to follow the run's last event): `completed`
+/// with the result, or `error` with the code; then `status` with the new status.
+const CLOSING_EVENTS: &str = "ev AS ( \
+    INSERT INTO run_events (run_id, seq, kind, data) \
+    SELECT d.id, coalesce(d.base, (SELECT max(e.seq) FROM run_events e WHERE e.run_id = d.id) + 1, 1) \
+               + row_number() OVER (PARTITION BY d.id ORDER BY k.n) - 1, k.kind, k.data \
+    FROM done d CROSS JOIN LATERAL ( \
+        SELECT 1 AS n, 'completed' AS kind, jsonb_build_object('result', d.result) AS data \
+        WHERE d.status = 'completed' \
+        UNION ALL SELECT 1, 'error', jsonb_build_object('errorCode', d.error_code, 'message', d.error_message) \
+        WHERE d.status IN ('failed', 'timed_out') \
+        UNION ALL SELECT 2, 'status', jsonb_build_object('status', d.status, 'attempt', d.attempt)) k \
+    RETURNING run_id, seq, kind, data, created_at)";
+
+/// The rows of `done` with the events the statement appended (from the CTEs named in `from`),
+/// as the JSON array [`from_row`] reads into `Run::events`.
+fn with_events(from: &str) -> String {
+    format!(
+        "SELECT d.*, (SELECT jsonb_agg(jsonb_build_object('runId', x.run_id, 'seq', x.seq, \
+             'type', x.kind, 'data', x.data, 'createdAt', x.created_at) ORDER BY x.seq) \
+             FROM ({from}) x WHERE x.run_id = d.id) AS events \
+         FROM done d"
+    )
+}
 
 /// Frees the conversation of every run in `done` (a CTE that returned [`COLUMNS`]) that held it:
 /// the next run of the session may start. Part of every statement that moves a run out of
@@ -76,6 +103,8 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         environment: row.try_get("environment")?,
         session_id: row.try_get("session_id")?,
         conversation_id: row.try_get("conversation_id")?,
+        last_seq: row.try_get("last_seq").unwrap_or(0),
+        events: crate::events::from_json(row.try_get("events").ok().flatten()),
     })
 }
 
@@ -236,6 +265,7 @@ pub async fn claim_many(
          FROM c LEFT JOIN taken t ON t.run_id = c.id \
          WHERE r.id = c.id AND r.status = 'queued' AND (c.session_id IS NULL OR t.run_id IS NOT NULL) \
          RETURNING {COLUMNS}, \
+             (SELECT coalesce(max(e.seq), 0) FROM run_events e WHERE e.run_id = r.id) AS last_seq, \
              (SELECT a.kind FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_kind, \
              (SELECT a.config FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_config"
     );
@@ -281,6 +311,30 @@ pub async fn heartbeat(
     Ok(n == 1)
 }
 
+/// What the lease holder hands in with a transition out of `running`: the events it has not
+/// written yet, and the number the first of them takes. The closing events follow them.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    /// `None`: number after the run's last written event.
+    pub next_seq: Option<i64>,
+    pub events: Vec<NewEvent>,
+}
+
+impl Pending {
+    fn closing_seq(&self) -> Option<i64> {
+        self.next_seq
+            .map(|n| n + i64::try_from(self.events.len()).unwrap_or(0))
+    }
+}
+
+/// One run's completion: its result and its unwritten events.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: Uuid,
+    pub result: serde_json::Value,
+    pub pending: Pending,
+}
+
 /// `running → completed`, only while `owner` holds the lease.
 pub async fn complete(
     client: &impl GenericClient,
@@ -288,20 +342,29 @@ pub async fn complete(
     owner: &str,
     result: &serde_json::Value,
 ) -> Result<Option<Run>, tokio_postgres::Error> {
-    Ok(complete_many(client, owner, &[(id, result.clone())])
-        .await?
-        .pop())
+    let completion = Completion {
+        id,
+        result: result.clone(),
+        pending: Pending::default(),
+    };
+    Ok(complete_many(client, owner, &[completion]).await?.pop())
 }
 
 /// [`complete`] for many runs of one lease owner in one statement; returns the runs completed
-/// (those whose lease `owner` still held).
+/// (those whose lease `owner` still held), each with the events written (`Run::events`): its
+/// pending ones, then `completed` and `status`.
 pub async fn complete_many(
     client: &impl GenericClient,
     owner: &str,
-    results: &[(Uuid, serde_json::Value)],
+    completions: &[Completion],
 ) -> Result<Vec<Run>, tokio_postgres::Error> {
-    let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
-    let values: Vec<&serde_json::Value> = results.iter().map(|(_, v)| v).collect();
+    let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
+    let values: Vec<&serde_json::Value> = completions.iter().map(|c| &c.result).collect();
+    let bases: Vec<Option<i64>> = completions
+        .iter()
+        .map(|c| c.pending.closing_seq())
+        .collect();
+    let (ev_runs, ev_seqs, ev_kinds, ev_data) = flatten(completions);
     // A completed run of a session adds its turn to the conversation: the message it was given
     // (or its inputs) and its answer (`output` when that is text, else the whole result). Only
     // the conversation's holder appends, so numbering from the last message cannot collide.
@@ -309,8 +372,9 @@ pub async fn complete_many(
         "WITH done AS ( \
              UPDATE runs r SET status = 'completed', result = c.result, lease_owner = NULL, \
                     lease_expires_at = NULL, completed_at = clock_timestamp(), updated_at = now() \
-             FROM unnest($1::uuid[], $2::jsonb[]) AS c(id, result) \
-             WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 RETURNING {COLUMNS}), \
+             FROM unnest($1::uuid[], $2::jsonb[], $4::bigint[]) AS c(id, result, base) \
+             WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 \
+             RETURNING {COLUMNS}, c.base), \
          {FREE_CONVERSATIONS}, \
          said AS ( \
              INSERT INTO messages (conversation_id, seq, tenant_id, run_id, role, content) \
@@ -322,16 +386,55 @@ pub async fn complete_many(
                  (2, 'assistant', CASE WHEN jsonb_typeof(d.result -> 'output') = 'string' \
                                        THEN d.result ->> 'output' ELSE coalesce(d.result::text, '') END) \
              ) AS t(n, role, content) \
-             WHERE d.conversation_id IS NOT NULL) \
-         SELECT * FROM done"
+             WHERE d.conversation_id IS NOT NULL), \
+         {WRITE_PENDING}, \
+         {CLOSING_EVENTS} \
+         {}",
+        with_events(PENDING_AND_CLOSING)
     );
     let rows = client
         .query(
             &client.prepare_cached(&sql).await?,
-            &[&ids, &values, &owner],
+            &[
+                &ids, &values, &owner, &bases, &ev_runs, &ev_seqs, &ev_kinds, &ev_data,
+            ],
         )
         .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// Writes the pending events (`$5`…`$8`) of the runs in `done`.
+const WRITE_PENDING: &str = "written AS ( \
+    INSERT INTO run_events (run_id, seq, kind, data) \
+    SELECT p.run_id, p.seq, p.kind, p.data \
+    FROM unnest($5::uuid[], $6::bigint[], $7::text[], $8::jsonb[]) AS p(run_id, seq, kind, data) \
+    WHERE p.run_id IN (SELECT id FROM done) \
+    RETURNING run_id, seq, kind, data, created_at)";
+
+const PENDING_AND_CLOSING: &str = "SELECT * FROM written UNION ALL SELECT * FROM ev";
+
+type Flat<'a> = (
+    Vec<Uuid>,
+    Vec<i64>,
+    Vec<&'static str>,
+    Vec<&'a serde_json::Value>,
+);
+
+/// The pending events of many runs as parallel arrays, numbered from each run's `next_seq`.
+fn flatten(completions: &[Completion]) -> Flat<'_> {
+    let mut flat: Flat<'_> = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in completions {
+        let Some(first) = c.pending.next_seq else {
+            continue;
+        };
+        for (n, event) in (first..).zip(&c.pending.events) {
+            flat.0.push(c.id);
+            flat.1.push(n);
+            flat.2.push(event.kind.as_str());
+            flat.3.push(&event.data);
+        }
+    }
+    flat
 }
 
 /// `running → failed` with an error code, only while `owner` holds the lease.
@@ -342,42 +445,94 @@ pub async fn fail(
     error_code: &str,
     error_message: &str,
 ) -> Result<Option<Run>, tokio_postgres::Error> {
+    end_with_error(
+        client,
+        id,
+        owner,
+        RunStatus::Failed,
+        error_code,
+        error_message,
+        &Pending::default(),
+    )
+    .await
+}
+
+/// `running → failed` or `running → timed_out` (`status`) with an error code, only while
+/// `owner` holds the lease; writes the pending events, then `error` and `status`.
+pub async fn end_with_error(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    status: RunStatus,
+    error_code: &str,
+    error_message: &str,
+    pending: &Pending,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    let status = match status {
+        RunStatus::TimedOut => "timed_out",
+        _ => "failed",
+    };
+    let completion = Completion {
+        id,
+        result: serde_json::Value::Null,
+        pending: pending.clone(),
+    };
+    let (ev_runs, ev_seqs, ev_kinds, ev_data) = flatten(std::slice::from_ref(&completion));
     let sql = format!(
         "WITH done AS ( \
-             UPDATE runs r SET status = 'failed', error_code = $3, error_message = $4, lease_owner = NULL, \
+             UPDATE runs r SET status = $9, error_code = $3, error_message = $4, lease_owner = NULL, \
                     lease_expires_at = NULL, completed_at = clock_timestamp(), updated_at = now() \
-             WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}), \
-         {FREE_CONVERSATIONS} \
-         SELECT * FROM done"
+             WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 \
+             RETURNING {COLUMNS}, $10::bigint AS base), \
+         {FREE_CONVERSATIONS}, \
+         {WRITE_PENDING}, \
+         {CLOSING_EVENTS} \
+         {}",
+        with_events(PENDING_AND_CLOSING)
     );
     let row = client
         .query_opt(
             &client.prepare_cached(&sql).await?,
-            &[&id, &owner, &error_code, &error_message],
+            &[
+                &id,
+                &owner,
+                &error_code,
+                &error_message,
+                &ev_runs,
+                &ev_seqs,
+                &ev_kinds,
+                &ev_data,
+                &status,
+                &pending.closing_seq(),
+            ],
         )
         .await?;
     row.as_ref().map(from_row).transpose()
 }
 
 /// `running → queued` without spending the attempt: a worker shutting down hands its run back so
-/// another can start it at once instead of waiting for the lease to expire.
+/// another can start it at once instead of waiting for the lease to expire. Returns the run, with
+/// its `status` event, when `owner` held it.
 pub async fn release(
     client: &impl GenericClient,
     id: Uuid,
     owner: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<Option<Run>, tokio_postgres::Error> {
     let sql = format!(
         "WITH done AS ( \
              UPDATE runs r SET status = 'queued', attempt = greatest(r.attempt - 1, 0), lease_owner = NULL, \
                     lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
-             WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 RETURNING {COLUMNS}), \
-         {FREE_CONVERSATIONS} \
-         SELECT count(*) FROM done"
+             WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 \
+             RETURNING {COLUMNS}, NULL::bigint AS base), \
+         {FREE_CONVERSATIONS}, \
+         {CLOSING_EVENTS} \
+         {}",
+        with_events("SELECT * FROM ev")
     );
     let row = client
-        .query_one(&client.prepare_cached(&sql).await?, &[&id, &owner])
+        .query_opt(&client.prepare_cached(&sql).await?, &[&id, &owner])
         .await?;
-    Ok(row.try_get::<_, i64>(0)? == 1)
+    row.as_ref().map(from_row).transpose()
 }
 
 /// `running → queued` (or `→ failed` once attempts are spent) for runs whose lease expired: their
@@ -400,9 +555,11 @@ pub async fn reap_expired(
              completed_at = CASE WHEN r.attempt >= r.max_attempts THEN clock_timestamp() ELSE NULL END, \
              lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
          FROM expired WHERE r.id = expired.id AND r.status = 'running' \
-         RETURNING {COLUMNS}), \
-         {FREE_CONVERSATIONS} \
-         SELECT * FROM done"
+         RETURNING {COLUMNS}, NULL::bigint AS base), \
+         {FREE_CONVERSATIONS}, \
+         {CLOSING_EVENTS} \
+         {}",
+        with_events("SELECT * FROM ev")
     );
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])

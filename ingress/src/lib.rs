@@ -10,6 +10,7 @@ pub mod cache;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod live;
 pub mod openapi;
 pub mod pipeline;
 pub mod request;
@@ -101,6 +102,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_WAIT", default_value = "300s", value_parser = parse_duration)]
     pub max_wait: Duration,
 
+    /// How often an idle event stream (SSE) gets a keep-alive comment.
+    #[arg(long, env = "SWITCHYARD_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub sse_keep_alive: Duration,
+
+    /// Longest one event stream (SSE) response lasts; the client resumes with `Last-Event-ID`.
+    #[arg(long, env = "SWITCHYARD_MAX_STREAM", default_value = "1h", value_parser = parse_duration)]
+    pub max_stream: Duration,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
@@ -133,6 +142,10 @@ pub struct AppState {
     pub duplicate_window: Duration,
     /// The cap on every wait for a run's end (`SWITCHYARD_MAX_WAIT`).
     pub max_wait: Duration,
+    /// Live run events on this replica.
+    pub hub: Arc<live::Hub>,
+    pub sse_keep_alive: Duration,
+    pub max_stream: Duration,
 }
 
 impl AppState {
@@ -232,6 +245,7 @@ pub async fn run(
         keys,
         usage,
     });
+    let hub = live::Hub::start(broker.clone(), pool.clone(), background.clone());
     let state = AppState {
         pool,
         broker,
@@ -247,6 +261,9 @@ pub async fn run(
         idempotency_ttl: config.idempotency_ttl,
         duplicate_window: config.duplicate_window,
         max_wait: config.max_wait,
+        hub,
+        sse_keep_alive: config.sse_keep_alive,
+        max_stream: config.max_stream,
     };
     tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
     let addr = listener

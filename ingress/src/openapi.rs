@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 use crate::routes::manage::{agents, api_keys, credentials, projects, tenants, triggers};
-use crate::routes::{hooks, invoke, runs};
+use crate::routes::{events, hooks, invoke, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -60,6 +60,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(runs::create))
         .routes(routes!(runs::get))
+        .routes(routes!(events::follow))
+        .routes(routes!(events::wait))
         .routes(routes!(invoke::invoke))
         .routes(routes!(hooks::receive))
         .routes(routes!(tenants::list, tenants::create))

@@ -181,26 +181,9 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, ApiError> {
     Ok(run)
 }
 
-/// Polls the run until it is terminal or `wait` passes (never longer than `SWITCHYARD_MAX_WAIT`).
-/// Polling is a stopgap until run events stream; it reads one row per tick, and backs off from
-/// 50 ms to 250 ms.
+/// Waits until `run` ends or `wait` passes (never longer than `SWITCHYARD_MAX_WAIT`): the
+/// finished run, or `None`. Follows the run's events on this replica's hub; see
+/// [`crate::routes::events::wait_for_end`].
 pub async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run> {
-    let deadline = tokio::time::Instant::now() + wait.min(state.max_wait);
-    let mut every = Duration::from_millis(50);
-    loop {
-        tokio::time::sleep(
-            every.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-        )
-        .await;
-        if let Ok(client) = state.pool.get().await
-            && let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await
-            && now.status.is_terminal()
-        {
-            return Some(now);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        every = (every * 2).min(Duration::from_millis(250));
-    }
+    crate::routes::events::wait_for_end(state, run, wait).await
 }

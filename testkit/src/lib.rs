@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod receiver;
+pub mod sse;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

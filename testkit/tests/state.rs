@@ -6,6 +6,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use switchyard_common::config::DatabaseArgs;
 use switchyard_common::deliveries::{self, Attempt, Next};
+use switchyard_common::events::{self, EventKind, NewEvent};
 use switchyard_common::runs::{self, NewRun};
 use switchyard_common::{RunStatus, conversations, db};
 use switchyard_testkit::{TestDb, poll};
@@ -135,7 +136,12 @@ async fn a_finished_run_never_changes_again() {
             .await
             .expect("q")
     );
-    assert!(!runs::release(&client, run.id, "w1").await.expect("q"));
+    assert!(
+        runs::release(&client, run.id, "w1")
+            .await
+            .expect("q")
+            .is_none()
+    );
     let stored = runs::get(&client, "default", run.id)
         .await
         .expect("q")
@@ -205,7 +211,12 @@ async fn a_released_run_keeps_its_attempt_and_can_be_claimed_again() {
         .await
         .expect("q")
         .expect("claimed");
-    assert!(runs::release(&client, run.id, "w1").await.expect("q"));
+    assert!(
+        runs::release(&client, run.id, "w1")
+            .await
+            .expect("q")
+            .is_some()
+    );
     let (again, _) = runs::claim(&client, run.id, "w2", Duration::from_secs(30))
         .await
         .expect("q")
@@ -664,7 +675,7 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
         turn
     );
     // A hand-back and an expired lease free it too.
-    assert!(runs::release(&client, s3, "w3").await.expect("q"));
+    assert!(runs::release(&client, s3, "w3").await.expect("q").is_some());
     runs::claim(&client, s3, "w4", Duration::ZERO)
         .await
         .expect("q")
@@ -766,6 +777,7 @@ async fn a_run_handed_back_is_not_overtaken_by_the_next_of_its_session() {
         runs::release(&handing_back, s1, "w1")
             .await
             .expect("release")
+            .is_some()
     );
     let claimer = {
         let pool = pool.clone();
@@ -792,4 +804,99 @@ async fn a_run_handed_back_is_not_overtaken_by_the_next_of_its_session() {
         "the second run overtook the first"
     );
     assert_eq!(claimed_ids(&pool, &[s2, s1], "w3").await, vec![s1]);
+}
+
+#[tokio::test]
+async fn a_runs_events_are_numbered_without_gaps_through_every_transition() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    let client = pool.get().await.expect("connection");
+    let delta = |text: &str| NewEvent {
+        kind: EventKind::Delta,
+        data: serde_json::json!({ "text": text }),
+    };
+    let run = insert(&pool, new_run("echo", None)).await;
+    let (claimed, _) = runs::claim(&client, run.id, "w1", Duration::ZERO)
+        .await
+        .expect("q")
+        .expect("claimed");
+    assert_eq!(claimed.last_seq, 0);
+    let written = events::append(&client, run.id, "w1", 1, &[delta("a"), delta("b")])
+        .await
+        .expect("append");
+    assert_eq!(written.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(
+        events::append(&client, run.id, "stranger", 3, &[delta("x")])
+            .await
+            .expect("append")
+            .is_empty(),
+        "only the lease holder appends"
+    );
+
+    // The reaper requeues it (lease zero): its `status` event comes next.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reaped = runs::reap_expired(&client, 10).await.expect("reap");
+    let numbers = |events: &[events::RunEvent]| -> Vec<(i64, String)> {
+        events
+            .iter()
+            .map(|e| (e.seq, e.kind.as_str().to_owned()))
+            .collect()
+    };
+    assert_eq!(numbers(&reaped[0].events), [(3, "status".to_owned())]);
+    assert_eq!(reaped[0].events[0].data["status"], "queued");
+
+    // The next holder's unwritten events, then the closing ones, in the completion statement.
+    let (again, _) = runs::claim(&client, run.id, "w2", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
+    assert_eq!(again.last_seq, 3);
+    let done = runs::complete_many(
+        &client,
+        "w2",
+        &[runs::Completion {
+            id: run.id,
+            result: serde_json::json!({"output": "ab"}),
+            pending: runs::Pending {
+                next_seq: Some(4),
+                events: vec![delta("c")],
+            },
+        }],
+    )
+    .await
+    .expect("complete")
+    .pop()
+    .expect("completed");
+    assert_eq!(
+        numbers(&done.events),
+        [
+            (4, "delta".to_owned()),
+            (5, "completed".to_owned()),
+            (6, "status".to_owned())
+        ]
+    );
+    assert_eq!(done.events[1].data["result"]["output"], "ab");
+    let stored = events::after(&client, run.id, 0, 100).await.expect("read");
+    assert_eq!(
+        stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+    assert_eq!(stored[5].final_status(), Some(RunStatus::Completed));
+
+    // A failure ends with `error`, then `status`.
+    let other = insert(&pool, new_run("echo", None)).await;
+    runs::claim(&client, other.id, "w1", Duration::from_secs(30))
+        .await
+        .expect("q")
+        .expect("claimed");
+    let failed = runs::fail(&client, other.id, "w1", "boom", "it broke")
+        .await
+        .expect("q")
+        .expect("failed");
+    assert_eq!(
+        numbers(&failed.events),
+        [(1, "error".to_owned()), (2, "status".to_owned())]
+    );
+    assert_eq!(failed.events[0].data["errorCode"], "boom");
+    assert_eq!(failed.events[1].final_status(), Some(RunStatus::Failed));
 }

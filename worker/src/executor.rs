@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchyard_common::conversations::Message;
+
+use crate::sink::Emitter;
 use switchyard_common::{AgentSpec, Run};
 
 /// The longest delay an echo agent may ask for.
@@ -22,9 +24,10 @@ pub async fn execute(
     agent: &AgentSpec,
     run: &Run,
     history: &[Message],
+    emit: &Emitter,
 ) -> Result<Value, ExecError> {
     match agent.kind.as_str() {
-        "echo" => Ok(echo(agent, run, history).await),
+        "echo" => Ok(echo(agent, run, history, emit).await),
         AgentSpec::DELETED => Err(ExecError {
             code: "agent_not_found",
             message: format!(
@@ -39,24 +42,33 @@ pub async fn execute(
     }
 }
 
-/// Deterministic: after the agent's `delayMs` (default 0), returns the message, or the inputs as
-/// compact JSON when there is no message. A run of a session also returns the conversation it
-/// was given, as `history`, so that what a session sees can be checked from outside.
-async fn echo(agent: &AgentSpec, run: &Run, history: &[Message]) -> Value {
+/// Deterministic: returns the message, or the inputs as compact JSON when there is no message,
+/// streamed word by word as deltas spread over the agent's `delayMs` (default 0). A run of a
+/// session also returns the conversation it was given, as `history`, so that what a session
+/// sees can be checked from outside.
+async fn echo(agent: &AgentSpec, run: &Run, history: &[Message], emit: &Emitter) -> Value {
     let delay = agent
         .config
         .get("delayMs")
         .and_then(Value::as_u64)
         .map_or(Duration::ZERO, Duration::from_millis)
         .min(MAX_ECHO_DELAY);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
     let output = match (&run.message, &run.inputs) {
         (Some(message), _) => message.clone(),
         (None, Some(inputs)) => inputs.to_string(),
         (None, None) => String::new(),
     };
+    let words: Vec<&str> = output.split_inclusive(' ').collect();
+    let pause = delay / u32::try_from(words.len().max(1)).unwrap_or(u32::MAX);
+    if words.is_empty() && !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    for word in words {
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        emit.delta(word);
+    }
     if run.session_id.is_some() {
         json!({ "output": output, "history": history })
     } else {

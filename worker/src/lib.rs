@@ -7,6 +7,7 @@
 //! changes run status only through `switchyard_common::runs`.
 
 pub mod executor;
+pub mod sink;
 
 use std::time::Duration;
 
@@ -18,7 +19,11 @@ use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, RuntimeArgs, TelemetryArgs, parse_duration,
 };
-use switchyard_common::{AgentSpec, Run, deliveries, runs, telemetry};
+use switchyard_common::events::{EventKind, NewEvent};
+use switchyard_common::runs::{Completion, Pending};
+use switchyard_common::{AgentSpec, Run, RunStatus, deliveries, runs, telemetry};
+
+use crate::sink::Sink;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -85,7 +90,7 @@ struct Ctx {
     /// Claims of concurrent deliveries, batched into one UPDATE.
     claims: Batcher<Uuid, Claimed>,
     /// Completions, batched into one transaction (runs and their deliveries).
-    completions: Batcher<(Uuid, serde_json::Value), Result<bool, String>>,
+    completions: Batcher<Completion, Result<bool, String>>,
 }
 
 /// How many claims or completions one statement takes at most.
@@ -113,48 +118,47 @@ fn completer(
     pool: Pool,
     broker: Broker,
     owner: String,
-) -> Batcher<(Uuid, serde_json::Value), Result<bool, String>> {
-    Batcher::start(
-        BATCH,
-        BATCHES_IN_FLIGHT,
-        move |results: Vec<(Uuid, serde_json::Value)>| {
-            let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
-            async move {
-                let complete = |results: Vec<(Uuid, serde_json::Value)>| {
-                    let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
-                    async move {
-                        let mut client = pool.get().await?;
-                        let tx = client.transaction().await?;
-                        let done = runs::complete_many(&tx, &owner, &results).await?;
-                        let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
-                        tx.commit().await?;
-                        let queue = broker.topology().deliveries();
-                        if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
-                            tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
-                        }
-                        Ok::<_, anyhow::Error>(done)
+) -> Batcher<Completion, Result<bool, String>> {
+    Batcher::start(BATCH, BATCHES_IN_FLIGHT, move |results: Vec<Completion>| {
+        let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
+        async move {
+            let complete = |results: Vec<Completion>| {
+                let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
+                async move {
+                    let mut client = pool.get().await?;
+                    let tx = client.transaction().await?;
+                    let done = runs::complete_many(&tx, &owner, &results).await?;
+                    let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
+                    tx.commit().await?;
+                    let events: Vec<_> =
+                        done.iter().flat_map(|r| r.events.iter().cloned()).collect();
+                    broker.publish_events(&events).await;
+                    let queue = broker.topology().deliveries();
+                    if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
+                        tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
                     }
-                };
-                let mut completed = complete(results.clone()).await;
-                if completed.is_err() && results.len() > 1 {
-                    // A result the database refuses must not hold back the others: complete them one
-                    // by one, so only the culprit is retried.
-                    let mut done = Vec::new();
-                    for result in &results {
-                        if let Ok(runs) = complete(vec![result.clone()]).await {
-                            done.extend(runs);
-                        }
-                    }
-                    completed = Ok(done);
+                    Ok::<_, anyhow::Error>(done)
                 }
-                let ids: Vec<Uuid> = results.iter().map(|(id, _)| *id).collect();
-                answer_each(&ids, completed, |run| run.id)
-                    .into_iter()
-                    .map(|answer| answer.map(|run| run.is_some()))
-                    .collect()
+            };
+            let mut completed = complete(results.clone()).await;
+            if completed.is_err() && results.len() > 1 {
+                // A result the database refuses must not hold back the others: complete them one
+                // by one, so only the culprit is retried.
+                let mut done = Vec::new();
+                for result in &results {
+                    if let Ok(runs) = complete(vec![result.clone()]).await {
+                        done.extend(runs);
+                    }
+                }
+                completed = Ok(done);
             }
-        },
-    )
+            let ids: Vec<Uuid> = results.iter().map(|c| c.id).collect();
+            answer_each(&ids, completed, |run| run.id)
+                .into_iter()
+                .map(|answer| answer.map(|run| run.is_some()))
+                .collect()
+        }
+    })
 }
 
 fn default_worker_id() -> String {
@@ -259,8 +263,19 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         ctx.shutdown.cancelled().await;
         tokio::time::sleep(ctx.grace).await;
     };
+    let sink = Sink::start(
+        ctx.pool.clone(),
+        ctx.broker.clone(),
+        ctx.owner.clone(),
+        run.id,
+        run.last_seq + 1,
+        vec![NewEvent {
+            kind: EventKind::Status,
+            data: serde_json::json!({"status": "running", "attempt": run.attempt}),
+        }],
+    );
     let outcome = tokio::select! {
-        outcome = executor::execute(&agent, &run, &history) => Some(outcome),
+        outcome = executor::execute(&agent, &run, &history, &sink.emitter) => Some(outcome),
         () = lost.cancelled() => {
             tracing::warn!(run_id = %run.id, "lease lost; abandoning the run");
             None
@@ -271,9 +286,11 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
             None
         }
     };
+    // Whatever the sink has not written goes in with the outcome.
+    let pending = sink.finish().await;
     if let Some(outcome) = outcome {
         // The heartbeat keeps the lease while the outcome is recorded, however long that takes.
-        finish(ctx, &run, outcome).await;
+        finish(ctx, &run, outcome, pending).await;
     }
     heartbeat.abort();
 }
@@ -294,8 +311,9 @@ async fn conversation(
 /// start it at once. Should the release fail, the lease expires and the reaper requeues it.
 async fn hand_back(ctx: &Ctx, run_id: Uuid) {
     if let Ok(client) = ctx.pool.get().await
-        && matches!(runs::release(&client, run_id, &ctx.owner).await, Ok(true))
+        && let Ok(Some(released)) = runs::release(&client, run_id, &ctx.owner).await
     {
+        ctx.broker.publish_events(&released.events).await;
         // The broker outlives the consumers, so another worker can start it now.
         let _ = ctx
             .broker
@@ -356,16 +374,25 @@ async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
 /// Records the outcome and its deliveries in one transaction (batched with other runs'
 /// completions), then publishes the delivery ids. Retries while the database is unreachable, for
 /// as long as the lease could still be ours.
-async fn finish(ctx: &Ctx, run: &Run, outcome: Result<serde_json::Value, executor::ExecError>) {
+async fn finish(
+    ctx: &Ctx,
+    run: &Run,
+    outcome: Result<serde_json::Value, executor::ExecError>,
+    pending: Pending,
+) {
     let deadline = tokio::time::Instant::now() + ctx.lease;
     loop {
         let recorded = match &outcome {
             Ok(result) => ctx
                 .completions
-                .submit((run.id, result.clone()))
+                .submit(Completion {
+                    id: run.id,
+                    result: result.clone(),
+                    pending: pending.clone(),
+                })
                 .await
                 .unwrap_or_else(|gone| Err(gone.to_string())),
-            Err(err) => record_failure(ctx, run, err)
+            Err(err) => record_failure(ctx, run, err, &pending)
                 .await
                 .map_err(|e| format!("{e:#}")),
         };
@@ -395,14 +422,30 @@ async fn finish(ctx: &Ctx, run: &Run, outcome: Result<serde_json::Value, executo
 }
 
 /// `running → failed` with its deliveries, in one transaction; then publishes them.
-async fn record_failure(ctx: &Ctx, run: &Run, err: &executor::ExecError) -> anyhow::Result<bool> {
+async fn record_failure(
+    ctx: &Ctx,
+    run: &Run,
+    err: &executor::ExecError,
+    pending: &Pending,
+) -> anyhow::Result<bool> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(failed) = runs::fail(&tx, run.id, &ctx.owner, err.code, &err.message).await? else {
+    let Some(failed) = runs::end_with_error(
+        &tx,
+        run.id,
+        &ctx.owner,
+        RunStatus::Failed,
+        err.code,
+        &err.message,
+        pending,
+    )
+    .await?
+    else {
         return Ok(false);
     };
     let ids = deliveries::create_for_run(&tx, &failed).await?;
     tx.commit().await?;
+    ctx.broker.publish_events(&failed.events).await;
     if let Err(err) = ctx
         .broker
         .publish_ids(&ctx.broker.topology().deliveries(), &ids)
@@ -446,6 +489,11 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
             }
         }
         tx.commit().await?;
+        let events: Vec<_> = reaped
+            .iter()
+            .flat_map(|r| r.events.iter().cloned())
+            .collect();
+        ctx.broker.publish_events(&events).await;
         for run in ended_sessions {
             start_next_in_session(ctx, run).await;
         }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use switchyard_common::Run;
 use switchyard_common::problem::ErrorCode;
-use switchyard_common::runs::{self, NewRun};
+use switchyard_common::runs::NewRun;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -49,6 +49,9 @@ pub struct CreateRun {
     /// time is answered 200 with its result; otherwise 202 as usual.
     #[schema(minimum = 0, maximum = 60)]
     wait: Option<f64>,
+    /// Answer with the run's events as they happen (SSE), from its creation to its end, as
+    /// `GET /v1/runs/{id}/events` would. `Accept: text/event-stream` does the same.
+    stream: Option<bool>,
 }
 
 /// A validated request: parse, don't validate.
@@ -60,6 +63,7 @@ struct ValidRun {
     metadata: Value,
     session_id: Option<String>,
     wait: Option<Duration>,
+    stream: bool,
 }
 
 /// The longest `wait` a request may ask for.
@@ -136,6 +140,7 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
     };
     Ok(ValidRun {
         wait,
+        stream: body.stream.unwrap_or(false),
         session_id: body.session_id,
         agent_id,
         message: body.message,
@@ -178,7 +183,9 @@ pub(crate) fn run_location(id: Uuid) -> String {
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the create idempotent for 24 hours")),
     responses(
         (status = 202, description = "Accepted; `Location` names the run", body = Run),
-        (status = 200, description = "Finished within `wait`, or the original run of a repeated `Idempotency-Key`", body = Run),
+        (status = 200, description = "Finished within `wait`, or the original run of a repeated `Idempotency-Key`; \
+            with `stream`, the run's events (`text/event-stream`)",
+            content((Run = "application/json"), (switchyard_common::events::RunEvent = "text/event-stream"))),
         Errors))]
 pub async fn create(
     State(state): State<AppState>,
@@ -193,6 +200,11 @@ pub async fn create(
     let valid = validate(body)?;
     let idempotency = pipeline::idempotency_key(&headers)?;
     let wait = valid.wait;
+    let stream = valid.stream
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
     let run_id = Uuid::now_v7();
     let guards = Guards {
         idempotency: idempotency.as_deref().map(|k| (k, "POST /v1/runs")),
@@ -208,7 +220,11 @@ pub async fn create(
     )
     .await?
     {
-        let mut response = (StatusCode::OK, axum::Json(run)).into_response();
+        let mut response = if stream {
+            crate::routes::events::stream(state.clone(), &run, 0).into_response()
+        } else {
+            (StatusCode::OK, axum::Json(run)).into_response()
+        };
         standing.write(response.headers_mut());
         return Ok(response);
     }
@@ -225,12 +241,20 @@ pub async fn create(
         trigger: None,
     };
     let run = pipeline::enqueue_guarded(&state, new, idempotency.is_some()).await?;
-    let mut response = match wait.filter(|w| !w.is_zero()) {
-        Some(wait) => match pipeline::wait_for_end(&state, &run, wait).await {
-            Some(done) => (StatusCode::OK, axum::Json(done)).into_response(),
+    let mut response = if stream {
+        let mut response = crate::routes::events::stream(state.clone(), &run, 0).into_response();
+        if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    } else {
+        match wait.filter(|w| !w.is_zero()) {
+            Some(wait) => match pipeline::wait_for_end(&state, &run, wait).await {
+                Some(done) => (StatusCode::OK, axum::Json(done)).into_response(),
+                None => accepted(&run),
+            },
             None => accepted(&run),
-        },
-        None => accepted(&run),
+        }
     };
     standing.write(response.headers_mut());
     Ok(response)
@@ -254,18 +278,9 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Run>, ApiError> {
-    let key = principal.key_with(Scope::RunsRead)?;
-    let not_found = || ApiError::not_found(format!("run `{id}` was not found"));
-    let run_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let client = state.pool.get().await?;
-    let run = runs::get(&client, &key.tenant_id, run_id)
-        .await?
-        .filter(|run| {
-            key.project_ids
-                .as_ref()
-                .is_none_or(|allowed| allowed.contains(&run.project_id))
-        });
-    run.map(axum::Json).ok_or_else(not_found)
+    crate::routes::events::visible_run(&state, &principal, &id)
+        .await
+        .map(axum::Json)
 }
 
 /// Fallback for unknown routes.

@@ -1,0 +1,173 @@
+//! The events of one running run, on their way to `run_events` and the `events` exchange.
+//!
+//! The executor emits events through an [`Emitter`] without waiting. A task of the run collects
+//! them, merges consecutive deltas, and every [`FLUSH_EVERY`] writes what has gathered in one
+//! INSERT (only while this worker holds the lease), then publishes it. What is still unwritten
+//! when the executor ends goes into the statement that records the outcome ([`Pending`]), so a
+//! short run costs no statement of its own for its events.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use serde_json::{Value, json};
+use switchyard_common::amqp::Broker;
+use switchyard_common::events::{self, EventKind, NewEvent};
+use switchyard_common::runs::Pending;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// How long deltas gather before they are written and published together.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Where an executor sends its events. Cheap to clone; sending never waits.
+#[derive(Clone)]
+pub struct Emitter {
+    sender: mpsc::UnboundedSender<NewEvent>,
+}
+
+impl Emitter {
+    /// A piece of the answer's text.
+    pub fn delta(&self, text: &str) {
+        if !text.is_empty() {
+            self.emit(EventKind::Delta, json!({ "text": text }));
+        }
+    }
+
+    /// Any other event.
+    pub fn emit(&self, kind: EventKind, data: Value) {
+        let _ = self.sender.send(NewEvent { kind, data });
+    }
+
+    /// An emitter whose events go nowhere (for unit tests of executors).
+    pub fn discard() -> Self {
+        let (sender, _) = mpsc::unbounded_channel();
+        Self { sender }
+    }
+}
+
+/// The running sink of one run: its emitter, and the task that ends with what it did not write.
+pub struct Sink {
+    pub emitter: Emitter,
+    task: JoinHandle<Pending>,
+}
+
+impl Sink {
+    /// Starts the sink of `run_id`, whose next event is number `next_seq`, with `first` as its
+    /// first events (the `running` status).
+    pub fn start(
+        pool: Pool,
+        broker: Broker,
+        owner: String,
+        run_id: Uuid,
+        next_seq: i64,
+        first: Vec<NewEvent>,
+    ) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(collect(
+            pool, broker, owner, run_id, next_seq, first, receiver,
+        ));
+        Self {
+            emitter: Emitter { sender },
+            task,
+        }
+    }
+
+    /// Stops taking events and returns what was not written, numbered from where the written
+    /// ones stopped. Waits for a write in progress, so nothing is written after this returns.
+    pub async fn finish(self) -> Pending {
+        drop(self.emitter);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// Adds `event` to `pending`, merging a delta into a delta just before it.
+fn push(pending: &mut Vec<NewEvent>, event: NewEvent) {
+    if event.kind == EventKind::Delta
+        && let Some(last) = pending.last_mut()
+        && last.kind == EventKind::Delta
+        && let (Some(Value::String(so_far)), Some(more)) = (
+            last.data.get_mut("text"),
+            event.data.get("text").and_then(Value::as_str),
+        )
+    {
+        so_far.push_str(more);
+        return;
+    }
+    pending.push(event);
+}
+
+async fn collect(
+    pool: Pool,
+    broker: Broker,
+    owner: String,
+    run_id: Uuid,
+    mut next_seq: i64,
+    mut pending: Vec<NewEvent>,
+    mut receiver: mpsc::UnboundedReceiver<NewEvent>,
+) -> Pending {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            event = receiver.recv() => match event {
+                Some(event) => push(&mut pending, event),
+                None => break,
+            },
+            _ = tick.tick() => {
+                if pending.is_empty() {
+                    continue;
+                }
+                let written = async {
+                    let client = pool.get().await.ok()?;
+                    events::append(&client, run_id, &owner, next_seq, &pending).await.ok()
+                };
+                match written.await {
+                    Some(written) if written.len() == pending.len() => {
+                        next_seq += i64::try_from(written.len()).unwrap_or(0);
+                        pending.clear();
+                        broker.publish_events(&written).await;
+                    }
+                    // The lease is gone: the run is someone else's now; the outcome will not
+                    // be recorded either.
+                    Some(_) => pending.clear(),
+                    // The database is unreachable: keep them for the next try.
+                    None => {}
+                }
+            }
+        }
+    }
+    Pending {
+        next_seq: Some(next_seq),
+        events: pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_deltas_merge_and_other_events_keep_their_place() {
+        let mut pending = Vec::new();
+        let delta = |t: &str| NewEvent {
+            kind: EventKind::Delta,
+            data: json!({ "text": t }),
+        };
+        push(&mut pending, delta("Hel"));
+        push(&mut pending, delta("lo"));
+        push(
+            &mut pending,
+            NewEvent {
+                kind: EventKind::ToolCall,
+                data: json!({"name": "t"}),
+            },
+        );
+        push(&mut pending, delta(" world"));
+        assert_eq!(pending.len(), 3);
+        assert_eq!(pending[0].data["text"], "Hello");
+        assert_eq!(pending[1].kind, EventKind::ToolCall);
+        assert_eq!(pending[2].data["text"], " world");
+    }
+}
