@@ -549,20 +549,24 @@ impl Broker {
             return;
         };
         let exchange = self.0.topology.events();
-        for event in events {
-            let Ok(body) = serde_json::to_vec(event) else {
-                continue;
-            };
-            let sent = live
-                .publisher
-                .basic_publish(
-                    exchange.as_str().into(),
-                    crate::events::routing_key(event.run_id).as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default().with_content_type("application/json".into()),
-                )
-                .await;
+        let bodies: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .filter_map(|event| {
+                let body = serde_json::to_vec(event).ok()?;
+                Some((crate::events::routing_key(event.run_id), body))
+            })
+            .collect();
+        // Sent together, not one after another; confirms are not awaited.
+        let sends = bodies.iter().map(|(key, body)| {
+            live.publisher.basic_publish(
+                exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+        });
+        for sent in futures::future::join_all(sends).await {
             if let Err(err) = sent {
                 tracing::debug!(error = %err, "cannot publish a run event; listeners will read it from the database");
                 return;

@@ -119,6 +119,8 @@ pub struct Run {
 pub struct AgentSpec {
     pub kind: String,
     pub config: serde_json::Value,
+    /// How long one execution may take (`timeoutSeconds`).
+    pub timeout: std::time::Duration,
 }
 
 impl AgentSpec {

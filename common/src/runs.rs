@@ -63,6 +63,8 @@ pub struct NewRun {
     /// The session (ChatHive's `sessionId`): the run joins its conversation, sees its earlier
     /// messages, and runs only after the session's earlier runs have finished.
     pub session_id: Option<String>,
+    /// A run still queued this long after it was accepted never starts: it ends `expired`.
+    pub ttl: Option<Duration>,
     /// The projects the caller may start runs in (a project-limited API key); `None` for all.
     pub projects: Option<Vec<String>>,
     /// Set when a trigger started the run.
@@ -146,17 +148,18 @@ pub async fn insert_batch(
         .iter()
         .map(|r| r.projects.as_ref().map(|p| p.join(",")))
         .collect();
+    let ttls: Vec<Option<f64>> = runs.iter().map(|r| r.ttl.map(secs)).collect();
     let sql = format!(
         "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
-                                missing_placeholders) \
+                                missing_placeholders, expires_at) \
          SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, a.max_attempts, n.trigger_id, n.environment, n.session_id, \
-                string_to_array(n.missing, E'\\n') \
+                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl) \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) \
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[]) \
               AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects, trigger_id, \
-                   environment, session_id, missing) \
+                   environment, session_id, missing, ttl) \
          JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
          WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
          RETURNING {COLUMNS}"
@@ -178,6 +181,7 @@ pub async fn insert_batch(
                 &environments,
                 &sessions,
                 &missing,
+                &ttls,
             ],
         )
         .await?;
@@ -243,9 +247,10 @@ pub async fn claim_many(
     let fresh: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
     let sql = format!(
         "WITH c AS ( \
-             SELECT r.id, r.tenant_id, r.project_id, r.session_id, x.fresh \
+             SELECT r.id, r.tenant_id, r.project_id, r.agent_id, r.session_id, x.fresh \
              FROM runs r JOIN unnest($1::uuid[], $4::uuid[]) AS x(id, fresh) ON x.id = r.id \
-             WHERE r.status = 'queued' ORDER BY r.id FOR UPDATE OF r), \
+             WHERE r.status = 'queued' AND (r.expires_at IS NULL OR r.expires_at > now()) \
+             ORDER BY r.id FOR UPDATE OF r), \
          turn AS ( \
              SELECT c.* FROM c WHERE c.session_id IS NOT NULL AND NOT EXISTS ( \
                  SELECT 1 FROM runs e WHERE e.tenant_id = c.tenant_id AND e.project_id = c.project_id \
@@ -263,11 +268,11 @@ pub async fn claim_many(
                 started_at = coalesce(r.started_at, clock_timestamp()), updated_at = now(), \
                 conversation_id = coalesce(t.conversation_id, r.conversation_id) \
          FROM c LEFT JOIN taken t ON t.run_id = c.id \
+              LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id \
          WHERE r.id = c.id AND r.status = 'queued' AND (c.session_id IS NULL OR t.run_id IS NOT NULL) \
          RETURNING {COLUMNS}, \
              (SELECT coalesce(max(e.seq), 0) FROM run_events e WHERE e.run_id = r.id) AS last_seq, \
-             (SELECT a.kind FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_kind, \
-             (SELECT a.config FROM agents a WHERE a.tenant_id = r.tenant_id AND a.id = r.agent_id) AS agent_config"
+             a.kind AS agent_kind, a.config AS agent_config, a.timeout_seconds AS agent_timeout"
     );
     let rows = client
         .query(
@@ -287,28 +292,36 @@ pub async fn claim_many(
                     config: row
                         .try_get::<_, Option<serde_json::Value>>("agent_config")?
                         .unwrap_or_default(),
+                    timeout: Duration::from_secs(
+                        row.try_get::<_, Option<i32>>("agent_timeout")?
+                            .and_then(|t| u64::try_from(t).ok())
+                            .unwrap_or(900),
+                    ),
                 },
             ))
         })
         .collect()
 }
 
-/// Extends the lease `owner` holds. `false` means the lease is lost (reaped, or the run ended):
-/// the holder must stop working on the run.
+/// Extends the lease `owner` holds. `None` means the lease is lost (reaped, or the run ended):
+/// the holder must stop working on the run. `Some(true)` means a cancel was asked for: the
+/// holder stops the run and records it `cancelled` (the heartbeat is how a holder that missed
+/// the control message learns of it).
 pub async fn heartbeat(
     client: &impl GenericClient,
     id: Uuid,
     owner: &str,
     lease: Duration,
-) -> Result<bool, tokio_postgres::Error> {
-    let n = client
-        .execute(
+) -> Result<Option<bool>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
             &client.prepare_cached("UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
-             WHERE id = $1 AND status = 'running' AND lease_owner = $2").await?,
+             WHERE id = $1 AND status = 'running' AND lease_owner = $2 \
+             RETURNING cancel_requested_at IS NOT NULL").await?,
             &[&id, &owner, &secs(lease)],
         )
         .await?;
-    Ok(n == 1)
+    row.map(|r| r.try_get(0)).transpose()
 }
 
 /// What the lease holder hands in with a transition out of `running`: the events it has not
@@ -469,9 +482,42 @@ pub async fn end_with_error(
     pending: &Pending,
 ) -> Result<Option<Run>, tokio_postgres::Error> {
     let status = match status {
-        RunStatus::TimedOut => "timed_out",
-        _ => "failed",
+        RunStatus::TimedOut => RunStatus::TimedOut,
+        _ => RunStatus::Failed,
     };
+    end_running(
+        client,
+        id,
+        owner,
+        status,
+        Some((error_code, error_message)),
+        pending,
+    )
+    .await
+}
+
+/// `running → cancelled`, only while `owner` holds the lease; writes the pending events, then
+/// `status`.
+pub async fn cancel_running(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    pending: &Pending,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    end_running(client, id, owner, RunStatus::Cancelled, None, pending).await
+}
+
+/// `running → status` (a final one), with the error, while `owner` holds the lease.
+async fn end_running(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    status: RunStatus,
+    error: Option<(&str, &str)>,
+    pending: &Pending,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    let status = status.as_str();
+    let (error_code, error_message) = error.unzip();
     let completion = Completion {
         id,
         result: serde_json::Value::Null,
@@ -511,8 +557,9 @@ pub async fn end_with_error(
 }
 
 /// `running → queued` without spending the attempt: a worker shutting down hands its run back so
-/// another can start it at once instead of waiting for the lease to expire. Returns the run, with
-/// its `status` event, when `owner` held it.
+/// another can start it at once instead of waiting for the lease to expire. A run whose cancel
+/// was asked for ends `cancelled` instead. Returns the run, with its `status` event, when `owner`
+/// held it.
 pub async fn release(
     client: &impl GenericClient,
     id: Uuid,
@@ -520,7 +567,10 @@ pub async fn release(
 ) -> Result<Option<Run>, tokio_postgres::Error> {
     let sql = format!(
         "WITH done AS ( \
-             UPDATE runs r SET status = 'queued', attempt = greatest(r.attempt - 1, 0), lease_owner = NULL, \
+             UPDATE runs r SET \
+                    status = CASE WHEN r.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+                    completed_at = CASE WHEN r.cancel_requested_at IS NULL THEN NULL ELSE clock_timestamp() END, \
+                    attempt = greatest(r.attempt - 1, 0), lease_owner = NULL, \
                     lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
              WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 \
              RETURNING {COLUMNS}, NULL::bigint AS base), \
@@ -535,8 +585,78 @@ pub async fn release(
     row.as_ref().map(from_row).transpose()
 }
 
-/// `running → queued` (or `→ failed` once attempts are spent) for runs whose lease expired: their
-/// worker died or stalled. Returns the runs changed, at most `limit`.
+/// `queued → cancelled`, for a run of `tenant_id` that no worker has started. Returns the run
+/// with its `status` event; `None` if it is not queued (running, finished, or another
+/// tenant's).
+pub async fn cancel_queued(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    id: Uuid,
+) -> Result<Option<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH done AS ( \
+             UPDATE runs r SET status = 'cancelled', completed_at = clock_timestamp(), updated_at = now() \
+             WHERE r.tenant_id = $1 AND r.id = $2 AND r.status = 'queued' \
+             RETURNING {COLUMNS}, NULL::bigint AS base), \
+         {CLOSING_EVENTS} \
+         {}",
+        with_events("SELECT * FROM ev")
+    );
+    let row = client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&tenant_id, &id])
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Asks the worker holding a running run of `tenant_id` to cancel it (not a status change: the
+/// holder records `cancelled`). `false` if the run is not running.
+pub async fn request_cancel(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            &client
+                .prepare_cached(
+                    "UPDATE runs SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
+                     updated_at = now() WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+                )
+                .await?,
+            &[&tenant_id, &id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// `queued → expired` for runs whose `ttl` passed before any worker started them, at most
+/// `limit`. Returns them with their `status` events.
+pub async fn expire_overdue(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH overdue AS ( \
+             SELECT id FROM runs WHERE status = 'queued' AND expires_at <= now() \
+             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         done AS ( \
+             UPDATE runs r SET status = 'expired', error_code = 'ttl_expired', \
+                    error_message = 'the run did not start within its ttl', \
+                    completed_at = clock_timestamp(), updated_at = now() \
+             FROM overdue WHERE r.id = overdue.id AND r.status = 'queued' \
+             RETURNING {COLUMNS}, NULL::bigint AS base), \
+         {CLOSING_EVENTS} \
+         {}",
+        with_events("SELECT * FROM ev")
+    );
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[&limit])
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// `running → queued` (or `→ failed` once attempts are spent, or `→ cancelled` when a cancel
+/// was asked for) for runs whose lease expired: their worker died or stalled. Returns the runs changed, at most `limit`.
 pub async fn reap_expired(
     client: &impl GenericClient,
     limit: i64,
@@ -547,12 +667,15 @@ pub async fn reap_expired(
              ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
          done AS ( \
          UPDATE runs r SET \
-             status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END, \
-             error_code = CASE WHEN r.attempt >= r.max_attempts THEN 'lease_expired' ELSE r.error_code END, \
-             error_message = CASE WHEN r.attempt >= r.max_attempts \
+             status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                           WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END, \
+             error_code = CASE WHEN r.cancel_requested_at IS NULL AND r.attempt >= r.max_attempts \
+                 THEN 'lease_expired' ELSE r.error_code END, \
+             error_message = CASE WHEN r.cancel_requested_at IS NULL AND r.attempt >= r.max_attempts \
                  THEN 'the worker running this run stopped answering, and no attempts are left' \
                  ELSE r.error_message END, \
-             completed_at = CASE WHEN r.attempt >= r.max_attempts THEN clock_timestamp() ELSE NULL END, \
+             completed_at = CASE WHEN r.cancel_requested_at IS NOT NULL OR r.attempt >= r.max_attempts \
+                 THEN clock_timestamp() ELSE NULL END, \
              lease_owner = NULL, lease_expires_at = NULL, enqueued_at = now(), updated_at = now() \
          FROM expired WHERE r.id = expired.id AND r.status = 'running' \
          RETURNING {COLUMNS}, NULL::bigint AS base), \
@@ -638,4 +761,35 @@ async fn sweep(
         )
         .await?;
     rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// The control message that asks the worker holding `run_id` to stop it.
+pub fn cancel_message(run_id: Uuid) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"type": "run.cancel", "runId": run_id}))
+        .unwrap_or_default()
+}
+
+/// The run a control message asks to cancel, if it is such a message.
+pub fn cancelled_by(message: &[u8]) -> Option<Uuid> {
+    let value: serde_json::Value = serde_json::from_slice(message).ok()?;
+    if value.get("type")?.as_str()? != "run.cancel" {
+        return None;
+    }
+    value.get("runId")?.as_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_messages_round_trip_and_others_are_not_cancels() {
+        let id = Uuid::now_v7();
+        assert_eq!(cancelled_by(&cancel_message(id)), Some(id));
+        assert_eq!(
+            cancelled_by(br#"{"type":"api_key.revoked","keyId":"x"}"#),
+            None
+        );
+        assert_eq!(cancelled_by(b"not json"), None);
+    }
 }

@@ -228,6 +228,9 @@ pub async fn follow_control(
                 keys.set_live(false);
                 triggers.set_live(false);
             }
+            // A cancel is for workers; every other message is a catalog change.
+            ControlEvent::Message(body)
+                if switchyard_common::runs::cancelled_by(body).is_some() => {}
             ControlEvent::Message(_) => {
                 keys.invalidate();
                 triggers.invalidate();

@@ -62,6 +62,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::get))
         .routes(routes!(events::follow))
         .routes(routes!(events::wait))
+        .routes(routes!(runs::cancel))
         .routes(routes!(invoke::invoke))
         .routes(routes!(hooks::receive))
         .routes(routes!(tenants::list, tenants::create))

@@ -155,6 +155,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V5__idempotency.sql"),
     include_str!("../../migrations/V6__rate_limits.sql"),
     include_str!("../../migrations/V7__conversations.sql"),
+    include_str!("../../migrations/V8__cancel_timeouts_ttl.sql"),
 ];
 
 /// How many migrations the repository holds.

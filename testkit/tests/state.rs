@@ -32,6 +32,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         metadata: serde_json::json!({"k": "v"}),
         webhook_url: webhook.map(str::to_owned),
         session_id: None,
+        ttl: None,
         projects: None,
         trigger: None,
     }
@@ -132,9 +133,10 @@ async fn a_finished_run_never_changes_again() {
             .is_none()
     );
     assert!(
-        !runs::heartbeat(&client, run.id, "w1", Duration::from_secs(30))
+        runs::heartbeat(&client, run.id, "w1", Duration::from_secs(30))
             .await
             .expect("q")
+            .is_none()
     );
     assert!(
         runs::release(&client, run.id, "w1")
@@ -178,9 +180,10 @@ async fn expired_leases_are_requeued_then_failed_when_attempts_run_out() {
         "attempts remain, so back to the queue"
     );
     assert!(
-        !runs::heartbeat(&client, run.id, "dead-1", Duration::from_secs(30))
+        runs::heartbeat(&client, run.id, "dead-1", Duration::from_secs(30))
             .await
             .expect("q")
+            .is_none()
     );
 
     let (second, _) = runs::claim(&client, run.id, "dead-2", Duration::ZERO)

@@ -89,8 +89,55 @@ struct Ctx {
     grace: Duration,
     /// Claims of concurrent deliveries, batched into one UPDATE.
     claims: Batcher<Uuid, Claimed>,
+    /// The runs executing here, with their cancel tokens.
+    cancels: std::sync::Arc<Cancels>,
     /// Completions, batched into one transaction (runs and their deliveries).
     completions: Batcher<Completion, Result<bool, String>>,
+}
+
+/// The cancel tokens of the runs this worker executes, and cancels heard for runs it has not
+/// started yet (a claim and a cancel can cross), kept for a minute.
+#[derive(Default)]
+struct Cancels {
+    inner: std::sync::Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    running: std::collections::HashMap<Uuid, CancellationToken>,
+    early: std::collections::HashMap<Uuid, tokio::time::Instant>,
+}
+
+impl Cancels {
+    /// The token of a run this worker starts; already cancelled if a cancel came first.
+    fn register(&self, run_id: Uuid) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if state.early.remove(&run_id).is_some() {
+            token.cancel();
+        }
+        state.running.insert(run_id, token.clone());
+        token
+    }
+
+    fn unregister(&self, run_id: Uuid) {
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        state.running.remove(&run_id);
+    }
+
+    /// Cancels `run_id` if it runs here, or remembers the cancel in case it is about to.
+    fn cancel(&self, run_id: Uuid) {
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(token) = state.running.get(&run_id) {
+            token.cancel();
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        state
+            .early
+            .retain(|_, heard| now.duration_since(*heard) < Duration::from_secs(60));
+        state.early.insert(run_id, now);
+    }
 }
 
 /// How many claims or completions one statement takes at most.
@@ -130,13 +177,14 @@ fn completer(
                     let done = runs::complete_many(&tx, &owner, &results).await?;
                     let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
                     tx.commit().await?;
-                    let events: Vec<_> =
-                        done.iter().flat_map(|r| r.events.iter().cloned()).collect();
-                    broker.publish_events(&events).await;
+                    // Webhooks first: they are what most callers wait for.
                     let queue = broker.topology().deliveries();
                     if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
                         tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
                     }
+                    let events: Vec<_> =
+                        done.iter().flat_map(|r| r.events.iter().cloned()).collect();
+                    broker.publish_events(&events).await;
                     Ok::<_, anyhow::Error>(done)
                 }
             };
@@ -191,7 +239,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         lease: config.lease,
         shutdown: shutdown.clone(),
         grace: config.shutdown_grace,
+        cancels: std::sync::Arc::default(),
     };
+    // Cancels reach the worker holding a run through the control exchange.
+    let cancels = std::sync::Arc::clone(&ctx.cancels);
+    let control_broker = broker.clone();
+    let control_shutdown = broker_shutdown.clone();
+    tokio::spawn(async move {
+        control_broker
+            .subscribe_control(control_shutdown, |event| {
+                if let amqp::ControlEvent::Message(body) = event
+                    && let Some(run_id) = runs::cancelled_by(body)
+                {
+                    cancels.cancel(run_id);
+                }
+            })
+            .await;
+    });
     tracing::info!(worker_id = %ctx.owner, concurrency = config.concurrency, "worker starting");
     let maintenance = tokio::spawn(maintain(ctx.clone(), config.clone()));
     let handler_ctx = ctx.clone();
@@ -247,15 +311,27 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
     .await;
 }
 
+/// How a run's execution ended here.
+enum Outcome {
+    /// The executor answered.
+    Done(Result<serde_json::Value, executor::ExecError>),
+    /// It took longer than the agent's `timeoutSeconds`.
+    TimedOut,
+    /// A cancel was asked for.
+    Cancelled,
+}
+
 async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
     let lost = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone()));
+    let cancel = ctx.cancels.register(run.id);
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone(), cancel.clone()));
     let history = match conversation(ctx, &run).await {
         Ok(history) => history,
         Err(err) => {
             tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot read the conversation; handing the run back");
             hand_back(ctx, run.id).await;
             heartbeat.abort();
+            ctx.cancels.unregister(run.id);
             return;
         }
     };
@@ -274,8 +350,17 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
             data: serde_json::json!({"status": "running", "attempt": run.attempt}),
         }],
     );
+    let executing = tokio::time::timeout(
+        agent.timeout,
+        executor::execute(&agent, &run, &history, &sink.emitter),
+    );
+    // Leaving the `select!` drops the executor, which aborts its requests to the provider.
     let outcome = tokio::select! {
-        outcome = executor::execute(&agent, &run, &history, &sink.emitter) => Some(outcome),
+        outcome = executing => Some(outcome.map_or(Outcome::TimedOut, Outcome::Done)),
+        () = cancel.cancelled() => {
+            tracing::info!(run_id = %run.id, "cancelled");
+            Some(Outcome::Cancelled)
+        }
         () = lost.cancelled() => {
             tracing::warn!(run_id = %run.id, "lease lost; abandoning the run");
             None
@@ -290,9 +375,10 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
     let pending = sink.finish().await;
     if let Some(outcome) = outcome {
         // The heartbeat keeps the lease while the outcome is recorded, however long that takes.
-        finish(ctx, &run, outcome, pending).await;
+        finish(ctx, &run, &agent, outcome, pending).await;
     }
     heartbeat.abort();
+    ctx.cancels.unregister(run.id);
 }
 
 /// The earlier messages of the run's conversation; none without a session.
@@ -308,17 +394,36 @@ async fn conversation(
 }
 
 /// `running → queued` without spending the attempt, then publishes the run so that a worker can
-/// start it at once. Should the release fail, the lease expires and the reaper requeues it.
+/// start it at once (or, if a cancel was asked for, `→ cancelled` with its deliveries). Should
+/// the release fail, the lease expires and the reaper requeues it.
 async fn hand_back(ctx: &Ctx, run_id: Uuid) {
-    if let Ok(client) = ctx.pool.get().await
-        && let Ok(Some(released)) = runs::release(&client, run_id, &ctx.owner).await
-    {
-        ctx.broker.publish_events(&released.events).await;
-        // The broker outlives the consumers, so another worker can start it now.
-        let _ = ctx
-            .broker
-            .publish_id(&ctx.broker.topology().runs(), run_id)
-            .await;
+    let released = async {
+        let mut client = ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(run) = runs::release(&tx, run_id, &ctx.owner).await? else {
+            return anyhow::Ok(None);
+        };
+        let deliveries = if run.status.is_terminal() {
+            deliveries::create_for_run(&tx, &run).await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await?;
+        Ok(Some((run, deliveries)))
+    };
+    if let Ok(Some((run, delivery_ids))) = released.await {
+        ctx.broker.publish_events(&run.events).await;
+        let topology = ctx.broker.topology();
+        if run.status.is_terminal() {
+            let _ = ctx
+                .broker
+                .publish_ids(&topology.deliveries(), &delivery_ids)
+                .await;
+            start_next_in_session(ctx, &run).await;
+        } else {
+            // The broker outlives the consumers, so another worker can start it now.
+            let _ = ctx.broker.publish_id(&topology.runs(), run_id).await;
+        }
     }
 }
 
@@ -349,7 +454,7 @@ async fn start_next_in_session(ctx: &Ctx, run: &Run) {
     }
 }
 
-async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
+async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken, cancel: CancellationToken) {
     let every = ctx.lease / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -360,8 +465,10 @@ async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
                 .ok()
         };
         match beat.await {
-            Some(true) => {}
-            Some(false) => {
+            Some(Some(false)) => {}
+            // A cancel the control exchange did not bring.
+            Some(Some(true)) => cancel.cancel(),
+            Some(None) => {
                 lost.cancel();
                 return;
             }
@@ -374,16 +481,11 @@ async fn heartbeat(ctx: Ctx, run_id: Uuid, lost: CancellationToken) {
 /// Records the outcome and its deliveries in one transaction (batched with other runs'
 /// completions), then publishes the delivery ids. Retries while the database is unreachable, for
 /// as long as the lease could still be ours.
-async fn finish(
-    ctx: &Ctx,
-    run: &Run,
-    outcome: Result<serde_json::Value, executor::ExecError>,
-    pending: Pending,
-) {
+async fn finish(ctx: &Ctx, run: &Run, agent: &AgentSpec, outcome: Outcome, pending: Pending) {
     let deadline = tokio::time::Instant::now() + ctx.lease;
     loop {
         let recorded = match &outcome {
-            Ok(result) => ctx
+            Outcome::Done(Ok(result)) => ctx
                 .completions
                 .submit(Completion {
                     id: run.id,
@@ -392,13 +494,13 @@ async fn finish(
                 })
                 .await
                 .unwrap_or_else(|gone| Err(gone.to_string())),
-            Err(err) => record_failure(ctx, run, err, &pending)
+            other => record_end(ctx, run, agent, other, &pending)
                 .await
                 .map_err(|e| format!("{e:#}")),
         };
         match recorded {
             Ok(true) => {
-                tracing::info!(run_id = %run.id, ok = outcome.is_ok(), "run finished");
+                tracing::info!(run_id = %run.id, "run finished");
                 start_next_in_session(ctx, run).await;
                 return;
             }
@@ -421,31 +523,55 @@ async fn finish(
     }
 }
 
-/// `running → failed` with its deliveries, in one transaction; then publishes them.
-async fn record_failure(
+/// Records an end other than success (`failed`, `timed_out`, `cancelled`) with its deliveries,
+/// in one transaction; then publishes its events and deliveries. `false`: the lease was lost.
+async fn record_end(
     ctx: &Ctx,
     run: &Run,
-    err: &executor::ExecError,
+    agent: &AgentSpec,
+    outcome: &Outcome,
     pending: &Pending,
 ) -> anyhow::Result<bool> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(failed) = runs::end_with_error(
-        &tx,
-        run.id,
-        &ctx.owner,
-        RunStatus::Failed,
-        err.code,
-        &err.message,
-        pending,
-    )
-    .await?
-    else {
+    let ended = match outcome {
+        Outcome::Done(Ok(_)) => anyhow::bail!("a success is recorded by the completer"),
+        Outcome::Done(Err(err)) => {
+            runs::end_with_error(
+                &tx,
+                run.id,
+                &ctx.owner,
+                RunStatus::Failed,
+                err.code,
+                &err.message,
+                pending,
+            )
+            .await?
+        }
+        Outcome::TimedOut => {
+            let message = format!(
+                "the run took longer than its agent's timeoutSeconds ({} s)",
+                agent.timeout.as_secs()
+            );
+            runs::end_with_error(
+                &tx,
+                run.id,
+                &ctx.owner,
+                RunStatus::TimedOut,
+                "timeout",
+                &message,
+                pending,
+            )
+            .await?
+        }
+        Outcome::Cancelled => runs::cancel_running(&tx, run.id, &ctx.owner, pending).await?,
+    };
+    let Some(ended) = ended else {
         return Ok(false);
     };
-    let ids = deliveries::create_for_run(&tx, &failed).await?;
+    let ids = deliveries::create_for_run(&tx, &ended).await?;
     tx.commit().await?;
-    ctx.broker.publish_events(&failed.events).await;
+    ctx.broker.publish_events(&ended.events).await;
     if let Err(err) = ctx
         .broker
         .publish_ids(&ctx.broker.topology().deliveries(), &ids)
@@ -514,6 +640,33 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
         .publish_ids(&topology.deliveries(), &failed_deliveries)
         .await
         .ok();
+
+    // Expire: queued runs whose ttl passed before any worker started them.
+    {
+        let mut client = ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let expired = runs::expire_overdue(&tx, SWEEP_BATCH).await?;
+        let mut delivery_ids = Vec::new();
+        for run in &expired {
+            delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
+        }
+        tx.commit().await?;
+        if !expired.is_empty() {
+            tracing::info!(expired = expired.len(), "expired runs whose ttl passed");
+            let events: Vec<_> = expired
+                .iter()
+                .flat_map(|r| r.events.iter().cloned())
+                .collect();
+            ctx.broker.publish_events(&events).await;
+            ctx.broker
+                .publish_ids(&topology.deliveries(), &delivery_ids)
+                .await
+                .ok();
+            for run in &expired {
+                start_next_in_session(ctx, run).await;
+            }
+        }
+    }
 
     // Sweep: queued runs and pending deliveries whose messages may have been lost.
     if !ctx.broker.is_connected() {

@@ -151,6 +151,8 @@ pub struct Agent {
     pub credential_reference_id: Option<String>,
     /// How many times a run of this agent is tried before it fails.
     pub max_attempts: i32,
+    /// How long one execution of a run may take; past it the run ends `timed_out`.
+    pub timeout_seconds: i32,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -174,6 +176,9 @@ pub struct AgentSpec {
     pub credential_reference_id: Option<String>,
     #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i32>,
+    /// Seconds one execution may take (default 900).
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_seconds: Option<i32>,
     /// Read-only; accepted and ignored.
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
@@ -201,6 +206,8 @@ pub struct AgentPatch {
     credential_reference_id: Option<String>,
     #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<i32>,
+    #[schema(minimum = 1, maximum = 86400)]
+    timeout_seconds: Option<i32>,
     project_id: Option<String>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
@@ -216,6 +223,7 @@ struct Valid {
     config: Value,
     credential_id: Option<String>,
     max_attempts: i32,
+    timeout_seconds: i32,
 }
 
 /// Checks an agent as a whole. `may_use_credentials` is false for a project-limited key, which
@@ -240,6 +248,10 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
     if !(1..=100).contains(&max_attempts) {
         return Err(Error::invalid("`maxAttempts` must be from 1 to 100"));
     }
+    let timeout_seconds = spec.timeout_seconds.unwrap_or(900);
+    if !(1..=86_400).contains(&timeout_seconds) {
+        return Err(Error::invalid("`timeoutSeconds` must be from 1 to 86400"));
+    }
     if let Some(cred) = &spec.credential_reference_id
         && !super::valid_id(cred)
     {
@@ -253,11 +265,12 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
         config,
         credential_id: spec.credential_reference_id,
         max_attempts,
+        timeout_seconds,
     })
 }
 
 const COLUMNS: &str = "id, project_id, name, description, kind, config, credential_id, \
-    max_attempts, created_at, updated_at";
+    max_attempts, timeout_seconds, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
     Ok(Agent {
@@ -269,6 +282,7 @@ fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
         config: row.try_get("config")?,
         credential_reference_id: row.try_get("credential_id")?,
         max_attempts: row.try_get("max_attempts")?,
+        timeout_seconds: row.try_get("timeout_seconds")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -290,8 +304,8 @@ pub async fn create(
         .query_opt(
             &format!(
                 "INSERT INTO agents (tenant_id, id, project_id, name, description, kind, config, \
-                                     credential_id, max_attempts) \
-                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9 FROM projects p \
+                                     credential_id, max_attempts, timeout_seconds) \
+                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10 FROM projects p \
                  WHERE p.tenant_id = $1 AND p.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -305,6 +319,7 @@ pub async fn create(
                 &v.config,
                 &v.credential_id,
                 &v.max_attempts,
+                &v.timeout_seconds,
             ],
         )
         .await
@@ -395,6 +410,7 @@ pub async fn update(
         config: Some(current.config),
         credential_reference_id: current.credential_reference_id,
         max_attempts: Some(current.max_attempts),
+        timeout_seconds: Some(current.timeout_seconds),
         created_at: None,
         updated_at: None,
     })
@@ -407,7 +423,7 @@ pub async fn update(
         .query_one(
             &format!(
                 "UPDATE agents SET name = $4, description = $5, kind = $6, config = $7, \
-                     credential_id = $8, max_attempts = $9, updated_at = now() \
+                     credential_id = $8, max_attempts = $9, timeout_seconds = $10, updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING {COLUMNS}"
             ),
             &[
@@ -420,6 +436,7 @@ pub async fn update(
                 &v.config,
                 &v.credential_id,
                 &v.max_attempts,
+                &v.timeout_seconds,
             ],
         )
         .await

@@ -49,6 +49,10 @@ pub struct CreateRun {
     /// time is answered 200 with its result; otherwise 202 as usual.
     #[schema(minimum = 0, maximum = 60)]
     wait: Option<f64>,
+    /// Seconds the run may wait in the queue (1 to 604800): one that has not started by then
+    /// never does, and ends `expired`.
+    #[schema(minimum = 1, maximum = 604800)]
+    ttl: Option<f64>,
     /// Answer with the run's events as they happen (SSE), from its creation to its end, as
     /// `GET /v1/runs/{id}/events` would. `Accept: text/event-stream` does the same.
     stream: Option<bool>,
@@ -63,6 +67,7 @@ struct ValidRun {
     metadata: Value,
     session_id: Option<String>,
     wait: Option<Duration>,
+    ttl: Option<Duration>,
     stream: bool,
 }
 
@@ -138,8 +143,20 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
             )));
         }
     };
+    let ttl = match body.ttl {
+        None => None,
+        Some(secs) if secs.is_finite() && (1.0..=604_800.0).contains(&secs) => {
+            Some(Duration::from_secs_f64(secs))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`ttl` must be a number of seconds from 1 to 604800",
+            ));
+        }
+    };
     Ok(ValidRun {
         wait,
+        ttl,
         stream: body.stream.unwrap_or(false),
         session_id: body.session_id,
         agent_id,
@@ -237,6 +254,7 @@ pub async fn create(
         metadata: valid.metadata,
         webhook_url: valid.webhook_url,
         session_id: valid.session_id,
+        ttl: valid.ttl,
         projects: key.project_ids.clone(),
         trigger: None,
     };
@@ -281,6 +299,76 @@ pub async fn get(
     crate::routes::events::visible_run(&state, &principal, &id)
         .await
         .map(axum::Json)
+}
+
+/// The answer of a cancel.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Cancelled {
+    success: bool,
+}
+
+/// Cancel a run: `{success: true}`. A queued run never starts; a running one is stopped within
+/// about a second by the worker holding it (its request to the agent is aborted), and ends
+/// `cancelled` with a `run.cancelled` webhook. Idempotent: a finished run answers the same and
+/// stays as it is. Needs the `trigger` scope.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "Runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "Cancelled, or already finished", body = Cancelled), Errors))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Cancelled>, ApiError> {
+    let key = principal.key_with(Scope::Trigger)?;
+    let not_found = || ApiError::not_found(format!("run `{id}` was not found"));
+    let run_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let mut client = state.pool.get().await?;
+    let run = switchyard_common::runs::get(&client, &key.tenant_id, run_id)
+        .await?
+        .filter(|run| {
+            key.project_ids
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(&run.project_id))
+        })
+        .ok_or_else(not_found)?;
+    let done = axum::Json(Cancelled { success: true });
+    if run.status.is_terminal() {
+        return Ok(done);
+    }
+    // Queued: cancel it here, with its webhooks, in one transaction.
+    let tx = client.transaction().await?;
+    if let Some(cancelled) =
+        switchyard_common::runs::cancel_queued(&tx, &key.tenant_id, run_id).await?
+    {
+        let deliveries = switchyard_common::deliveries::create_for_run(&tx, &cancelled).await?;
+        tx.commit().await?;
+        state.broker.publish_events(&cancelled.events).await;
+        let topology = state.broker.topology();
+        if let Err(err) = state
+            .broker
+            .publish_ids(&topology.deliveries(), &deliveries)
+            .await
+        {
+            tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+        }
+        // It may have held up the rest of its session.
+        if let Ok(Some(next)) = switchyard_common::runs::next_in_session(&client, &cancelled).await
+        {
+            let _ = state.broker.publish_id(&topology.runs(), next).await;
+        }
+        return Ok(done);
+    }
+    tx.rollback().await?;
+    // Running: ask its worker. Should the message be lost, the worker's next heartbeat sees it.
+    if switchyard_common::runs::request_cancel(&client, &key.tenant_id, run_id).await?
+        && let Err(err) = state
+            .broker
+            .publish_control(&switchyard_common::runs::cancel_message(run_id))
+            .await
+    {
+        tracing::warn!(%run_id, error = %err, "cancel recorded; the worker will see it at its next heartbeat");
+    }
+    Ok(done)
 }
 
 /// Fallback for unknown routes.

@@ -1,0 +1,270 @@
+//! How runs end other than by completing: cancel (queued and running), the agent's timeout, and
+//! the queue ttl. Each ends with its final status event and its webhook.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_testkit::api::{get, post};
+use switchyard_testkit::sse::Reader;
+use switchyard_testkit::{Stack, StackOptions, poll};
+
+async fn stack(workers: usize) -> Stack {
+    Stack::start(StackOptions {
+        workers,
+        worker_lease: "3s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts")
+}
+
+/// An echo agent of the `default` project, made through the management API.
+async fn agent(stack: &Stack, id: &str, spec: Value) {
+    let mut body = json!({"id": id, "name": id, "kind": "echo"});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), spec.as_object()) {
+        body.extend(extra.clone());
+    }
+    let made = post(
+        stack,
+        "/manage/tenants/default/projects/default/agents",
+        &stack.api_key,
+        body,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+}
+
+async fn create(stack: &Stack, body: Value) -> String {
+    let mut body = body;
+    body["webhookUrl"] = json!(stack.receiver.url);
+    let made = post(stack, "/v1/runs", &stack.api_key, body).await;
+    assert_eq!(made.status, 202, "{}", made.body);
+    made.body["id"].as_str().expect("id").to_owned()
+}
+
+async fn cancel(stack: &Stack, run_id: &str) -> Value {
+    let answer = post(
+        stack,
+        &format!("/v1/runs/{run_id}/cancel"),
+        &stack.api_key,
+        json!({}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body
+}
+
+async fn status_becomes(stack: &Stack, run_id: &str, status: &str) -> Value {
+    poll(Duration::from_secs(20), || async {
+        let run = stack.get_run(run_id).await.ok()?;
+        (run["status"] == status).then_some(run)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("run {run_id} did not become {status}"))
+}
+
+/// The run's whole event stream, which has ended.
+async fn events_of(stack: &Stack, run_id: &str) -> Vec<Value> {
+    let response = stack
+        .http
+        .get(format!("{}/v1/runs/{run_id}/events", stack.base_url))
+        .bearer_auth(&stack.api_key)
+        .send()
+        .await
+        .expect("sent");
+    Reader::new(response)
+        .collect(Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|e| e.json())
+        .collect()
+}
+
+async fn webhook(stack: &Stack, run_id: &str) -> Value {
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(15), |all| {
+            all.iter().any(|r| r.body["data"]["id"] == run_id)
+        })
+        .await
+        .expect("the webhook arrives");
+    let hook = received
+        .iter()
+        .find(|r| r.body["data"]["id"] == run_id)
+        .expect("found");
+    assert!(hook.verified);
+    hook.body.clone()
+}
+
+#[tokio::test]
+async fn a_cancelled_queued_run_never_starts_and_does_not_hold_up_its_session() {
+    let stack = stack(1).await;
+    agent(&stack, "slow", json!({"config": {"delayMs": 1500}})).await;
+    let first = create(
+        &stack,
+        json!({"agentId": "slow", "message": "first", "sessionId": "s"}),
+    )
+    .await;
+    let second = create(
+        &stack,
+        json!({"agentId": "slow", "message": "second", "sessionId": "s"}),
+    )
+    .await;
+    let third = create(
+        &stack,
+        json!({"agentId": "slow", "message": "third", "sessionId": "s"}),
+    )
+    .await;
+    status_becomes(&stack, &first, "running").await;
+
+    // The second waits behind the first: cancel it there.
+    assert_eq!(cancel(&stack, &second).await, json!({"success": true}));
+    let cancelled = stack.get_run(&second).await.expect("run");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(cancelled["completedAt"].is_string());
+
+    // The third runs after the first, and sees only the first's turn.
+    let done = status_becomes(&stack, &third, "completed").await;
+    assert_eq!(done["result"]["history"].as_array().map(Vec::len), Some(2));
+    let never = stack.get_run(&second).await.expect("run");
+    assert_eq!(never["status"], "cancelled");
+    assert_eq!(never["startedAt"], Value::Null, "it never started");
+    assert_eq!(never["attempt"], 0);
+
+    let events = events_of(&stack, &second).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["status"], "cancelled");
+    assert_eq!(webhook(&stack, &second).await["type"], "run.cancelled");
+
+    // Cancel is idempotent, and a finished run stays as it is.
+    assert_eq!(cancel(&stack, &second).await, json!({"success": true}));
+    assert_eq!(cancel(&stack, &first).await, json!({"success": true}));
+    assert_eq!(
+        stack.get_run(&first).await.expect("run")["status"],
+        "completed"
+    );
+    let unknown = post(
+        &stack,
+        "/v1/runs/01a2b3c4-0000-7000-8000-000000000000/cancel",
+        &stack.api_key,
+        json!({}),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_running_run_is_stopped_by_its_worker_when_cancelled() {
+    let stack = stack(2).await;
+    agent(&stack, "long", json!({"config": {"delayMs": 30000}})).await;
+    let run_id = create(
+        &stack,
+        json!({"agentId": "long", "message": "a b c d e f g h i j"}),
+    )
+    .await;
+    status_becomes(&stack, &run_id, "running").await;
+
+    let asked = Instant::now();
+    assert_eq!(cancel(&stack, &run_id).await, json!({"success": true}));
+    let run = status_becomes(&stack, &run_id, "cancelled").await;
+    eprintln!("cancelled {:?} after the request", asked.elapsed());
+    assert!(run["result"].is_null());
+    let events = events_of(&stack, &run_id).await;
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "status");
+    assert_eq!(last["data"]["status"], "cancelled");
+    assert_eq!(webhook(&stack, &run_id).await["type"], "run.cancelled");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cancel_the_control_message_missed_is_seen_at_the_next_heartbeat() {
+    let stack = stack(1).await;
+    agent(&stack, "long", json!({"config": {"delayMs": 30000}})).await;
+    let run_id = create(&stack, json!({"agentId": "long", "message": "unheard"})).await;
+    status_becomes(&stack, &run_id, "running").await;
+    // Asked for in the database only, as if the broker had lost the control message.
+    let client = stack.db.client().await.expect("db");
+    let marked = client
+        .execute(
+            "UPDATE runs SET cancel_requested_at = now() WHERE id = $1::text::uuid",
+            &[&run_id],
+        )
+        .await
+        .expect("update");
+    assert_eq!(marked, 1);
+    status_becomes(&stack, &run_id, "cancelled").await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_past_its_agents_timeout_ends_timed_out() {
+    let stack = stack(1).await;
+    agent(
+        &stack,
+        "dawdler",
+        json!({"timeoutSeconds": 1, "config": {"delayMs": 20000}}),
+    )
+    .await;
+    let listed = get(
+        &stack,
+        "/manage/tenants/default/projects/default/agents/dawdler",
+        &stack.api_key,
+    )
+    .await;
+    assert_eq!(listed.body["data"]["timeoutSeconds"], 1);
+    let run_id = create(&stack, json!({"agentId": "dawdler", "message": "too slow"})).await;
+    let run = status_becomes(&stack, &run_id, "timed_out").await;
+    assert_eq!(run["errorCode"], "timeout");
+    let events = events_of(&stack, &run_id).await;
+    let n = events.len();
+    assert_eq!(events[n - 2]["type"], "error");
+    assert_eq!(events[n - 2]["data"]["errorCode"], "timeout");
+    assert_eq!(events[n - 1]["data"]["status"], "timed_out");
+    assert_eq!(webhook(&stack, &run_id).await["type"], "run.timed_out");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_run_not_started_within_its_ttl_expires() {
+    let stack = stack(1).await;
+    agent(&stack, "slow", json!({"config": {"delayMs": 3000}})).await;
+    // The first run holds the session for 3 s; the second may wait 1 s.
+    let first = create(
+        &stack,
+        json!({"agentId": "slow", "message": "first", "sessionId": "s"}),
+    )
+    .await;
+    let hurried = create(
+        &stack,
+        json!({"agentId": "slow", "message": "hurried", "sessionId": "s", "ttl": 1}),
+    )
+    .await;
+    let after = create(
+        &stack,
+        json!({"agentId": "slow", "message": "after", "sessionId": "s"}),
+    )
+    .await;
+    let expired = status_becomes(&stack, &hurried, "expired").await;
+    assert_eq!(expired["errorCode"], "ttl_expired");
+    assert_eq!(expired["startedAt"], Value::Null);
+    assert_eq!(webhook(&stack, &hurried).await["type"], "run.expired");
+    let events = events_of(&stack, &hurried).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["status"], "expired");
+    // The session goes on without it.
+    status_becomes(&stack, &first, "completed").await;
+    let done = status_becomes(&stack, &after, "completed").await;
+    assert_eq!(done["result"]["history"].as_array().map(Vec::len), Some(2));
+    // A ttl out of range is refused.
+    let bad = post(
+        &stack,
+        "/v1/runs",
+        &stack.api_key,
+        json!({"agentId": "slow", "message": "x", "ttl": 0}),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    stack.shutdown().await;
+}
