@@ -97,6 +97,15 @@ pub struct Run {
     pub trigger_id: Option<String>,
     /// Where the invocation came from (ChatHive's `environment`, default `api`).
     pub environment: Option<String>,
+    /// Tokens the agent's model used, when it reports them: `{promptTokens, completionTokens,
+    /// totalTokens}`.
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<serde_json::Value>,
+    /// Named outputs: `{name, mediaType, size, text | json | base64}`.
+    #[schema(value_type = Vec<Object>)]
+    pub artifacts: Vec<serde_json::Value>,
+    /// The model this run asked for instead of its agent's.
+    pub chat_model_id: Option<String>,
     /// The session the run belongs to (ChatHive's `sessionId`): its conversation is the
     /// tenant's, project's and session's.
     pub session_id: Option<String>,
@@ -121,6 +130,8 @@ pub struct AgentSpec {
     pub config: serde_json::Value,
     /// How long one execution may take (`timeoutSeconds`).
     pub timeout: std::time::Duration,
+    /// The credential the executor uses (`credentialReferenceId`).
+    pub credential_id: Option<String>,
 }
 
 impl AgentSpec {

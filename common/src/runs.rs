@@ -15,7 +15,7 @@ use crate::model::{AgentSpec, Run, RunStatus};
 const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
-    r.conversation_id";
+    r.conversation_id, r.usage, r.artifacts, r.chat_model_id";
 
 /// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
 /// number its first closing event takes, or NULL to follow the run's last event): `completed`
@@ -65,6 +65,8 @@ pub struct NewRun {
     pub session_id: Option<String>,
     /// A run still queued this long after it was accepted never starts: it ends `expired`.
     pub ttl: Option<Duration>,
+    /// The model to use instead of the agent's (`chatModelId`).
+    pub chat_model_id: Option<String>,
     /// The projects the caller may start runs in (a project-limited API key); `None` for all.
     pub projects: Option<Vec<String>>,
     /// Set when a trigger started the run.
@@ -104,6 +106,13 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         trigger_id: row.try_get("trigger_id")?,
         environment: row.try_get("environment")?,
         session_id: row.try_get("session_id")?,
+        usage: row.try_get("usage")?,
+        artifacts: row
+            .try_get::<_, serde_json::Value>("artifacts")
+            .ok()
+            .and_then(|a| serde_json::from_value(a).ok())
+            .unwrap_or_default(),
+        chat_model_id: row.try_get("chat_model_id")?,
         conversation_id: row.try_get("conversation_id")?,
         last_seq: row.try_get("last_seq").unwrap_or(0),
         events: crate::events::from_json(row.try_get("events").ok().flatten()),
@@ -149,17 +158,18 @@ pub async fn insert_batch(
         .map(|r| r.projects.as_ref().map(|p| p.join(",")))
         .collect();
     let ttls: Vec<Option<f64>> = runs.iter().map(|r| r.ttl.map(secs)).collect();
+    let models: Vec<Option<&str>> = runs.iter().map(|r| r.chat_model_id.as_deref()).collect();
     let sql = format!(
         "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
-                                missing_placeholders, expires_at) \
+                                missing_placeholders, expires_at, chat_model_id) \
          SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, a.max_attempts, n.trigger_id, n.environment, n.session_id, \
-                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl) \
+                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[]) \
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::text[]) \
               AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects, trigger_id, \
-                   environment, session_id, missing, ttl) \
+                   environment, session_id, missing, ttl, model) \
          JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
          WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
          RETURNING {COLUMNS}"
@@ -182,6 +192,7 @@ pub async fn insert_batch(
                 &sessions,
                 &missing,
                 &ttls,
+                &models,
             ],
         )
         .await?;
@@ -272,7 +283,8 @@ pub async fn claim_many(
          WHERE r.id = c.id AND r.status = 'queued' AND (c.session_id IS NULL OR t.run_id IS NOT NULL) \
          RETURNING {COLUMNS}, \
              (SELECT coalesce(max(e.seq), 0) FROM run_events e WHERE e.run_id = r.id) AS last_seq, \
-             a.kind AS agent_kind, a.config AS agent_config, a.timeout_seconds AS agent_timeout"
+             a.kind AS agent_kind, a.config AS agent_config, a.timeout_seconds AS agent_timeout, \
+             a.credential_id AS agent_credential"
     );
     let rows = client
         .query(
@@ -297,6 +309,7 @@ pub async fn claim_many(
                             .and_then(|t| u64::try_from(t).ok())
                             .unwrap_or(900),
                     ),
+                    credential_id: row.try_get("agent_credential")?,
                 },
             ))
         })
@@ -345,6 +358,10 @@ impl Pending {
 pub struct Completion {
     pub id: Uuid,
     pub result: serde_json::Value,
+    /// Token usage, when the executor reports it.
+    pub usage: Option<serde_json::Value>,
+    /// Named outputs, stored on the run.
+    pub artifacts: Vec<serde_json::Value>,
     pub pending: Pending,
 }
 
@@ -358,6 +375,8 @@ pub async fn complete(
     let completion = Completion {
         id,
         result: result.clone(),
+        usage: None,
+        artifacts: Vec::new(),
         pending: Pending::default(),
     };
     Ok(complete_many(client, owner, &[completion]).await?.pop())
@@ -378,14 +397,22 @@ pub async fn complete_many(
         .map(|c| c.pending.closing_seq())
         .collect();
     let (ev_runs, ev_seqs, ev_kinds, ev_data) = flatten(completions);
+    let usages: Vec<Option<&serde_json::Value>> =
+        completions.iter().map(|c| c.usage.as_ref()).collect();
+    let artifacts: Vec<serde_json::Value> = completions
+        .iter()
+        .map(|c| serde_json::Value::Array(c.artifacts.clone()))
+        .collect();
     // A completed run of a session adds its turn to the conversation: the message it was given
     // (or its inputs) and its answer (`output` when that is text, else the whole result). Only
     // the conversation's holder appends, so numbering from the last message cannot collide.
     let sql = format!(
         "WITH done AS ( \
-             UPDATE runs r SET status = 'completed', result = c.result, lease_owner = NULL, \
+             UPDATE runs r SET status = 'completed', result = c.result, usage = c.usage, \
+                    artifacts = c.artifacts, lease_owner = NULL, \
                     lease_expires_at = NULL, completed_at = clock_timestamp(), updated_at = now() \
-             FROM unnest($1::uuid[], $2::jsonb[], $4::bigint[]) AS c(id, result, base) \
+             FROM unnest($1::uuid[], $2::jsonb[], $4::bigint[], $9::jsonb[], $10::jsonb[]) \
+                  AS c(id, result, base, usage, artifacts) \
              WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 \
              RETURNING {COLUMNS}, c.base), \
          {FREE_CONVERSATIONS}, \
@@ -409,7 +436,8 @@ pub async fn complete_many(
         .query(
             &client.prepare_cached(&sql).await?,
             &[
-                &ids, &values, &owner, &bases, &ev_runs, &ev_seqs, &ev_kinds, &ev_data,
+                &ids, &values, &owner, &bases, &ev_runs, &ev_seqs, &ev_kinds, &ev_data, &usages,
+                &artifacts,
             ],
         )
         .await?;
@@ -521,6 +549,8 @@ async fn end_running(
     let completion = Completion {
         id,
         result: serde_json::Value::Null,
+        usage: None,
+        artifacts: Vec::new(),
         pending: pending.clone(),
     };
     let (ev_runs, ev_seqs, ev_kinds, ev_data) = flatten(std::slice::from_ref(&completion));

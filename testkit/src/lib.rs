@@ -5,6 +5,7 @@
 //! Everything it creates is removed again when dropped: databases, queues and processes.
 
 pub mod api;
+pub mod fake_llm;
 pub mod receiver;
 pub mod sse;
 
@@ -156,6 +157,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V6__rate_limits.sql"),
     include_str!("../../migrations/V7__conversations.sql"),
     include_str!("../../migrations/V8__cancel_timeouts_ttl.sql"),
+    include_str!("../../migrations/V9__executors.sql"),
 ];
 
 /// How many migrations the repository holds.
@@ -497,6 +499,9 @@ fn worker_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'stati
         options.sweep_after.into(),
     ));
     env.push(("SWITCHYARD_MAINTENANCE_INTERVAL", "500ms".into()));
+    env.push(("SWITCHYARD_MASTER_KEY", MASTER_KEY.into()));
+    // Fake models, tools and agents listen on loopback.
+    env.push(("SWITCHYARD_EGRESS_ALLOW", options.egress_allow.into()));
     env.push(("SWITCHYARD_SHUTDOWN_GRACE", "2s".into()));
     env
 }

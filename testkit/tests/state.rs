@@ -33,6 +33,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         webhook_url: webhook.map(str::to_owned),
         session_id: None,
         ttl: None,
+        chat_model_id: None,
         projects: None,
         trigger: None,
     }
@@ -860,6 +861,8 @@ async fn a_runs_events_are_numbered_without_gaps_through_every_transition() {
         &[runs::Completion {
             id: run.id,
             result: serde_json::json!({"output": "ab"}),
+            usage: None,
+            artifacts: Vec::new(),
             pending: runs::Pending {
                 next_seq: Some(4),
                 events: vec![delta("c")],

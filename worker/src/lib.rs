@@ -7,6 +7,9 @@
 //! changes run status only through `switchyard_common::runs`.
 
 pub mod executor;
+pub mod http_agent;
+pub mod openai;
+pub mod outbound;
 pub mod sink;
 
 use std::time::Duration;
@@ -63,6 +66,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// 32 bytes, base64: the key that unseals credentials (the same as the ingress's). Without
+    /// it, agents that name a credential fail with `credential_unavailable`.
+    #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+
+    /// Networks agents, models and tools may reach besides public addresses, comma-separated
+    /// CIDRs (e.g. `127.0.0.0/8` for a model on this host). Everything else non-public is refused.
+    #[arg(long, env = "SWITCHYARD_EGRESS_ALLOW", default_value = "")]
+    pub egress_allow: String,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
@@ -91,6 +104,10 @@ struct Ctx {
     claims: Batcher<Uuid, Claimed>,
     /// The runs executing here, with their cancel tokens.
     cancels: std::sync::Arc<Cancels>,
+    /// The guarded client for agents, models and tools.
+    http: reqwest::Client,
+    guard: switchyard_common::egress::Guard,
+    master_key: Option<switchyard_common::secrets::MasterKey>,
     /// Completions, batched into one transaction (runs and their deliveries).
     completions: Batcher<Completion, Result<bool, String>>,
 }
@@ -230,7 +247,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         broker_shutdown.clone(),
     );
     let owner = config.worker_id.clone().unwrap_or_else(default_worker_id);
+    let guard = switchyard_common::egress::Guard::parse(&config.egress_allow)
+        .map_err(anyhow::Error::msg)?;
+    let http = switchyard_common::egress::client(
+        &guard,
+        // Each request sets its own timeout; a model's stream is bounded by the run's.
+        Duration::from_secs(24 * 3600),
+        concat!("Switchyard-Worker/", env!("CARGO_PKG_VERSION")),
+    )
+    .context("building the HTTP client")?;
+    let master_key = config
+        .master_key
+        .as_deref()
+        .map(switchyard_common::secrets::MasterKey::from_base64)
+        .transpose()
+        .context("SWITCHYARD_MASTER_KEY is not usable")?;
     let ctx = Ctx {
+        http,
+        guard,
+        master_key,
         claims: claimer(pool.clone(), owner.clone(), config.lease),
         completions: completer(pool.clone(), broker.clone(), owner.clone()),
         pool,
@@ -314,7 +349,7 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
 /// How a run's execution ended here.
 enum Outcome {
     /// The executor answered.
-    Done(Result<serde_json::Value, executor::ExecError>),
+    Done(Result<executor::Output, executor::ExecError>),
     /// It took longer than the agent's `timeoutSeconds`.
     TimedOut,
     /// A cancel was asked for.
@@ -350,9 +385,15 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
             data: serde_json::json!({"status": "running", "attempt": run.attempt}),
         }],
     );
+    let env = outbound::Env {
+        http: ctx.http.clone(),
+        guard: ctx.guard.clone(),
+        credentials: credentials(ctx, &run, &agent).await,
+        attempts: u32::try_from(run.max_attempts).unwrap_or(1),
+    };
     let executing = tokio::time::timeout(
         agent.timeout,
-        executor::execute(&agent, &run, &history, &sink.emitter),
+        executor::execute(&agent, &run, &history, &sink.emitter, &env),
     );
     // Leaving the `select!` drops the executor, which aborts its requests to the provider.
     let outcome = tokio::select! {
@@ -379,6 +420,48 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
     }
     heartbeat.abort();
     ctx.cancels.unregister(run.id);
+}
+
+/// The secrets the agent names (its own credential, and its tools'), revealed for this run.
+/// One that cannot be read is left out: the executor that needs it fails the run with
+/// `credential_unavailable`.
+async fn credentials(
+    ctx: &Ctx,
+    run: &Run,
+    agent: &AgentSpec,
+) -> std::collections::HashMap<String, String> {
+    let mut ids: Vec<String> = agent.credential_id.iter().cloned().collect();
+    if let Some(tools) = agent
+        .config
+        .get("tools")
+        .and_then(serde_json::Value::as_array)
+    {
+        ids.extend(
+            tools
+                .iter()
+                .filter_map(|t| t.get("credentialReferenceId")?.as_str().map(str::to_owned)),
+        );
+    }
+    let mut revealed = std::collections::HashMap::new();
+    let (Some(key), false) = (&ctx.master_key, ids.is_empty()) else {
+        return revealed;
+    };
+    let Ok(client) = ctx.pool.get().await else {
+        return revealed;
+    };
+    for id in ids {
+        match switchyard_common::catalog::credentials::reveal(&client, key, &run.tenant_id, &id)
+            .await
+        {
+            Ok(secret) => {
+                revealed.insert(id, secret);
+            }
+            Err(err) => {
+                tracing::warn!(run_id = %run.id, credential = %id, error = %err, "cannot read a credential")
+            }
+        }
+    }
+    revealed
 }
 
 /// The earlier messages of the run's conversation; none without a session.
@@ -485,11 +568,13 @@ async fn finish(ctx: &Ctx, run: &Run, agent: &AgentSpec, outcome: Outcome, pendi
     let deadline = tokio::time::Instant::now() + ctx.lease;
     loop {
         let recorded = match &outcome {
-            Outcome::Done(Ok(result)) => ctx
+            Outcome::Done(Ok(output)) => ctx
                 .completions
                 .submit(Completion {
                     id: run.id,
-                    result: result.clone(),
+                    result: output.result.clone(),
+                    usage: output.usage.clone(),
+                    artifacts: output.artifacts.clone(),
                     pending: pending.clone(),
                 })
                 .await

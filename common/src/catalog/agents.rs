@@ -59,6 +59,83 @@ struct OpenaiConfig {
     system_prompt: Option<String>,
     temperature: Option<f64>,
     max_tokens: Option<u32>,
+    tools: Option<Vec<ToolConfig>>,
+    max_steps: Option<u32>,
+}
+
+/// A function tool backed by an HTTP endpoint.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct ToolConfig {
+    name: String,
+    description: Option<String>,
+    parameters: Option<Value>,
+    url: String,
+    timeout_ms: Option<u64>,
+    credential_reference_id: Option<String>,
+}
+
+/// The most tools an agent declares, and the most model rounds it may ask for.
+const MAX_TOOLS: usize = 32;
+const MAX_STEPS: u32 = 32;
+
+fn check_tools(tools: &[ToolConfig]) -> Result<(), Error> {
+    if tools.len() > MAX_TOOLS {
+        return Err(Error::invalid(format!(
+            "`config.tools` holds at most {MAX_TOOLS} tools"
+        )));
+    }
+    let mut names = std::collections::HashSet::new();
+    for tool in tools {
+        let valid_name = (1..=64).contains(&tool.name.len())
+            && tool
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        if !valid_name {
+            return Err(Error::invalid(
+                "a tool's `name` must be 1 to 64 letters, digits, '_' or '-'",
+            ));
+        }
+        if !names.insert(tool.name.as_str()) {
+            return Err(Error::invalid(format!(
+                "two tools are named `{}`",
+                tool.name
+            )));
+        }
+        check_url(&tool.url, "config.tools[].url")?;
+        if let Some(parameters) = &tool.parameters {
+            if !parameters.is_object() {
+                return Err(Error::invalid(format!(
+                    "the `parameters` of tool `{}` must be a JSON Schema object",
+                    tool.name
+                )));
+            }
+            jsonschema::meta::validate(parameters).map_err(|e| {
+                Error::invalid(format!(
+                    "the `parameters` of tool `{}` are not valid JSON Schema: {e}",
+                    tool.name
+                ))
+            })?;
+        }
+        if tool
+            .timeout_ms
+            .is_some_and(|t| !(100..=600_000).contains(&t))
+        {
+            return Err(Error::invalid(
+                "a tool's `timeoutMs` must be from 100 to 600000",
+            ));
+        }
+        if tool
+            .credential_reference_id
+            .as_deref()
+            .is_some_and(|c| !super::valid_id(c))
+        {
+            return Err(Error::invalid("a tool's credential does not exist"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -101,6 +178,12 @@ fn check_config(kind: AgentKind, config: &Value) -> Result<(), Error> {
             if c.max_tokens == Some(0) {
                 return Err(Error::invalid("`config.maxTokens` must be at least 1"));
             }
+            if c.max_steps.is_some_and(|s| !(1..=MAX_STEPS).contains(&s)) {
+                return Err(Error::invalid(format!(
+                    "`config.maxSteps` must be from 1 to {MAX_STEPS}"
+                )));
+            }
+            check_tools(c.tools.as_deref().unwrap_or_default())?;
         }
         AgentKind::Http => {
             let c: HttpConfig = serde_json::from_value(config.clone()).map_err(bad)?;
@@ -144,7 +227,8 @@ pub struct Agent {
     pub description: Option<String>,
     pub kind: AgentKind,
     /// Settings of the executor: `echo` {delayMs}; `openai` {baseUrl, model, systemPrompt,
-    /// temperature, maxTokens}; `http` {url, timeoutMs}.
+    /// temperature, maxTokens, tools: [{name, description, parameters, url, timeoutMs,
+    /// credentialReferenceId}], maxSteps}; `http` {url, timeoutMs}.
     #[schema(value_type = Object)]
     pub config: Value,
     /// The credential the executor uses (the LLM API key, or the HTTP agent's signing secret).

@@ -458,6 +458,7 @@ pub(crate) async fn run_trigger(
         webhook_url: trigger.webhook_url.clone(),
         session_id: envelope.session_id,
         ttl: None,
+        chat_model_id: None,
         projects,
         trigger: Some(TriggerOrigin {
             trigger_id: trigger.id.clone(),

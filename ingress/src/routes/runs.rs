@@ -49,6 +49,9 @@ pub struct CreateRun {
     /// time is answered 200 with its result; otherwise 202 as usual.
     #[schema(minimum = 0, maximum = 60)]
     wait: Option<f64>,
+    /// The model to use instead of the agent's (an `openai` agent's `model`).
+    #[schema(min_length = 1, max_length = 255)]
+    chat_model_id: Option<String>,
     /// Seconds the run may wait in the queue (1 to 604800): one that has not started by then
     /// never does, and ends `expired`.
     #[schema(minimum = 1, maximum = 604800)]
@@ -68,6 +71,7 @@ struct ValidRun {
     session_id: Option<String>,
     wait: Option<Duration>,
     ttl: Option<Duration>,
+    chat_model_id: Option<String>,
     stream: bool,
 }
 
@@ -126,6 +130,10 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
     }
     let has_nul = body.message.as_deref().is_some_and(|m| m.contains('\0'))
         || body.session_id.as_deref().is_some_and(|m| m.contains('\0'))
+        || body
+            .chat_model_id
+            .as_deref()
+            .is_some_and(|m| m.contains('\0'))
         || body.inputs.as_ref().is_some_and(contains_nul)
         || contains_nul(&metadata);
     if has_nul {
@@ -143,6 +151,13 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
             )));
         }
     };
+    if let Some(model) = &body.chat_model_id
+        && !(1..=255).contains(&model.chars().count())
+    {
+        return Err(ApiError::bad_request(
+            "`chatModelId` must be a string of 1 to 255 characters",
+        ));
+    }
     let ttl = match body.ttl {
         None => None,
         Some(secs) if secs.is_finite() && (1.0..=604_800.0).contains(&secs) => {
@@ -157,6 +172,7 @@ fn validate(body: CreateRun) -> Result<ValidRun, ApiError> {
     Ok(ValidRun {
         wait,
         ttl,
+        chat_model_id: body.chat_model_id,
         stream: body.stream.unwrap_or(false),
         session_id: body.session_id,
         agent_id,
@@ -255,6 +271,7 @@ pub async fn create(
         webhook_url: valid.webhook_url,
         session_id: valid.session_id,
         ttl: valid.ttl,
+        chat_model_id: valid.chat_model_id,
         projects: key.project_ids.clone(),
         trigger: None,
     };

@@ -1,0 +1,137 @@
+//! The `http` executor: POSTs the invocation to the user's own agent, signed like a webhook
+//! (Standard Webhooks, with the agent's credential as the secret), and takes either a JSON answer
+//! (the result) or a server-sent event stream: `{"delta": "…"}` pieces of text,
+//! `{"artifact": {…}}` named outputs, and `{"result": …}` at the end.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use switchyard_common::Run;
+use switchyard_common::conversations::Message;
+use switchyard_common::events::EventKind;
+
+use crate::executor::{ExecError, Output, artifact};
+use crate::outbound::{Env, Failure, classify, read_sse, transport};
+use crate::sink::Emitter;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Config {
+    url: String,
+    timeout_ms: Option<u64>,
+}
+
+pub async fn execute(
+    config: &Value,
+    credential: Option<&str>,
+    run: &Run,
+    history: &[Message],
+    emit: &Emitter,
+    env: &Env,
+) -> Result<Output, ExecError> {
+    let config: Config = serde_json::from_value(config.clone())
+        .map_err(|e| ExecError::new("agent_misconfigured", format!("`config`: {e}")))?;
+    let timeout = Duration::from_millis(config.timeout_ms.unwrap_or(300_000));
+    let body = json!({
+        "runId": run.id, "agentId": run.agent_id, "projectId": run.project_id,
+        "message": run.message, "inputs": run.inputs, "metadata": run.metadata,
+        "sessionId": run.session_id, "history": history, "attempt": run.attempt,
+    });
+    env.retrying(emit, "the agent", || {
+        call(env, &config.url, credential, &body, timeout, emit)
+    })
+    .await
+}
+
+async fn call(
+    env: &Env,
+    url: &str,
+    credential: Option<&str>,
+    body: &Value,
+    timeout: Duration,
+    emit: &Emitter,
+) -> Result<Output, Failure> {
+    let request = env
+        .post(url, body, credential, timeout)
+        .map_err(Failure::Final)?
+        .header("accept", "application/json, text/event-stream");
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?;
+    if !response.status().is_success() {
+        return Err(classify(
+            &response,
+            "the agent",
+            "agent_error",
+            "agent_rate_limited",
+            "agent_error",
+        ));
+    }
+    let streamed = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !streamed {
+        let text = response
+            .text()
+            .await
+            .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?;
+        let result = serde_json::from_str(&text).map_err(|_| {
+            Failure::Final(ExecError::new(
+                "agent_error",
+                "the agent's answer is not JSON",
+            ))
+        })?;
+        return Ok(Output {
+            result,
+            usage: None,
+            artifacts: Vec::new(),
+        });
+    }
+    let mut text = String::new();
+    let mut result = None;
+    let mut artifacts = Vec::new();
+    let mut refused = None;
+    read_sse(&mut response, timeout, |data| {
+        let Ok(item) = serde_json::from_str::<Value>(data) else {
+            refused = Some(ExecError::new(
+                "agent_error",
+                "the agent streamed a line that is not JSON",
+            ));
+            return false;
+        };
+        if let Some(delta) = item["delta"].as_str() {
+            text.push_str(delta);
+            emit.delta(delta);
+        }
+        if let Some(raw) = item.get("artifact") {
+            match artifact(raw, &artifacts) {
+                Ok(stored) => {
+                    emit.emit(EventKind::Artifact, stored.clone());
+                    artifacts.push(stored);
+                }
+                Err(error) => {
+                    refused = Some(error);
+                    return false;
+                }
+            }
+        }
+        if let Some(value) = item.get("result") {
+            result = Some(value.clone());
+        }
+        true
+    })
+    .await
+    .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?;
+    if let Some(error) = refused {
+        return Err(Failure::Final(error));
+    }
+    Ok(Output {
+        result: result.unwrap_or_else(|| json!({ "output": text })),
+        usage: None,
+        artifacts,
+    })
+}

@@ -1,0 +1,232 @@
+//! What the executors share when they call out: the guarded client and its retries, signing like
+//! webhooks, and reading a server-sent event stream.
+//!
+//! Every outbound request goes through the egress guard (no private addresses unless allowed,
+//! no redirects). A transient failure (429, 5xx, a timeout, a dropped connection) is retried
+//! with exponential backoff and jitter, honouring `Retry-After`, up to the agent's attempts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::Rng as _;
+use serde_json::{Value, json};
+use switchyard_common::egress::{self, Guard};
+use switchyard_common::events::EventKind;
+use switchyard_common::signing::Secret;
+use uuid::Uuid;
+
+use crate::executor::ExecError;
+use crate::sink::Emitter;
+
+/// The longest wait between two tries, whatever `Retry-After` says.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The first backoff; it doubles with each try.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What executors may use to reach the outside.
+pub struct Env {
+    pub http: reqwest::Client,
+    pub guard: Guard,
+    /// Secrets by credential id: those the agent names, revealed for this run.
+    pub credentials: HashMap<String, String>,
+    /// Tries per call, the first included (the agent's `maxAttempts`).
+    pub attempts: u32,
+}
+
+/// Why one try failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth another try (after `retry_after` if the server said so).
+    Transient {
+        error: ExecError,
+        retry_after: Option<Duration>,
+    },
+    /// Final at once.
+    Final(ExecError),
+}
+
+impl Env {
+    /// Runs `attempt` until it succeeds, fails for good, or the tries are spent; between tries
+    /// it tells the run's stream that it is retrying, and waits.
+    pub async fn retrying<T, F, Fut>(
+        &self,
+        emit: &Emitter,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<T, ExecError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut tries = 1;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Transient { error, retry_after }) => {
+                    if tries >= self.attempts.max(1) {
+                        return Err(error);
+                    }
+                    let wait = retry_after
+                        .unwrap_or_else(|| backoff(tries))
+                        .min(MAX_BACKOFF);
+                    tracing::info!(what, tries, ?wait, error = %error.message, "transient failure; retrying");
+                    emit.emit(
+                        EventKind::Status,
+                        json!({"status": "running", "retrying": {
+                            "what": what, "errorCode": error.code, "message": error.message,
+                            "try": tries + 1, "afterMs": u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        }}),
+                    );
+                    tokio::time::sleep(wait).await;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    /// A POST of `body` to a user-supplied `url`, signed like a webhook with `credential` if one
+    /// is named. Refused (final) when the guard refuses the address.
+    pub fn post(
+        &self,
+        url: &str,
+        body: &Value,
+        credential: Option<&str>,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, ExecError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| ExecError::new("invalid_url", format!("`{url}` is not a valid URL")))?;
+        egress::check_url(&self.guard, &parsed)
+            .map_err(|r| ExecError::new("egress_refused", r.to_string()))?;
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let mut request = self
+            .http
+            .post(parsed)
+            .timeout(timeout)
+            .header("content-type", "application/json");
+        if let Some(id) = credential {
+            let raw = self.credentials.get(id).ok_or_else(|| {
+                ExecError::new(
+                    "credential_unavailable",
+                    format!("credential `{id}` could not be read"),
+                )
+            })?;
+            let secret = Secret::parse(raw).map_err(|_| {
+                ExecError::new(
+                    "credential_invalid",
+                    format!("credential `{id}` is not a signing secret (whsec_… or base64)"),
+                )
+            })?;
+            let message_id = format!("msg_{}", Uuid::now_v7().simple());
+            let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+            request = request
+                .header(
+                    "webhook-signature",
+                    secret.sign(&message_id, timestamp, &bytes),
+                )
+                .header("webhook-id", message_id)
+                .header("webhook-timestamp", timestamp.to_string());
+        }
+        for (name, value) in switchyard_common::telemetry::current_trace_http_headers() {
+            request = request.header(name, value);
+        }
+        Ok(request.body(bytes))
+    }
+}
+
+/// Exponential backoff with jitter: about 0.5 s, 1 s, 2 s, … each between half and all of it.
+fn backoff(tries: u32) -> Duration {
+    let full = FIRST_BACKOFF.saturating_mul(1 << tries.saturating_sub(1).min(16));
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Sorts an HTTP answer that is not a success: 429 and 5xx are transient (with `Retry-After`),
+/// other statuses final with `final_code`.
+pub fn classify(
+    response: &reqwest::Response,
+    what: &str,
+    transient_code: &'static str,
+    rate_code: &'static str,
+    final_code: &'static str,
+) -> Failure {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let message = format!("{what} answered {status}");
+    if status.as_u16() == 429 {
+        Failure::Transient {
+            error: ExecError::new(rate_code, message),
+            retry_after,
+        }
+    } else if status.is_server_error() || status.as_u16() == 408 {
+        Failure::Transient {
+            error: ExecError::new(transient_code, message),
+            retry_after,
+        }
+    } else {
+        Failure::Final(ExecError::new(final_code, message))
+    }
+}
+
+/// A transport failure (connection, timeout, a stream cut short): transient.
+pub fn transport(error: &reqwest::Error, what: &str, code: &'static str) -> Failure {
+    let message = if error.is_timeout() {
+        format!("{what} timed out")
+    } else {
+        format!("{what} could not be reached: {error}")
+    };
+    Failure::Transient {
+        error: ExecError::new(code, message),
+        retry_after: None,
+    }
+}
+
+/// Reads the `data:` lines of a server-sent event stream, handing each to `on_data` until the
+/// stream ends, `[DONE]` comes, or `on_data` returns `false`. `idle` bounds the wait for each
+/// piece. `true` when the stream was closed properly (`[DONE]`, or `on_data` stopped it);
+/// `false` when it ended early or went idle.
+pub async fn read_sse(
+    response: &mut reqwest::Response,
+    idle: Duration,
+    mut on_data: impl FnMut(&str) -> bool,
+) -> Result<bool, reqwest::Error> {
+    let mut buffer = String::new();
+    loop {
+        let Ok(chunk) = tokio::time::timeout(idle, response.chunk()).await else {
+            return Ok(false);
+        };
+        let Some(chunk) = chunk? else {
+            return Ok(false);
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(data) = line.strip_prefix("data:") {
+                let data = data.trim_start();
+                if data == "[DONE]" || !on_data(data) {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter() {
+        for tries in 1..6 {
+            let full = FIRST_BACKOFF * (1 << (tries - 1));
+            let wait = backoff(tries);
+            assert!(wait >= full / 2 && wait <= full, "{tries}: {wait:?}");
+        }
+    }
+}
