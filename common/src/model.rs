@@ -132,6 +132,8 @@ pub struct AgentSpec {
     pub timeout: std::time::Duration,
     /// The credential the executor uses (`credentialReferenceId`).
     pub credential_id: Option<String>,
+    /// Whether the agent has a concurrency limit (the run holds one of its slots).
+    pub limited: bool,
 }
 
 impl AgentSpec {

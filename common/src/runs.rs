@@ -15,7 +15,7 @@ use crate::model::{AgentSpec, Run, RunStatus};
 const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
-    r.conversation_id, r.usage, r.artifacts, r.chat_model_id";
+    r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot";
 
 /// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
 /// number its first closing event takes, or NULL to follow the run's last event): `completed`
@@ -42,6 +42,14 @@ fn with_events(from: &str) -> String {
          FROM done d"
     )
 }
+
+/// Gives back the agent slot of every run in `done` that held one. Part of every statement that
+/// moves a run out of `running`.
+const FREE_SLOTS: &str = "slots AS ( \
+    UPDATE agents a SET running = greatest(a.running - f.n, 0) \
+    FROM (SELECT tenant_id, agent_id, count(*) AS n FROM done WHERE holds_slot \
+          GROUP BY tenant_id, agent_id) f \
+    WHERE a.tenant_id = f.tenant_id AND a.id = f.agent_id)";
 
 /// Frees the conversation of every run in `done` (a CTE that returned [`COLUMNS`]) that held it:
 /// the next run of the session may start. Part of every statement that moves a run out of
@@ -254,13 +262,28 @@ pub async fn claim_many(
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
+    claim_statement(client, &ids, owner, lease, false).await
+}
+
+/// The claim: `limited` takes only runs of agents with a concurrency limit (the caller holds a
+/// slot for each), the other form only runs of agents without one.
+async fn claim_statement(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    owner: &str,
+    lease: Duration,
+    limited: bool,
+) -> Result<Vec<(Run, AgentSpec)>, tokio_postgres::Error> {
     // An id for each conversation that this claim may have to create.
     let fresh: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
+    let which = if limited { "" } else { "NOT" };
     let sql = format!(
         "WITH c AS ( \
              SELECT r.id, r.tenant_id, r.project_id, r.agent_id, r.session_id, x.fresh \
              FROM runs r JOIN unnest($1::uuid[], $4::uuid[]) AS x(id, fresh) ON x.id = r.id \
              WHERE r.status = 'queued' AND (r.expires_at IS NULL OR r.expires_at > now()) \
+               AND {which} EXISTS (SELECT 1 FROM agents l WHERE l.tenant_id = r.tenant_id \
+                                   AND l.id = r.agent_id AND l.max_concurrency IS NOT NULL) \
              ORDER BY r.id FOR UPDATE OF r), \
          turn AS ( \
              SELECT c.* FROM c WHERE c.session_id IS NOT NULL AND NOT EXISTS ( \
@@ -277,14 +300,14 @@ pub async fn claim_many(
          UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
                 lease_expires_at = now() + make_interval(secs => $3), \
                 started_at = coalesce(r.started_at, clock_timestamp()), updated_at = now(), \
-                conversation_id = coalesce(t.conversation_id, r.conversation_id) \
+                conversation_id = coalesce(t.conversation_id, r.conversation_id), holds_slot = {limited} \
          FROM c LEFT JOIN taken t ON t.run_id = c.id \
               LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id \
          WHERE r.id = c.id AND r.status = 'queued' AND (c.session_id IS NULL OR t.run_id IS NOT NULL) \
          RETURNING {COLUMNS}, \
              (SELECT coalesce(max(e.seq), 0) FROM run_events e WHERE e.run_id = r.id) AS last_seq, \
              a.kind AS agent_kind, a.config AS agent_config, a.timeout_seconds AS agent_timeout, \
-             a.credential_id AS agent_credential"
+             a.credential_id AS agent_credential, a.max_concurrency IS NOT NULL AS agent_limited"
     );
     let rows = client
         .query(
@@ -310,10 +333,116 @@ pub async fn claim_many(
                             .unwrap_or(900),
                     ),
                     credential_id: row.try_get("agent_credential")?,
+                    limited: row
+                        .try_get::<_, Option<bool>>("agent_limited")?
+                        .unwrap_or(false),
                 },
             ))
         })
         .collect()
+}
+
+/// Why some runs were not claimed, as far as it matters to the claimer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unclaimed {
+    /// Queued runs whose agent has a concurrency limit: [`claim_limited`] claims them.
+    pub limited: Vec<Uuid>,
+    /// Ids of no run at all (poison messages).
+    pub unknown: Vec<Uuid>,
+}
+
+/// Sorts `ids` that [`claim_many`] did not win.
+pub async fn why_unclaimed(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Unclaimed, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &client
+                .prepare_cached(
+                    "SELECT x.id, r.id IS NULL, \
+                            coalesce(r.status = 'queued' AND a.max_concurrency IS NOT NULL, false) \
+                     FROM unnest($1::uuid[]) AS x(id) LEFT JOIN runs r ON r.id = x.id \
+                     LEFT JOIN agents a ON a.tenant_id = r.tenant_id AND a.id = r.agent_id",
+                )
+                .await?,
+            &[&ids],
+        )
+        .await?;
+    let mut unclaimed = Unclaimed::default();
+    for row in rows {
+        let id: Uuid = row.try_get(0)?;
+        if row.try_get(1)? {
+            unclaimed.unknown.push(id);
+        } else if row.try_get(2)? {
+            unclaimed.limited.push(id);
+        }
+    }
+    Ok(unclaimed)
+}
+
+/// [`claim`] for a run whose agent has a concurrency limit, in one transaction: takes a slot of
+/// the agent (a guarded UPDATE: `running < max_concurrency`, re-checked after any wait) only
+/// for the agent's earliest queued run, then claims it as usual (its session too). If either
+/// step fails, the transaction rolls back and nothing was taken. `None`: not its turn, no free
+/// slot, or someone else's.
+pub async fn claim_limited(
+    client: &mut deadpool_postgres::Client,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<(Run, AgentSpec)>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let slot = tx
+        .execute(
+            &tx.prepare_cached(
+                "UPDATE agents a SET running = a.running + 1 FROM runs r \
+                 WHERE r.id = $1 AND r.status = 'queued' \
+                   AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
+                   AND a.max_concurrency IS NOT NULL AND a.running < a.max_concurrency \
+                   AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.tenant_id = r.tenant_id \
+                       AND e.agent_id = r.agent_id AND e.status = 'queued' AND e.id < r.id \
+                       AND (e.expires_at IS NULL OR e.expires_at > now()))",
+            )
+            .await?,
+            &[&id],
+        )
+        .await?;
+    if slot != 1 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let claimed = claim_statement(&tx, &[id], owner, lease, true).await?.pop();
+    if claimed.is_some() {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(claimed)
+}
+
+/// The next run of `run`'s agent to start, if the agent has a concurrency limit and a free
+/// slot: its earliest queued run. Its message was refused while it was not first, so whoever
+/// frees a slot (or takes one and sees more free) publishes it.
+pub async fn next_for_agent(
+    client: &impl GenericClient,
+    run: &Run,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            &client
+                .prepare_cached(
+                    "SELECT e.id FROM agents a JOIN runs e ON e.tenant_id = a.tenant_id AND e.agent_id = a.id \
+                     WHERE a.tenant_id = $1 AND a.id = $2 AND a.max_concurrency IS NOT NULL \
+                       AND a.running < a.max_concurrency AND e.status = 'queued' \
+                       AND (e.expires_at IS NULL OR e.expires_at > now()) \
+                     ORDER BY e.id LIMIT 1",
+                )
+                .await?,
+            &[&run.tenant_id, &run.agent_id],
+        )
+        .await?;
+    row.map(|r| r.try_get(0)).transpose()
 }
 
 /// Extends the lease `owner` holds. `None` means the lease is lost (reaped, or the run ended):
@@ -416,6 +545,7 @@ pub async fn complete_many(
              WHERE r.id = c.id AND r.status = 'running' AND r.lease_owner = $3 \
              RETURNING {COLUMNS}, c.base), \
          {FREE_CONVERSATIONS}, \
+         {FREE_SLOTS}, \
          said AS ( \
              INSERT INTO messages (conversation_id, seq, tenant_id, run_id, role, content) \
              SELECT d.conversation_id, \
@@ -561,6 +691,7 @@ async fn end_running(
              WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 \
              RETURNING {COLUMNS}, $10::bigint AS base), \
          {FREE_CONVERSATIONS}, \
+         {FREE_SLOTS}, \
          {WRITE_PENDING}, \
          {CLOSING_EVENTS} \
          {}",
@@ -605,6 +736,7 @@ pub async fn release(
              WHERE r.id = $1 AND r.status = 'running' AND r.lease_owner = $2 \
              RETURNING {COLUMNS}, NULL::bigint AS base), \
          {FREE_CONVERSATIONS}, \
+         {FREE_SLOTS}, \
          {CLOSING_EVENTS} \
          {}",
         with_events("SELECT * FROM ev")
@@ -710,6 +842,7 @@ pub async fn reap_expired(
          FROM expired WHERE r.id = expired.id AND r.status = 'running' \
          RETURNING {COLUMNS}, NULL::bigint AS base), \
          {FREE_CONVERSATIONS}, \
+         {FREE_SLOTS}, \
          {CLOSING_EVENTS} \
          {}",
         with_events("SELECT * FROM ev")
@@ -745,8 +878,9 @@ pub async fn next_in_session(
 
 /// Queued runs nobody claimed within `older_than` (their publish may have been lost): marks them
 /// as enqueued now and returns their ids, to be published again. Not a status change. A run that
-/// waits for its session (an earlier run of it is queued or running) is not due: whoever frees
-/// the session publishes it.
+/// waits for its session (an earlier run of it is queued or running), or for a slot of its
+/// agent (it is not the agent's first queued run, or no slot is free), is not due: whoever frees
+/// the session or the slot publishes it.
 pub async fn sweep_unclaimed(
     client: &impl GenericClient,
     older_than: Duration,
@@ -755,16 +889,24 @@ pub async fn sweep_unclaimed(
     sweep(client, older_than, limit, "").await
 }
 
-/// [`sweep_unclaimed`] for the runs of sessions alone. Meant to run even while run messages wait
-/// in the queue: a session's next run had its own message refused (and acked) while the session
-/// was busy, so the one publish that starts it, by whoever freed the session, is all it has. Were
-/// that publish lost, the run must not wait for a backlog to drain.
-pub async fn sweep_waiting_sessions(
+/// [`sweep_unclaimed`] for runs that wait their turn alone: runs of sessions and of agents with
+/// a concurrency limit. Meant to run even while run messages wait in the queue: such a run had
+/// its own message refused (and acked) while it was not its turn, so the one publish that starts
+/// it, by whoever freed the session or the slot, is all it has. Were that publish lost, the run
+/// must not wait for a backlog to drain.
+pub async fn sweep_waiting(
     client: &impl GenericClient,
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    sweep(client, older_than, limit, "AND session_id IS NOT NULL").await
+    sweep(
+        client,
+        older_than,
+        limit,
+        "AND (session_id IS NOT NULL OR EXISTS (SELECT 1 FROM agents l WHERE l.tenant_id = q.tenant_id \
+              AND l.id = q.agent_id AND l.max_concurrency IS NOT NULL))",
+    )
+    .await
 }
 
 async fn sweep(
@@ -781,6 +923,10 @@ async fn sweep(
                    SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
                      AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
                      AND (e.status = 'running' OR e.id < q.id))) \
+               AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = q.tenant_id AND a.id = q.agent_id \
+                   AND a.max_concurrency IS NOT NULL AND (a.running >= a.max_concurrency \
+                     OR EXISTS (SELECT 1 FROM runs f WHERE f.tenant_id = q.tenant_id \
+                         AND f.agent_id = q.agent_id AND f.status = 'queued' AND f.id < q.id))) \
              ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
          UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id"
     );

@@ -158,6 +158,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V7__conversations.sql"),
     include_str!("../../migrations/V8__cancel_timeouts_ttl.sql"),
     include_str!("../../migrations/V9__executors.sql"),
+    include_str!("../../migrations/V10__concurrency_limits.sql"),
 ];
 
 /// How many migrations the repository holds.

@@ -593,3 +593,70 @@ async fn a_receiver_that_hangs_is_timed_out_and_retried() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn poison_run_messages_are_dead_lettered_without_holding_up_the_others() {
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let conn = lapin::Connection::connect(
+        &switchyard_testkit::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("broker");
+    let channel = conn.create_channel().await.expect("channel");
+    let runs_queue = format!("{}runs", stack.prefix);
+    let dead_queue = format!("{}runs.dead", stack.prefix);
+    let unknown = json!({"id": uuid::Uuid::now_v7()}).to_string();
+    for body in [b"not json at all".as_slice(), unknown.as_bytes()] {
+        channel
+            .basic_publish(
+                "".into(),
+                runs_queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+    }
+    // Real runs sent after the poison still complete.
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let response = stack
+            .create_run(&json!({"agentId": "echo", "message": format!("after poison {n}")}))
+            .await
+            .expect("request");
+        ids.push(run_id(response).await);
+    }
+    for id in &ids {
+        wait_status(&stack, id, "completed", Duration::from_secs(20)).await;
+    }
+    let dead = poll(Duration::from_secs(20), || async {
+        let declared = channel
+            .queue_declare(
+                dead_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..lapin::options::QueueDeclareOptions::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        (declared.message_count() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        dead.is_ok(),
+        "both poison messages are in the dead-letter queue"
+    );
+    let _ = conn.close(200, "bye".into()).await;
+    stack.shutdown().await;
+}

@@ -268,3 +268,62 @@ async fn a_run_not_started_within_its_ttl_expires() {
     assert_eq!(bad.status, 400);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_agents_concurrency_limit_holds_across_three_workers_and_runs_start_in_order() {
+    let stack = stack(3).await;
+    agent(
+        &stack,
+        "capped",
+        json!({"maxConcurrency": 2, "config": {"delayMs": 600}}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(
+            create(
+                &stack,
+                json!({"agentId": "capped", "message": format!("m{n}")}),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        status_becomes(&stack, id, "completed").await;
+    }
+    let client = stack.db.client().await.expect("db");
+    let rows = client
+        .query(
+            "SELECT id::text, started_at, completed_at FROM runs WHERE agent_id = 'capped' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("runs");
+    // The most runs running at any moment, from the database's own clock.
+    let mut moments: Vec<(time::OffsetDateTime, i32)> = Vec::new();
+    for row in &rows {
+        moments.push((row.get(1), 1));
+        moments.push((row.get(2), -1));
+    }
+    moments.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, change) in moments {
+        now += change;
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "at most two at once, and two did run together");
+    // They started in the order they were accepted.
+    let mut by_start: Vec<(time::OffsetDateTime, String)> =
+        rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    by_start.sort();
+    let started: Vec<String> = by_start.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(started, ids);
+    // Every slot was given back.
+    let running: i32 = client
+        .query_one("SELECT running FROM agents WHERE id = 'capped'", &[])
+        .await
+        .expect("agent")
+        .get(0);
+    assert_eq!(running, 0);
+    stack.shutdown().await;
+}

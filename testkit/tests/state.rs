@@ -622,7 +622,7 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
     let loner = insert(&pool, new_run("echo", None)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        runs::sweep_waiting_sessions(&client, Duration::ZERO, 10)
+        runs::sweep_waiting(&client, Duration::ZERO, 10)
             .await
             .expect("sweep"),
         vec![s2],
@@ -905,4 +905,92 @@ async fn a_runs_events_are_numbered_without_gaps_through_every_transition() {
     );
     assert_eq!(failed.events[0].data["errorCode"], "boom");
     assert_eq!(failed.events[1].final_status(), Some(RunStatus::Failed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_order() {
+    let db = TestDb::create().await.expect("test db");
+    db.client()
+        .await
+        .expect("client")
+        .execute(
+            "INSERT INTO agents (tenant_id, id, project_id, name, kind, max_concurrency) \
+             VALUES ('default', 'capped', 'default', 'capped', 'echo', 2)",
+            &[],
+        )
+        .await
+        .expect("agent");
+    let pool = pool(&db);
+    let batch: Vec<NewRun> = (0..12).map(|_| new_run("capped", None)).collect();
+    let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+    runs::insert_batch(&pool.get().await.expect("connection"), &batch)
+        .await
+        .expect("insert");
+    // The plain claim leaves them to the limited path.
+    assert!(claimed_ids(&pool, &ids, "w").await.is_empty());
+    let unknown = Uuid::now_v7();
+    let mut offered = ids.clone();
+    offered.push(unknown);
+    let unclaimed = runs::why_unclaimed(&pool.get().await.expect("c"), &offered)
+        .await
+        .expect("q");
+    let mut limited = unclaimed.limited.clone();
+    limited.sort();
+    assert_eq!(limited, ids);
+    assert_eq!(unclaimed.unknown, vec![unknown]);
+    let started = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let (pool, ids, started) = (pool.clone(), ids.clone(), started.clone());
+        workers.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            while started.lock().await.len() < ids.len() {
+                assert!(tokio::time::Instant::now() < deadline, "the runs stalled");
+                for id in &ids {
+                    let mut client = pool.get().await.expect("connection");
+                    let Some((run, agent)) = runs::claim_limited(&mut client, *id, &owner, Duration::from_secs(30))
+                        .await
+                        .expect("claim")
+                    else {
+                        continue;
+                    };
+                    assert!(agent.limited);
+                    let running: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM runs WHERE agent_id = 'capped' AND status = 'running'",
+                            &[],
+                        )
+                        .await
+                        .expect("q")
+                        .get(0);
+                    assert!(running <= 2, "{running} runs of a limited agent ran at once");
+                    started.lock().await.push(run.id);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    runs::complete(&client, run.id, &owner, &serde_json::json!({"output": "ok"}))
+                        .await
+                        .expect("q")
+                        .expect("completed");
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    // Two may start in either order, as two slots free up together; overall they go in order.
+    let started = started.lock().await.clone();
+    for (n, id) in started.iter().enumerate() {
+        let accepted = ids.iter().position(|i| i == id).expect("known");
+        assert!(accepted.abs_diff(n) <= 1, "run {accepted} started {n}th");
+    }
+    let running: i32 = pool
+        .get()
+        .await
+        .expect("c")
+        .query_one("SELECT running FROM agents WHERE id = 'capped'", &[])
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(running, 0, "every slot was given back");
 }

@@ -90,7 +90,17 @@ pub struct Config {
 }
 
 /// One claim's answer: the run won (with its agent), or `None`; `Err` carries the cause.
-type Claimed = Result<Option<(Run, AgentSpec)>, String>;
+type Claimed = Result<Claim, String>;
+
+/// What a claim found for one message.
+enum Claim {
+    /// The run is ours to execute.
+    Won(Box<(Run, AgentSpec)>),
+    /// Someone else's, finished, cancelled, or not its turn: ack and move on.
+    Skip,
+    /// No such run: a poison message, for the dead-letter queue.
+    Unknown,
+}
 
 #[derive(Clone)]
 struct Ctx {
@@ -167,13 +177,55 @@ fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed>
         let (pool, owner) = (pool.clone(), owner.clone());
         async move {
             let claimed = async {
-                let client = pool.get().await.context("getting a connection")?;
-                runs::claim_many(&client, &ids, &owner, lease)
+                let mut client = pool.get().await.context("getting a connection")?;
+                let mut won = runs::claim_many(&client, &ids, &owner, lease)
                     .await
-                    .context("claiming runs")
+                    .context("claiming runs")?;
+                let mut unknown = Vec::new();
+                // Runs of agents with a concurrency limit each take a slot, one by one; ids of
+                // no run at all are poison. Only asked when some runs were not won, which is
+                // rare without limited agents and sessions.
+                if won.len() < ids.len() {
+                    let rest: Vec<Uuid> = ids
+                        .iter()
+                        .filter(|id| !won.iter().any(|(run, _)| run.id == **id))
+                        .copied()
+                        .collect();
+                    let unclaimed = runs::why_unclaimed(&client, &rest)
+                        .await
+                        .context("looking at unclaimed runs")?;
+                    unknown = unclaimed.unknown;
+                    for id in unclaimed.limited {
+                        if let Some(claimed) = runs::claim_limited(&mut client, id, &owner, lease)
+                            .await
+                            .context("claiming a limited run")?
+                        {
+                            won.push(claimed);
+                        }
+                    }
+                }
+                anyhow::Ok((won, unknown))
             }
             .await;
-            answer_each(&ids, claimed, |(run, _)| run.id)
+            match claimed {
+                Ok((won, unknown)) => {
+                    let mut won: std::collections::HashMap<Uuid, (Run, AgentSpec)> =
+                        won.into_iter().map(|c| (c.0.id, c)).collect();
+                    ids.iter()
+                        .map(|id| {
+                            Ok(match won.remove(id) {
+                                Some(claimed) => Claim::Won(Box::new(claimed)),
+                                None if unknown.contains(id) => Claim::Unknown,
+                                None => Claim::Skip,
+                            })
+                        })
+                        .collect()
+                }
+                Err(err) => {
+                    let cause = format!("{err:#}");
+                    ids.iter().map(|_| Err(cause.clone())).collect()
+                }
+            }
         }
     })
 }
@@ -323,15 +375,22 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
             .await
             .unwrap_or_else(|gone| Err(gone.to_string()));
         match claimed {
-            Ok(Some((run, agent))) => {
+            Ok(Claim::Won(claimed)) => {
+                let (run, agent) = *claimed;
                 tracing::Span::current().record("tenant_id", run.tenant_id.as_str());
                 // The lease owns the run from here; a failed ack only means a duplicate later.
                 amqp::ack(&delivery).await;
                 execute(&ctx, run, agent).await;
             }
-            Ok(None) => {
-                tracing::debug!("run already claimed, cancelled or finished; skipping");
+            Ok(Claim::Skip) => {
+                tracing::debug!(
+                    "run already claimed, cancelled, finished, or not its turn; skipping"
+                );
                 amqp::ack(&delivery).await;
+            }
+            Ok(Claim::Unknown) => {
+                tracing::warn!("no such run; dead-lettering the message");
+                amqp::dead_letter(&delivery).await;
             }
             Err(err) => {
                 tracing::warn!(
@@ -357,6 +416,10 @@ enum Outcome {
 }
 
 async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
+    if agent.limited {
+        // More slots may be free than messages came: start the agent's next run too.
+        start_next_for_agent(ctx, &run).await;
+    }
     let lost = CancellationToken::new();
     let cancel = ctx.cancels.register(run.id);
     let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone(), cancel.clone()));
@@ -510,9 +573,27 @@ async fn hand_back(ctx: &Ctx, run_id: Uuid) {
     }
 }
 
-/// Publishes the next run of `run`'s session, now that `run` has finished: its own message was
-/// refused while the session was busy. Lost, the sweeper publishes it instead.
+/// Publishes the next run of `run`'s agent if the agent has a concurrency limit and a free
+/// slot: its message was refused while it was not first. Lost, the sweeper publishes it.
+async fn start_next_for_agent(ctx: &Ctx, run: &Run) {
+    let next = async {
+        let client = ctx.pool.get().await?;
+        anyhow::Ok(runs::next_for_agent(&client, run).await?)
+    };
+    if let Ok(Some(next)) = next.await
+        && let Err(err) = ctx
+            .broker
+            .publish_id(&ctx.broker.topology().runs(), next)
+            .await
+    {
+        tracing::warn!(run_id = %next, error = %err, "cannot publish the agent's next run; the sweeper will");
+    }
+}
+
+/// Publishes what may start now that `run` has left `running`: the next run of its session
+/// (refused while the session was busy), and the next of its agent (if the agent is limited).
 async fn start_next_in_session(ctx: &Ctx, run: &Run) {
+    start_next_for_agent(ctx, run).await;
     if run.session_id.is_none() {
         return;
     }
@@ -766,7 +847,7 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     let unclaimed = if backlog == Some(0) {
         runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?
     } else {
-        runs::sweep_waiting_sessions(&client, config.sweep_after, SWEEP_BATCH).await?
+        runs::sweep_waiting(&client, config.sweep_after, SWEEP_BATCH).await?
     };
     if !unclaimed.is_empty() {
         let sent = ctx

@@ -237,6 +237,8 @@ pub struct Agent {
     pub max_attempts: i32,
     /// How long one execution of a run may take; past it the run ends `timed_out`.
     pub timeout_seconds: i32,
+    /// Most runs of this agent running at once, across every worker; `null` for no limit.
+    pub max_concurrency: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -263,6 +265,9 @@ pub struct AgentSpec {
     /// Seconds one execution may take (default 900).
     #[schema(minimum = 1, maximum = 86400)]
     pub timeout_seconds: Option<i32>,
+    /// Most runs running at once, across every worker (none by default).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_concurrency: Option<i32>,
     /// Read-only; accepted and ignored.
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
@@ -292,6 +297,8 @@ pub struct AgentPatch {
     max_attempts: Option<i32>,
     #[schema(minimum = 1, maximum = 86400)]
     timeout_seconds: Option<i32>,
+    #[schema(minimum = 1, maximum = 1000)]
+    max_concurrency: Option<i32>,
     project_id: Option<String>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
@@ -308,6 +315,7 @@ struct Valid {
     credential_id: Option<String>,
     max_attempts: i32,
     timeout_seconds: i32,
+    max_concurrency: Option<i32>,
 }
 
 /// Checks an agent as a whole. `may_use_credentials` is false for a project-limited key, which
@@ -336,6 +344,12 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
     if !(1..=86_400).contains(&timeout_seconds) {
         return Err(Error::invalid("`timeoutSeconds` must be from 1 to 86400"));
     }
+    if spec
+        .max_concurrency
+        .is_some_and(|m| !(1..=1000).contains(&m))
+    {
+        return Err(Error::invalid("`maxConcurrency` must be from 1 to 1000"));
+    }
     if let Some(cred) = &spec.credential_reference_id
         && !super::valid_id(cred)
     {
@@ -350,11 +364,12 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
         credential_id: spec.credential_reference_id,
         max_attempts,
         timeout_seconds,
+        max_concurrency: spec.max_concurrency,
     })
 }
 
 const COLUMNS: &str = "id, project_id, name, description, kind, config, credential_id, \
-    max_attempts, timeout_seconds, created_at, updated_at";
+    max_attempts, timeout_seconds, max_concurrency, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
     Ok(Agent {
@@ -367,6 +382,7 @@ fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
         credential_reference_id: row.try_get("credential_id")?,
         max_attempts: row.try_get("max_attempts")?,
         timeout_seconds: row.try_get("timeout_seconds")?,
+        max_concurrency: row.try_get("max_concurrency")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -388,8 +404,8 @@ pub async fn create(
         .query_opt(
             &format!(
                 "INSERT INTO agents (tenant_id, id, project_id, name, description, kind, config, \
-                                     credential_id, max_attempts, timeout_seconds) \
-                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10 FROM projects p \
+                                     credential_id, max_attempts, timeout_seconds, max_concurrency) \
+                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10, $11 FROM projects p \
                  WHERE p.tenant_id = $1 AND p.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -404,6 +420,7 @@ pub async fn create(
                 &v.credential_id,
                 &v.max_attempts,
                 &v.timeout_seconds,
+                &v.max_concurrency,
             ],
         )
         .await
@@ -495,6 +512,7 @@ pub async fn update(
         credential_reference_id: current.credential_reference_id,
         max_attempts: Some(current.max_attempts),
         timeout_seconds: Some(current.timeout_seconds),
+        max_concurrency: current.max_concurrency,
         created_at: None,
         updated_at: None,
     })
@@ -507,7 +525,8 @@ pub async fn update(
         .query_one(
             &format!(
                 "UPDATE agents SET name = $4, description = $5, kind = $6, config = $7, \
-                     credential_id = $8, max_attempts = $9, timeout_seconds = $10, updated_at = now() \
+                     credential_id = $8, max_attempts = $9, timeout_seconds = $10, \
+                     max_concurrency = $11, updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING {COLUMNS}"
             ),
             &[
@@ -521,6 +540,7 @@ pub async fn update(
                 &v.credential_id,
                 &v.max_attempts,
                 &v.timeout_seconds,
+                &v.max_concurrency,
             ],
         )
         .await

@@ -3,7 +3,9 @@
 //!
 //! - durable accept: `POST /v1/runs` throughput and latency at several concurrencies, workers off;
 //! - end to end: invocation → echo run → verified webhook, latency and throughput, with the CPU
-//!   time the ingress, workers and notifier spent per run.
+//!   time the ingress, workers and notifier spent per run;
+//! - SSE fan-out: how long a run's live events take from their commit to many clients streaming
+//!   them from two ingress replicas.
 //!
 //! Run it through `scripts/bench.sh`, which builds the release binaries first.
 
@@ -51,6 +53,85 @@ struct Args {
     /// Seconds each pgbench measurement runs.
     #[arg(long, default_value_t = 10)]
     pgbench_seconds: u32,
+    /// Clients streaming one run's events, for the SSE fan-out measurement.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,400")]
+    sse_clients: Vec<usize>,
+}
+
+/// One row of the SSE fan-out table: `clients` streams of one echo run (40 words over 4 s), half
+/// from each of two ingress replicas. Latency is from the event's `createdAt` (its INSERT, on the
+/// database's clock) to its arrival at a client, for events created after every client was
+/// listening.
+async fn sse_fanout(clients: usize) -> anyhow::Result<String> {
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await?;
+    let (_second, other) = stack.add_ingress().await?;
+    stack.add_echo_agent("bench-sse", 4000).await?;
+    let http = authed(&stack, clients);
+    let message: Vec<String> = (0..40).map(|n| format!("w{n}")).collect();
+    let created: Value = http
+        .post(format!("{}/v1/runs", stack.base_url))
+        .json(&json!({"agentId": "bench-sse", "message": message.join(" ")}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let run_id = created["id"].as_str().context("run id")?.to_owned();
+    let mut streams = Vec::with_capacity(clients);
+    for n in 0..clients {
+        let base = if n % 2 == 0 { &stack.base_url } else { &other };
+        let response = http
+            .get(format!("{base}/v1/runs/{run_id}/events"))
+            .send()
+            .await?;
+        streams.push(switchyard_testkit::sse::Reader::new(response));
+    }
+    let listening = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(100);
+    let mut readers = Vec::with_capacity(clients);
+    for mut reader in streams {
+        readers.push(tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            let mut complete = false;
+            while let Some(event) = reader.next_event(Duration::from_secs(30)).await {
+                let at = time::OffsetDateTime::now_utc();
+                let data = event.json();
+                let created = data["createdAt"].as_str().and_then(|c| {
+                    time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+                if let Some(created) = created {
+                    arrivals.push((created, at));
+                }
+                if data["type"] == "status" && data["data"]["status"] == "completed" {
+                    complete = true;
+                }
+            }
+            (arrivals, complete)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut complete = 0;
+    for reader in readers {
+        let (arrivals, done) = reader.await?;
+        complete += usize::from(done);
+        for (created, at) in arrivals {
+            if created > listening {
+                latencies.push((at - created).unsigned_abs());
+            }
+        }
+    }
+    latencies.sort();
+    stack.shutdown().await;
+    Ok(format!(
+        "| {clients} | {} | {} | {} | {} | {complete}/{clients} |",
+        latencies.len(),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    ))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -535,6 +616,19 @@ async fn main() -> anyhow::Result<()> {
             cpu.per_run(e2e.len()),
         );
         stack.shutdown().await;
+    }
+
+    println!("\n### SSE fan-out (one run's live events to many clients, 2 ingress replicas)\n");
+    println!(
+        "From an event's INSERT (`createdAt`) to its arrival at a client, for events created after every"
+    );
+    println!("client was listening; deltas are gathered for 50 ms before they are written.\n");
+    println!(
+        "| clients | events measured | p50 ms | p99 ms | max ms | streams complete |\n|---|---|---|---|---|---|"
+    );
+    for &clients in &args.sse_clients {
+        eprintln!("[bench] SSE fan-out to {clients} clients");
+        println!("{}", sse_fanout(clients).await?);
     }
     Ok(())
 }
