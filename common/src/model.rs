@@ -113,6 +113,10 @@ pub struct Run {
     #[serde(skip)]
     #[schema(ignore)]
     pub conversation_id: Option<Uuid>,
+    /// Whether the run took a slot of its agent's concurrency limit when it was claimed.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub holds_slot: bool,
     /// The number of the run's last event, as a claim read it (0 elsewhere).
     #[serde(skip)]
     #[schema(ignore)]

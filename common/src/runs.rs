@@ -123,6 +123,7 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         chat_model_id: row.try_get("chat_model_id")?,
         conversation_id: row.try_get("conversation_id")?,
         last_seq: row.try_get("last_seq").unwrap_or(0),
+        holds_slot: row.try_get("holds_slot").unwrap_or(false),
         events: crate::events::from_json(row.try_get("events").ok().flatten()),
     })
 }
@@ -432,10 +433,11 @@ pub async fn next_for_agent(
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT e.id FROM agents a JOIN runs e ON e.tenant_id = a.tenant_id AND e.agent_id = a.id \
-                     WHERE a.tenant_id = $1 AND a.id = $2 AND a.max_concurrency IS NOT NULL \
-                       AND a.running < a.max_concurrency AND e.status = 'queued' \
+                    "SELECT e.id FROM runs e \
+                     WHERE e.tenant_id = $1 AND e.agent_id = $2 AND e.status = 'queued' \
                        AND (e.expires_at IS NULL OR e.expires_at > now()) \
+                       AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.id = $2 \
+                           AND a.max_concurrency IS NOT NULL AND a.running < a.max_concurrency) \
                      ORDER BY e.id LIMIT 1",
                 )
                 .await?,

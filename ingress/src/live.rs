@@ -87,6 +87,12 @@ impl Hub {
             entry.watchers += 1;
             entry.sender.subscribe()
         };
+        // The guard exists before the wait, so a caller dropped meanwhile still unsubscribes.
+        let watcher = Watcher {
+            hub: Arc::clone(self),
+            run_id,
+            receiver,
+        };
         let (reply, bound) = oneshot::channel();
         if self
             .commands
@@ -95,11 +101,7 @@ impl Hub {
         {
             let _ = tokio::time::timeout(BIND_TIMEOUT, bound).await;
         }
-        Watcher {
-            hub: Arc::clone(self),
-            run_id,
-            receiver,
-        }
+        watcher
     }
 
     /// How many runs are watched here (for readiness and tests).

@@ -39,6 +39,7 @@ pub struct Reader {
     buffer: String,
     current: SseEvent,
     has_fields: bool,
+    closed: bool,
 }
 
 impl Reader {
@@ -48,6 +49,7 @@ impl Reader {
             buffer: String::new(),
             current: SseEvent::default(),
             has_fields: false,
+            closed: false,
         }
     }
 
@@ -65,9 +67,18 @@ impl Reader {
             let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
                 .await
                 .ok()?
-                .ok()??;
+                .ok()?;
+            let Some(chunk) = chunk else {
+                self.closed = true;
+                return None;
+            };
             self.buffer.push_str(&String::from_utf8_lossy(&chunk));
         }
+    }
+
+    /// Whether the server ended the stream (as opposed to a read timing out).
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// The next event, skipping comments.

@@ -156,7 +156,15 @@ async fn a_cancelled_queued_run_never_starts_and_does_not_hold_up_its_session() 
 
 #[tokio::test]
 async fn a_running_run_is_stopped_by_its_worker_when_cancelled() {
-    let stack = stack(2).await;
+    // A long lease: heartbeats come every 20 s, so a cancel within 5 s came by the control
+    // exchange.
+    let stack = Stack::start(StackOptions {
+        workers: 2,
+        worker_lease: "60s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
     agent(&stack, "long", json!({"config": {"delayMs": 30000}})).await;
     let run_id = create(
         &stack,
@@ -167,7 +175,12 @@ async fn a_running_run_is_stopped_by_its_worker_when_cancelled() {
 
     let asked = Instant::now();
     assert_eq!(cancel(&stack, &run_id).await, json!({"success": true}));
-    let run = status_becomes(&stack, &run_id, "cancelled").await;
+    let run = poll(Duration::from_secs(5), || async {
+        let run = stack.get_run(&run_id).await.ok()?;
+        (run["status"] == "cancelled").then_some(run)
+    })
+    .await
+    .expect("cancelled well before a heartbeat could have noticed");
     eprintln!("cancelled {:?} after the request", asked.elapsed());
     assert!(run["result"].is_null());
     let events = events_of(&stack, &run_id).await;

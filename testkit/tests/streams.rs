@@ -94,10 +94,9 @@ async fn a_finished_run_replays_every_event_and_resumes_after_any_of_them() {
     let run = finished(&stack, &run_id).await;
     assert_eq!(run["status"], "completed");
 
-    let all = open(&stack, &stack.base_url, &run_id, None)
-        .await
-        .collect(Duration::from_secs(10))
-        .await;
+    let mut replay = open(&stack, &stack.base_url, &run_id, None).await;
+    let all = replay.collect(Duration::from_secs(10)).await;
+    assert!(replay.closed(), "the replay ends with the run's last event");
     assert_well_formed(&all, &run_id, 1, "completed");
     let types: Vec<Value> = all.iter().map(|e| e.json()["type"].clone()).collect();
     assert_eq!(types.first(), Some(&json!("status")));
@@ -136,13 +135,9 @@ async fn a_finished_run_replays_every_event_and_resumes_after_any_of_them() {
     assert_eq!(by_query, rest);
     // After the last one there is nothing left, and the stream ends at once.
     let last = all.last().and_then(SseEvent::seq).expect("seq");
-    assert!(
-        open(&stack, &stack.base_url, &run_id, Some(last))
-            .await
-            .collect(Duration::from_secs(5))
-            .await
-            .is_empty()
-    );
+    let mut after_end = open(&stack, &stack.base_url, &run_id, Some(last)).await;
+    assert!(after_end.collect(Duration::from_secs(5)).await.is_empty());
+    assert!(after_end.closed());
     stack.shutdown().await;
 }
 
@@ -175,10 +170,9 @@ async fn a_live_stream_moves_between_ingress_replicas_without_gap_or_repeat() {
 
     // Reconnect to the first replica, after the last event received.
     let last = seen.last().and_then(SseEvent::seq).expect("seq");
-    let rest = open(&stack, &stack.base_url, &run_id, Some(last))
-        .await
-        .collect(Duration::from_secs(15))
-        .await;
+    let mut second = open(&stack, &stack.base_url, &run_id, Some(last)).await;
+    let rest = second.collect(Duration::from_secs(15)).await;
+    assert!(second.closed(), "the live stream ends with the run");
     seen.extend(rest);
     assert_well_formed(&seen, &run_id, 1, "completed");
     assert_eq!(text_of(&seen), message);

@@ -12,7 +12,10 @@ use switchyard_common::conversations::Message;
 use switchyard_common::events::EventKind;
 
 use crate::executor::{ExecError, Output, artifact};
-use crate::outbound::{Env, Failure, classify, read_sse, transport};
+use crate::outbound::{Env, Failure, classify, read_sse, text_within, transport};
+
+/// The largest JSON answer an agent may give.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 use crate::sink::Emitter;
 
 #[derive(Deserialize)]
@@ -75,10 +78,15 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !streamed {
-        let text = response
-            .text()
+        let text = text_within(&mut response, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?;
+            .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?
+            .ok_or_else(|| {
+                Failure::Final(ExecError::new(
+                    "agent_error",
+                    format!("the agent's answer is over {MAX_ANSWER_BYTES} bytes"),
+                ))
+            })?;
         let result = serde_json::from_str(&text).map_err(|_| {
             Failure::Final(ExecError::new(
                 "agent_error",
@@ -95,7 +103,7 @@ async fn call(
     let mut result = None;
     let mut artifacts = Vec::new();
     let mut refused = None;
-    read_sse(&mut response, timeout, |data| {
+    let closed = read_sse(&mut response, timeout, |data| {
         let Ok(item) = serde_json::from_str::<Value>(data) else {
             refused = Some(ExecError::new(
                 "agent_error",
@@ -128,6 +136,15 @@ async fn call(
     .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?;
     if let Some(error) = refused {
         return Err(Failure::Final(error));
+    }
+    if !closed && result.is_none() {
+        return Err(Failure::Transient {
+            error: ExecError::new(
+                "agent_unreachable",
+                "the agent's stream ended before its result",
+            ),
+            retry_after: None,
+        });
     }
     Ok(Output {
         result: result.unwrap_or_else(|| json!({ "output": text })),

@@ -182,6 +182,9 @@ fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed>
                     .await
                     .context("claiming runs")?;
                 let mut unknown = Vec::new();
+                // What went wrong after some runs were won: those stay won (they are ours now),
+                // the others are retried.
+                let mut trouble = None;
                 // Runs of agents with a concurrency limit each take a slot, one by one; ids of
                 // no run at all are poison. Only asked when some runs were not won, which is
                 // rare without limited agents and sessions.
@@ -191,33 +194,35 @@ fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed>
                         .filter(|id| !won.iter().any(|(run, _)| run.id == **id))
                         .copied()
                         .collect();
-                    let unclaimed = runs::why_unclaimed(&client, &rest)
-                        .await
-                        .context("looking at unclaimed runs")?;
-                    unknown = unclaimed.unknown;
-                    for id in unclaimed.limited {
-                        if let Some(claimed) = runs::claim_limited(&mut client, id, &owner, lease)
-                            .await
-                            .context("claiming a limited run")?
-                        {
-                            won.push(claimed);
+                    match runs::why_unclaimed(&client, &rest).await {
+                        Ok(unclaimed) => {
+                            unknown = unclaimed.unknown;
+                            for id in unclaimed.limited {
+                                match runs::claim_limited(&mut client, id, &owner, lease).await {
+                                    Ok(Some(claimed)) => won.push(claimed),
+                                    Ok(None) => {}
+                                    Err(err) => {
+                                        trouble = Some(format!("claiming a limited run: {err}"));
+                                        break;
+                                    }
+                                }
+                            }
                         }
+                        Err(err) => trouble = Some(format!("looking at unclaimed runs: {err}")),
                     }
                 }
-                anyhow::Ok((won, unknown))
+                anyhow::Ok((won, unknown, trouble))
             }
             .await;
             match claimed {
-                Ok((won, unknown)) => {
+                Ok((won, unknown, trouble)) => {
                     let mut won: std::collections::HashMap<Uuid, (Run, AgentSpec)> =
                         won.into_iter().map(|c| (c.0.id, c)).collect();
                     ids.iter()
-                        .map(|id| {
-                            Ok(match won.remove(id) {
-                                Some(claimed) => Claim::Won(Box::new(claimed)),
-                                None if unknown.contains(id) => Claim::Unknown,
-                                None => Claim::Skip,
-                            })
+                        .map(|id| match won.remove(id) {
+                            Some(claimed) => Ok(Claim::Won(Box::new(claimed))),
+                            None if unknown.contains(id) => Ok(Claim::Unknown),
+                            None => trouble.clone().map_or(Ok(Claim::Skip), Err),
                         })
                         .collect()
                 }
@@ -413,6 +418,8 @@ enum Outcome {
     TimedOut,
     /// A cancel was asked for.
     Cancelled,
+    /// The worker is shutting down and the grace period is over: give the run back.
+    HandBack,
 }
 
 async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
@@ -422,14 +429,20 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
     }
     let lost = CancellationToken::new();
     let cancel = ctx.cancels.register(run.id);
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), run.id, lost.clone(), cancel.clone()));
+    // Dropped on every way out of here, a panic included: a heartbeat that outlived its
+    // execution would hold the lease (and the run) forever.
+    let _heartbeat = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(heartbeat(
+        ctx.clone(),
+        run.id,
+        lost.clone(),
+        cancel.clone(),
+    )));
+    let _registered = Registered(ctx, run.id);
     let history = match conversation(ctx, &run).await {
         Ok(history) => history,
         Err(err) => {
             tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot read the conversation; handing the run back");
             hand_back(ctx, run.id).await;
-            heartbeat.abort();
-            ctx.cancels.unregister(run.id);
             return;
         }
     };
@@ -471,18 +484,26 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         }
         () = drained => {
             tracing::warn!(run_id = %run.id, "shutting down; handing the run back");
-            hand_back(ctx, run.id).await;
-            None
+            Some(Outcome::HandBack)
         }
     };
-    // Whatever the sink has not written goes in with the outcome.
+    // Whatever the sink has not written goes in with the outcome; it writes nothing after this.
     let pending = sink.finish().await;
-    if let Some(outcome) = outcome {
+    match outcome {
+        Some(Outcome::HandBack) => hand_back(ctx, run.id).await,
         // The heartbeat keeps the lease while the outcome is recorded, however long that takes.
-        finish(ctx, &run, &agent, outcome, pending).await;
+        Some(outcome) => finish(ctx, &run, &agent, outcome, pending).await,
+        None => {}
     }
-    heartbeat.abort();
-    ctx.cancels.unregister(run.id);
+}
+
+/// Takes a run off the worker's cancel list when its execution ends, however it ends.
+struct Registered<'a>(&'a Ctx, Uuid);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.cancels.unregister(self.1);
+    }
 }
 
 /// The secrets the agent names (its own credential, and its tools'), revealed for this run.
@@ -593,7 +614,10 @@ async fn start_next_for_agent(ctx: &Ctx, run: &Run) {
 /// Publishes what may start now that `run` has left `running`: the next run of its session
 /// (refused while the session was busy), and the next of its agent (if the agent is limited).
 async fn start_next_in_session(ctx: &Ctx, run: &Run) {
-    start_next_for_agent(ctx, run).await;
+    // Only a run that held a slot frees one; asking for every run would cost a query each.
+    if run.holds_slot {
+        start_next_for_agent(ctx, run).await;
+    }
     if run.session_id.is_none() {
         return;
     }
@@ -731,6 +755,7 @@ async fn record_end(
             .await?
         }
         Outcome::Cancelled => runs::cancel_running(&tx, run.id, &ctx.owner, pending).await?,
+        Outcome::HandBack => anyhow::bail!("a hand-back is not an end"),
     };
     let Some(ended) = ended else {
         return Ok(false);

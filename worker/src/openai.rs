@@ -15,11 +15,17 @@ use switchyard_common::conversations::Message;
 use switchyard_common::events::EventKind;
 
 use crate::executor::{ExecError, Output};
-use crate::outbound::{Env, Failure, classify, read_sse, transport};
+use crate::outbound::{Env, Failure, classify, read_sse, text_within, transport};
 use crate::sink::Emitter;
 
 /// How long a streaming answer may be silent before the try counts as dropped.
 const IDLE: Duration = Duration::from_secs(60);
+/// The largest answer a tool may give.
+const MAX_TOOL_ANSWER_BYTES: usize = 1024 * 1024;
+/// The most tool calls one answer may ask for.
+const MAX_CALLS: usize = 64;
+/// The most text one answer may hold.
+const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -200,6 +206,7 @@ async fn ask(
     let mut answer = Answer::default();
     let mut finished = false;
     let mut malformed = None;
+    let mut oversized = None;
     let closed = read_sse(&mut response, IDLE, |data| {
         let Ok(chunk) = serde_json::from_str::<Value>(data) else {
             malformed = Some(data.chars().take(200).collect::<String>());
@@ -213,12 +220,25 @@ async fn ask(
         };
         let delta = &choice["delta"];
         if let Some(text) = delta["content"].as_str() {
+            if answer.text.len() + text.len() > MAX_TEXT_BYTES {
+                oversized = Some(format!("the model's answer is over {MAX_TEXT_BYTES} bytes"));
+                return false;
+            }
             answer.text.push_str(text);
             emit.delta(text);
         }
         if let Some(calls) = delta["tool_calls"].as_array() {
             for piece in calls {
-                let index = piece["index"].as_u64().unwrap_or(0) as usize;
+                let index = piece["index"]
+                    .as_u64()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .unwrap_or(0);
+                if index >= MAX_CALLS {
+                    oversized = Some(format!(
+                        "the model asked for more than {MAX_CALLS} tool calls"
+                    ));
+                    return false;
+                }
                 if answer.calls.len() <= index {
                     answer.calls.resize(index + 1, Call::default());
                 }
@@ -241,6 +261,9 @@ async fn ask(
     })
     .await
     .map_err(|e| transport(&e, "the model", "provider_error"))?;
+    if let Some(message) = oversized {
+        return Err(Failure::Final(ExecError::new("provider_error", message)));
+    }
     if let Some(data) = malformed {
         return Err(Failure::Final(ExecError::new(
             "provider_error",
@@ -288,16 +311,21 @@ async fn call_tool(
                 timeout,
             )
             .map_err(|e| Failure::Final(ExecError::new("tool_error", e.message)))?;
-        let response = request
+        let mut response = request
             .send()
             .await
             .map_err(|e| transport(&e, &what, "tool_error"))?;
         let status = response.status();
         if status.is_success() {
-            let text = response
-                .text()
+            let text = text_within(&mut response, MAX_TOOL_ANSWER_BYTES)
                 .await
-                .map_err(|e| transport(&e, &what, "tool_error"))?;
+                .map_err(|e| transport(&e, &what, "tool_error"))?
+                .ok_or_else(|| {
+                    Failure::Final(ExecError::new(
+                        "tool_error",
+                        format!("{what} answered more than {MAX_TOOL_ANSWER_BYTES} bytes"),
+                    ))
+                })?;
             return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
         }
         match classify(&response, &what, "tool_error", "tool_error", "tool_error") {

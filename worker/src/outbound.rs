@@ -195,7 +195,8 @@ pub async fn read_sse(
     idle: Duration,
     mut on_data: impl FnMut(&str) -> bool,
 ) -> Result<bool, reqwest::Error> {
-    let mut buffer = String::new();
+    // Bytes, not text: a character may be split between two chunks.
+    let mut buffer: Vec<u8> = Vec::new();
     loop {
         let Ok(chunk) = tokio::time::timeout(idle, response.chunk()).await else {
             return Ok(false);
@@ -203,9 +204,10 @@ pub async fn read_sse(
         let Some(chunk) = chunk? else {
             return Ok(false);
         };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find('\n') {
-            let line: String = buffer.drain(..=end).collect();
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
             if let Some(data) = line.strip_prefix("data:") {
                 let data = data.trim_start();
@@ -214,7 +216,29 @@ pub async fn read_sse(
                 }
             }
         }
+        // A line that never ends is not an event stream.
+        if buffer.len() > MAX_LINE_BYTES {
+            return Ok(false);
+        }
     }
+}
+
+/// The longest line an event stream may send.
+const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The body of a response as text, refused past `limit` bytes.
+pub async fn text_within(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<String>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            return Ok(None);
+        }
+    }
+    Ok(Some(String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[cfg(test)]

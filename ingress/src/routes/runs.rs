@@ -349,43 +349,62 @@ pub async fn cancel(
         })
         .ok_or_else(not_found)?;
     let done = axum::Json(Cancelled { success: true });
-    if run.status.is_terminal() {
-        return Ok(done);
-    }
-    // Queued: cancel it here, with its webhooks, in one transaction.
-    let tx = client.transaction().await?;
-    if let Some(cancelled) =
-        switchyard_common::runs::cancel_queued(&tx, &key.tenant_id, run_id).await?
-    {
-        let deliveries = switchyard_common::deliveries::create_for_run(&tx, &cancelled).await?;
-        tx.commit().await?;
-        state.broker.publish_events(&cancelled.events).await;
-        let topology = state.broker.topology();
-        if let Err(err) = state
-            .broker
-            .publish_ids(&topology.deliveries(), &deliveries)
-            .await
-        {
-            tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+    // A run can move between queued and running while this looks (a hand-back, the reaper), so
+    // try both ways until one takes or the run has ended.
+    let mut status = Some(run.status);
+    for _ in 0..5 {
+        if status.is_none_or(|s| s.is_terminal()) {
+            return Ok(done);
         }
-        // It may have held up the rest of its session.
-        if let Ok(Some(next)) = switchyard_common::runs::next_in_session(&client, &cancelled).await
+        // Queued: cancel it here, with its webhooks, in one transaction.
+        let tx = client.transaction().await?;
+        if let Some(cancelled) =
+            switchyard_common::runs::cancel_queued(&tx, &key.tenant_id, run_id).await?
         {
-            let _ = state.broker.publish_id(&topology.runs(), next).await;
+            let deliveries = switchyard_common::deliveries::create_for_run(&tx, &cancelled).await?;
+            tx.commit().await?;
+            state.broker.publish_events(&cancelled.events).await;
+            let topology = state.broker.topology();
+            if let Err(err) = state
+                .broker
+                .publish_ids(&topology.deliveries(), &deliveries)
+                .await
+            {
+                tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+            }
+            // It may have held up the rest of its session, or its limited agent's queue.
+            for next in [
+                switchyard_common::runs::next_in_session(&client, &cancelled).await,
+                switchyard_common::runs::next_for_agent(&client, &cancelled).await,
+            ]
+            .into_iter()
+            .flatten()
+            .flatten()
+            {
+                let _ = state.broker.publish_id(&topology.runs(), next).await;
+            }
+            return Ok(done);
         }
-        return Ok(done);
+        tx.rollback().await?;
+        // Running: ask its worker. Should the message be lost, the worker's next heartbeat
+        // sees it.
+        if switchyard_common::runs::request_cancel(&client, &key.tenant_id, run_id).await? {
+            if let Err(err) = state
+                .broker
+                .publish_control(&switchyard_common::runs::cancel_message(run_id))
+                .await
+            {
+                tracing::warn!(%run_id, error = %err, "cancel recorded; the worker will see it at its next heartbeat");
+            }
+            return Ok(done);
+        }
+        status = switchyard_common::runs::get(&client, &key.tenant_id, run_id)
+            .await?
+            .map(|r| r.status);
     }
-    tx.rollback().await?;
-    // Running: ask its worker. Should the message be lost, the worker's next heartbeat sees it.
-    if switchyard_common::runs::request_cancel(&client, &key.tenant_id, run_id).await?
-        && let Err(err) = state
-            .broker
-            .publish_control(&switchyard_common::runs::cancel_message(run_id))
-            .await
-    {
-        tracing::warn!(%run_id, error = %err, "cancel recorded; the worker will see it at its next heartbeat");
-    }
-    Ok(done)
+    Err(ApiError::unavailable_because(
+        "the run kept changing state while it was being cancelled; retry the request",
+    ))
 }
 
 /// Fallback for unknown routes.
