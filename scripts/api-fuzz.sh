@@ -6,16 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SCHEMATHESIS_VERSION=4.32.5
-VENV=${SWITCHYARD_PY_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/venv}
-if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-  echo "[fuzz] installing schemathesis $SCHEMATHESIS_VERSION into $VENV" >&2
-  python3 -m venv "$VENV" || {
-    # Debian's python3 ships venv separately.
-    apt-get install -y python3-venv >/dev/null && python3 -m venv "$VENV"
-  }
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+VENV=$(scripts/py-tools.sh)
 
 bin=target/debug
 suffix=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')

@@ -26,6 +26,11 @@ fi
 # The end-to-end tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked
 
+# Python tools from PyPI: the official Standard Webhooks verifier (an end-to-end test checks our
+# signatures with it) and schemathesis.
+SWITCHYARD_PY_VENV=$(scripts/py-tools.sh)
+export SWITCHYARD_PY_VENV
+
 # The restart tests stop the shared RabbitMQ and PostgreSQL, so they run alone, first, one at a
 # time; then everything else.
 cargo nextest run --workspace --locked -E 'binary(service_restarts)' "$@"

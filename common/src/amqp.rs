@@ -63,10 +63,12 @@ impl Topology {
         format!("{}deliveries.dead", self.prefix)
     }
 
-    /// The TTL queue that holds a delivery id for `delay`, then dead-letters it to `deliveries`.
-    /// The delay is in the name, so changing the schedule declares new queues instead of clashing.
+    /// The TTL queue of the scheduled `delay`: it holds a delivery id for the message's own
+    /// expiration (the jittered delay, or `Retry-After`), at most twice the delay, then
+    /// dead-letters it to `deliveries`. The delay is in the name, so changing the schedule
+    /// declares new queues instead of clashing.
     pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}deliveries.retry.{}ms", self.prefix, delay.as_millis())
+        format!("{}deliveries.wait.{}ms", self.prefix, delay.as_millis())
     }
 
     /// Fanout exchange for control messages (cache invalidation, later cancel commands). Each
@@ -172,7 +174,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
         .await?;
     for delay in &topology.retry_tiers {
         let mut args = quorum_args(None);
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(delay.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
         args.insert(
             "x-dead-letter-exchange".into(),
@@ -406,6 +408,27 @@ impl Broker {
         let live = self.live().ok_or(PublishError::Unavailable)?;
         let confirm = tokio::time::timeout(self.0.publish_timeout, async {
             send(&live.publisher, queue, id)
+                .await?
+                .await
+                .map_err(PublishError::from)
+        })
+        .await
+        .map_err(|_| PublishError::Timeout)??;
+        check(confirm)
+    }
+
+    /// [`Broker::publish_id`] with a per-message expiration: in a queue that dead-letters, the
+    /// message moves on after `wait`.
+    pub async fn publish_id_for(
+        &self,
+        queue: &str,
+        id: Uuid,
+        wait: Duration,
+    ) -> Result<(), PublishError> {
+        let live = self.live().ok_or(PublishError::Unavailable)?;
+        let expiration = wait.as_millis().to_string();
+        let confirm = tokio::time::timeout(self.0.publish_timeout, async {
+            send_with(&live.publisher, queue, id, Some(&expiration))
                 .await?
                 .await
                 .map_err(PublishError::from)
@@ -810,12 +833,24 @@ impl Broker {
 }
 
 async fn send(channel: &Channel, queue: &str, id: Uuid) -> lapin::Result<lapin::PublisherConfirm> {
+    send_with(channel, queue, id, None).await
+}
+
+async fn send_with(
+    channel: &Channel,
+    queue: &str,
+    id: Uuid,
+    expiration_ms: Option<&str>,
+) -> lapin::Result<lapin::PublisherConfirm> {
     let body = serde_json::to_vec(&IdMessage { id }).unwrap_or_default();
-    let properties = BasicProperties::default()
+    let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(id.to_string().into())
         .with_headers(telemetry::current_trace_headers());
+    if let Some(ms) = expiration_ms {
+        properties = properties.with_expiration(ms.into());
+    }
     channel
         .basic_publish(
             "".into(),

@@ -222,14 +222,15 @@ async fn handle(ctx: Ctx, message: Delivery) {
 }
 
 async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
-    let (attempt, refused) = send(ctx, out)
+    let (attempt, refused, retry_after) = send(ctx, out)
         .instrument(tracing::info_span!("webhook attempt", attempt = out.attempt, host = %host_of(&out.url), otel.kind = "client"))
         .await;
     // A refused destination will not become allowed by waiting.
     let next = if refused {
         Next::GiveUp
     } else {
-        decide(&ctx.schedule, out.attempt, &attempt)
+        let jitter = rand::random_range(-JITTER..=JITTER);
+        decide(&ctx.schedule, out.attempt, &attempt, retry_after, jitter)
     };
     tracing::info!(
         delivery_id = %out.id,
@@ -247,9 +248,15 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
         .unwrap_or_else(|gone| Err(gone.to_string()));
     match recorded {
         Ok(true) => {
-            if let Next::RetryAfter(delay) = next {
-                let queue = ctx.broker.topology().retry_queue(delay);
-                if let Err(err) = ctx.broker.publish_id(&queue, out.id).await {
+            if let Next::RetryAfter(wait) = next
+                && let Some(tier) = ctx
+                    .schedule
+                    .delay_after(u32::try_from(out.attempt).unwrap_or(u32::MAX))
+            {
+                // The tier queue of the scheduled delay holds it for `wait` (its own TTL is
+                // twice the delay, the longest wait there can be).
+                let queue = ctx.broker.topology().retry_queue(tier);
+                if let Err(err) = ctx.broker.publish_id_for(&queue, out.id, wait).await {
                     tracing::warn!(error = %err, "retry recorded but not queued; the sweeper will");
                 }
             }
@@ -262,23 +269,40 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
     }
 }
 
+/// How far a scheduled delay is moved at random, either way.
+const JITTER: f64 = 0.2;
+
 /// Only 2xx succeeds. 410 Gone stops retrying. Everything else (3xx, 4xx, 5xx, timeouts, refused
-/// connections) is retried on the schedule until it runs out.
-pub fn decide(schedule: &Schedule, attempt_number: i32, attempt: &Attempt) -> Next {
+/// connections) is retried on the schedule until it runs out. The wait is the scheduled delay
+/// moved by `jitter` (a fraction, ±20 %), or the receiver's `Retry-After` kept within [the
+/// delay, twice the delay].
+pub fn decide(
+    schedule: &Schedule,
+    attempt_number: i32,
+    attempt: &Attempt,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Next {
     match attempt.response_status {
         Some(s) if (200..300).contains(&s) => Next::Delivered,
         Some(410) => Next::GiveUp,
         _ => {
             let failures = u32::try_from(attempt_number).unwrap_or(u32::MAX);
-            schedule
-                .delay_after(failures)
-                .map_or(Next::GiveUp, Next::RetryAfter)
+            let Some(delay) = schedule.delay_after(failures) else {
+                return Next::GiveUp;
+            };
+            let wait = match retry_after {
+                Some(asked) => asked.clamp(delay, delay * 2),
+                None => delay.mul_f64((1.0 + jitter.clamp(-JITTER, JITTER)).max(0.0)),
+            };
+            Next::RetryAfter(wait)
         }
     }
 }
 
-/// Makes one attempt; the flag says the SSRF guard refused the destination.
-async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
+/// Makes one attempt; the flag says the SSRF guard refused the destination, and the duration is
+/// the receiver's `Retry-After` (seconds), if it sent one.
+async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
     let started = Instant::now();
     let refusal = match reqwest::Url::parse(&out.url) {
         Ok(url) => egress::check_url(&ctx.guard, &url)
@@ -293,7 +317,7 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
             error: Some(reason),
             latency: started.elapsed(),
         };
-        return (attempt, true);
+        return (attempt, true, None);
     }
     let body = serde_json::to_vec(&out.payload).unwrap_or_default();
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -311,6 +335,12 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
     match request.body(body).send().await {
         Ok(mut response) => {
             let status = i32::from(response.status().as_u16());
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let mut captured = Vec::new();
             while captured.len() < CAPTURE_BYTES {
                 match response.chunk().await {
@@ -326,7 +356,7 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
                 error: None,
                 latency: started.elapsed(),
             };
-            (attempt, false)
+            (attempt, false, retry_after)
         }
         Err(err) => {
             let refused = refused_by_guard(&err);
@@ -336,7 +366,7 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool) {
                 error: Some(describe(&err)),
                 latency: started.elapsed(),
             };
-            (attempt, refused)
+            (attempt, refused, None)
         }
     }
 }
@@ -388,20 +418,36 @@ mod tests {
     #[test]
     fn only_2xx_is_delivered_and_failures_follow_the_schedule() {
         let schedule = parse_schedule("1s,2s").expect("valid");
-        assert_eq!(decide(&schedule, 1, &outcome(Some(204))), Next::Delivered);
+        let decide = |n, status| decide(&schedule, n, &outcome(status), None, 0.0);
+        assert_eq!(decide(1, Some(204)), Next::Delivered);
         assert_eq!(
-            decide(&schedule, 1, &outcome(Some(500))),
+            decide(1, Some(500)),
             Next::RetryAfter(Duration::from_secs(1))
         );
         assert_eq!(
-            decide(&schedule, 2, &outcome(Some(302))),
+            decide(2, Some(302)),
             Next::RetryAfter(Duration::from_secs(2))
         );
-        assert_eq!(decide(&schedule, 3, &outcome(None)), Next::GiveUp);
-        assert_eq!(decide(&schedule, 1, &outcome(Some(410))), Next::GiveUp);
+        assert_eq!(decide(3, None), Next::GiveUp);
+        assert_eq!(decide(1, Some(410)), Next::GiveUp);
+        assert_eq!(decide(1, None), Next::RetryAfter(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn delays_are_jittered_and_retry_after_is_kept_within_one_to_two_delays() {
+        let schedule = parse_schedule("10s").expect("valid");
+        let failed = outcome(Some(503));
+        let wait = |retry_after, jitter| decide(&schedule, 1, &failed, retry_after, jitter);
+        assert_eq!(wait(None, 0.2), Next::RetryAfter(Duration::from_secs(12)));
+        assert_eq!(wait(None, -0.2), Next::RetryAfter(Duration::from_secs(8)));
         assert_eq!(
-            decide(&schedule, 1, &outcome(None)),
-            Next::RetryAfter(Duration::from_secs(1))
+            wait(None, 5.0),
+            Next::RetryAfter(Duration::from_secs(12)),
+            "jitter is capped"
         );
+        let asked = |secs| wait(Some(Duration::from_secs(secs)), 0.2);
+        assert_eq!(asked(15), Next::RetryAfter(Duration::from_secs(15)));
+        assert_eq!(asked(1), Next::RetryAfter(Duration::from_secs(10)));
+        assert_eq!(asked(3600), Next::RetryAfter(Duration::from_secs(20)));
     }
 }

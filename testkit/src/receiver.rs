@@ -1,7 +1,7 @@
 //! A webhook receiver for tests, the quickstart and the bench. It verifies each request with the
 //! Standard Webhooks algorithm, records it, and answers with the next status of its script (then
 //! 200 for good). A 3xx answer carries `Location: /redirected`, where any request is counted as a
-//! followed redirect; the first request can be made to hang.
+//! followed redirect; a 429 carries `Retry-After: 3`; the first request can be made to hang.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -23,6 +23,8 @@ pub struct Received {
     pub timestamp: String,
     pub signature: String,
     pub body: serde_json::Value,
+    /// The body as sent, byte for byte (what a signature covers).
+    pub raw_body: Vec<u8>,
     /// Whether the signature verified.
     pub verified: bool,
     /// The status the receiver answered.
@@ -193,6 +195,7 @@ async fn receive(
             timestamp: ts.unwrap_or_default(),
             signature: sig.unwrap_or_default(),
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            raw_body: body.to_vec(),
             verified,
             answered,
             at: Instant::now(),
@@ -210,6 +213,9 @@ async fn receive(
     let status = StatusCode::from_u16(record.answered).unwrap_or(StatusCode::OK);
     if status.is_redirection() {
         return (status, [(axum::http::header::LOCATION, "/redirected")]).into_response();
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return (status, [(axum::http::header::RETRY_AFTER, "3")]).into_response();
     }
     status.into_response()
 }

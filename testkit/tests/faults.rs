@@ -243,6 +243,37 @@ async fn database_down_answers_503_with_retry_after_within_a_second() {
 }
 
 #[tokio::test]
+async fn retry_after_is_honoured_within_one_to_two_scheduled_delays() {
+    let stack = Stack::start(StackOptions {
+        receiver_script: vec![429],
+        retry_schedule: "1s,1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack
+        .create_run(&json!({"agentId": "echo", "message": "later please", "webhookUrl": stack.receiver.url}))
+        .await
+        .expect("request");
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| r.len() >= 2)
+        .await
+        .expect("two attempts");
+    assert_eq!(received[0].answered, 429);
+    assert_eq!(received[1].answered, 200);
+    // `Retry-After: 3` against a 1 s delay: kept to twice the delay, 2 s, where the schedule
+    // alone would have waited 0.8 to 1.2 s.
+    let gap = received[1].at - received[0].at;
+    assert!(gap >= Duration::from_millis(1900), "waited {gap:?}");
+    assert!(
+        gap < Duration::from_secs(3),
+        "Retry-After is capped at twice the delay: {gap:?}"
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test]
 async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
     let stack = Stack::start(StackOptions {
         receiver_script: vec![500, 500],
@@ -283,8 +314,8 @@ async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
     assert!(received[1].timestamp > received[0].timestamp);
     let gap = received[1].at - received[0].at;
     assert!(
-        gap >= Duration::from_millis(900),
-        "the retry waited its tier ({gap:?})"
+        gap >= Duration::from_millis(750),
+        "the retry waited its delay, 1 s ± 20 % ({gap:?})"
     );
 
     let client = stack.db.client().await.expect("db");
