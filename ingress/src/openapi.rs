@@ -11,7 +11,9 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-use crate::routes::manage::{agents, api_keys, credentials, projects, tenants, triggers};
+use crate::routes::manage::{
+    agents, api_keys, credentials, deliveries, projects, tenants, triggers,
+};
 use crate::routes::{events, hooks, invoke, runs};
 
 #[derive(OpenApi)]
@@ -78,6 +80,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(triggers::test))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::get, api_keys::revoke))
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::get))
+        .routes(routes!(deliveries::redeliver))
+        .routes(routes!(deliveries::recover))
         .routes(routes!(credentials::list, credentials::create))
         .routes(routes!(
             credentials::get,

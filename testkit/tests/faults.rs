@@ -691,3 +691,113 @@ async fn poison_run_messages_are_dead_lettered_without_holding_up_the_others() {
     let _ = conn.close(200, "bye".into()).await;
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn failed_deliveries_are_listed_inspected_redelivered_and_recovered() {
+    use switchyard_testkit::api::{get, post};
+    let stack = Stack::start(StackOptions {
+        receiver_script: vec![500, 500, 500, 500],
+        retry_schedule: "1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let since = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    let mut runs = Vec::new();
+    for n in 0..2 {
+        runs.push(
+            run_id(
+                stack
+                    .create_run(&json!({"agentId": "echo", "message": format!("doomed {n}"), "webhookUrl": stack.receiver.url}))
+                    .await
+                    .expect("request"),
+            )
+            .await,
+        );
+    }
+    let base = "/manage/tenants/default/deliveries";
+    let failed = poll(Duration::from_secs(30), || async {
+        let page = get(&stack, &format!("{base}?status=failed"), &stack.api_key).await;
+        (page.body["pagination"]["total"] == 2).then_some(page.body)
+    })
+    .await
+    .expect("both deliveries fail after their two attempts");
+    let first = failed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["runId"] == runs[0].as_str()))
+        .expect("the first run's delivery")
+        .clone();
+    let id = first["id"].as_str().expect("id");
+    assert_eq!(first["attemptCount"], 2);
+    let detail = get(&stack, &format!("{base}/{id}"), &stack.api_key).await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    let attempts = detail.body["data"]["attempts"]
+        .as_array()
+        .expect("attempts")
+        .clone();
+    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["responseStatus"] == 500 && a["latencyMs"].is_number())
+    );
+    let by_run = get(&stack, &format!("{base}?runId={}", runs[1]), &stack.api_key).await;
+    assert_eq!(by_run.body["pagination"]["total"], 1);
+    assert_eq!(
+        get(&stack, &format!("{base}?status=lost"), &stack.api_key)
+            .await
+            .status,
+        400
+    );
+
+    // Redeliver one: sent again with the same webhook-id, and now delivered.
+    let again = post(
+        &stack,
+        &format!("{base}/{id}/redeliver"),
+        &stack.api_key,
+        json!({}),
+    )
+    .await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    let message_id = first["messageId"].as_str().expect("message id").to_owned();
+    poll(Duration::from_secs(15), || async {
+        let d = get(&stack, &format!("{base}/{id}"), &stack.api_key).await;
+        (d.body["data"]["status"] == "delivered").then_some(())
+    })
+    .await
+    .expect("redelivered");
+    let received = stack.receiver.received();
+    let last = received.last().expect("received");
+    assert_eq!(last.answered, 200);
+    assert_eq!(last.webhook_id, message_id);
+    assert!(last.verified);
+
+    // Recover the rest since a time.
+    let since = since
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let recovered = post(
+        &stack,
+        &format!("{base}/recover"),
+        &stack.api_key,
+        json!({"since": since}),
+    )
+    .await;
+    assert_eq!(recovered.status, 202, "{}", recovered.body);
+    assert_eq!(recovered.body["data"]["recovered"], 1);
+    poll(Duration::from_secs(15), || async {
+        let page = get(&stack, &format!("{base}?status=delivered"), &stack.api_key).await;
+        (page.body["pagination"]["total"] == 2).then_some(())
+    })
+    .await
+    .expect("both delivered");
+    // Another tenant sees none of it.
+    let (_, other_key) = switchyard_testkit::api::tenant(&stack).await;
+    assert_eq!(
+        get(&stack, &format!("{base}/{id}"), &other_key)
+            .await
+            .status,
+        404
+    );
+    stack.shutdown().await;
+}

@@ -1372,3 +1372,32 @@ async fn a_run_whose_agent_is_deleted_before_it_starts_fails_instead_of_waiting(
     assert_eq!(failed["errorCode"], "agent_not_found");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_project_patch_refuses_a_null_name_and_accepts_its_own_id() {
+    let stack = stack().await;
+    let (tenant, key) = tenant(&stack).await;
+    let made = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/projects"),
+        &key,
+        json!({"id": "p1", "name": "First"}),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let path = format!("/manage/tenants/{tenant}/projects/p1");
+    assert_problem(
+        &patch(&stack, &path, &key, json!({"name": null})).await,
+        422,
+        "unprocessable_entity",
+    );
+    let renamed = patch(&stack, &path, &key, json!({"id": "p1", "name": "Renamed"})).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+    assert_eq!(renamed.body["data"]["name"], "Renamed");
+    assert_problem(
+        &patch(&stack, &path, &key, json!({"id": "p2"})).await,
+        400,
+        "bad_request",
+    );
+    stack.shutdown().await;
+}

@@ -37,8 +37,12 @@ pub struct NewProject {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProjectPatch {
-    #[schema(min_length = 1, max_length = 255)]
-    pub name: Option<String>,
+    /// Read-only: accepted when it names this project.
+    #[schema(pattern = r"^[a-zA-Z0-9\-_.]+$", min_length = 1, max_length = 255)]
+    pub id: Option<String>,
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 255)]
+    pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<String>, max_length = 2000)]
     pub description: Option<Option<String>>,
@@ -127,8 +131,15 @@ pub async fn update(
     id: &str,
     patch: ProjectPatch,
 ) -> Result<Project, Error> {
-    if let Some(name) = &patch.name {
-        check_name(name, "project")?;
+    if patch.id.as_deref().is_some_and(|given| given != id) {
+        return Err(Error::BadRequest(
+            "`id` cannot be changed; create a new resource instead".into(),
+        ));
+    }
+    match &patch.name {
+        Some(None) => return Err(Error::invalid("`name` cannot be null")),
+        Some(Some(name)) => check_name(name, "project")?,
+        None => {}
     }
     if let Some(description) = &patch.description {
         check_description(description.as_deref())?;
@@ -143,7 +154,7 @@ pub async fn update(
             &[
                 &tenant_id,
                 &id,
-                &patch.name,
+                &patch.name.clone().flatten(),
                 &patch.description.is_some(),
                 &patch.description.flatten(),
             ],

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod api_keys;
 pub mod credentials;
+pub mod deliveries;
 pub mod projects;
 pub mod tenants;
 pub mod triggers;
