@@ -494,71 +494,17 @@ impl Broker {
     where
         F: Fn(ControlEvent<'_>) + Send + Sync,
     {
-        let exchange = self.0.topology.control();
-        while let Some(live) = self.wait_live(&shutdown).await {
-            let setup = async {
-                let channel = live.conn.create_channel().await?;
-                let queue = channel
-                    .queue_declare(
-                        "".into(),
-                        QueueDeclareOptions {
-                            exclusive: true,
-                            auto_delete: true,
-                            ..QueueDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                channel
-                    .queue_bind(
-                        queue.name().clone(),
-                        exchange.as_str().into(),
-                        "".into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                let consumer = channel
-                    .basic_consume(
-                        queue.name().clone(),
-                        "".into(),
-                        BasicConsumeOptions {
-                            no_ack: true,
-                            exclusive: true,
-                            ..BasicConsumeOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok::<_, lapin::Error>((channel, consumer))
-            };
-            let (channel, mut consumer) = match setup.await {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot follow the control exchange; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            on_event(ControlEvent::Subscribed);
-            loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => {
-                        let _ = channel.close(200, ShortString::from("shutdown")).await;
-                        on_event(ControlEvent::Lost);
-                        return;
-                    }
-                    next = consumer.next() => next,
-                };
-                match next {
-                    Some(Ok(delivery)) => on_event(ControlEvent::Message(&delivery.data)),
-                    _ => break,
-                }
-            }
-            on_event(ControlEvent::Lost);
-            tracing::warn!("stopped following the control exchange; following again");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // A fanout exchange: the one binding, with any key, hears everything. Nothing else is
+        // ever asked, but the sender lives as long as the follower, which stops when it closes.
+        let (_asks, commands) = tokio::sync::mpsc::unbounded_channel();
+        self.follow_topic(
+            self.0.topology.control(),
+            vec![String::new()],
+            shutdown,
+            commands,
+            on_event,
+        )
+        .await;
     }
 
     /// Publishes run events on the `events` exchange, each under `run.<id>`, without waiting for
@@ -597,21 +543,22 @@ impl Broker {
         }
     }
 
-    /// Follows the topic `exchange` until `shutdown` through an exclusive queue of this process,
-    /// binding and unbinding keys as `commands` ask, across reconnects (every key is bound again
-    /// on a new connection). `on_event` hears [`ControlEvent::Subscribed`] each time the queue is
+    /// Follows the topic (or fanout) `exchange` until `shutdown` through an exclusive queue of
+    /// this process, bound to `keys` from the start and then binding and unbinding keys as
+    /// `commands` ask, across reconnects (every key is bound again on a new connection). `on_event` hears [`ControlEvent::Subscribed`] each time the queue is
     /// set up again (messages sent meanwhile were missed), every message, and
     /// [`ControlEvent::Lost`].
     pub async fn follow_topic<F>(
         &self,
         exchange: String,
+        keys: Vec<String>,
         shutdown: CancellationToken,
         mut commands: tokio::sync::mpsc::UnboundedReceiver<TopicCommand>,
         on_event: F,
     ) where
         F: Fn(ControlEvent<'_>) + Send + Sync,
     {
-        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut keys: std::collections::HashSet<String> = keys.into_iter().collect();
         let mut connected = self.0.connected.subscribe();
         loop {
             // While there is no connection, remember what is asked and answer "not bound".

@@ -62,11 +62,17 @@ impl Hub {
         let follow_shutdown = shutdown.clone();
         tokio::spawn(async move {
             broker
-                .follow_topic(exchange, follow_shutdown, receiver, |event| match event {
-                    ControlEvent::Subscribed => follower.resync_all(),
-                    ControlEvent::Message(body) => follower.dispatch(body),
-                    ControlEvent::Lost => {}
-                })
+                .follow_topic(
+                    exchange,
+                    Vec::new(),
+                    follow_shutdown,
+                    receiver,
+                    |event| match event {
+                        ControlEvent::Subscribed => follower.resync_all(),
+                        ControlEvent::Message(body) => follower.dispatch(body),
+                        ControlEvent::Lost => {}
+                    },
+                )
                 .await;
         });
         tokio::spawn(Arc::clone(&hub).check_database(pool, shutdown));
