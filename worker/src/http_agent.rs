@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_common::Run;
+use switchyard_common::catalog::agents::HttpConfig as Config;
 use switchyard_common::conversations::Message;
 use switchyard_common::events::EventKind;
 
@@ -17,13 +17,6 @@ use crate::outbound::{Env, Failure, classify, read_sse, text_within, transport};
 /// The largest JSON answer an agent may give.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 use crate::sink::Emitter;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Config {
-    url: String,
-    timeout_ms: Option<u64>,
-}
 
 pub async fn execute(
     config: &Value,

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use switchyard_common::Run;
+use switchyard_common::catalog::agents::{OpenaiConfig as Config, ToolConfig as Tool};
 use switchyard_common::conversations::Message;
 use switchyard_common::events::EventKind;
 
@@ -26,31 +26,6 @@ const MAX_TOOL_ANSWER_BYTES: usize = 1024 * 1024;
 const MAX_CALLS: usize = 64;
 /// The most text one answer may hold.
 const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Config {
-    base_url: String,
-    model: String,
-    system_prompt: Option<String>,
-    temperature: Option<f64>,
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    tools: Vec<Tool>,
-    max_steps: Option<u32>,
-}
-
-/// A function tool backed by an HTTP endpoint.
-#[derive(Deserialize, Clone)]
-#[serde(rename_all = "camelCase")]
-struct Tool {
-    name: String,
-    description: Option<String>,
-    parameters: Option<Value>,
-    url: String,
-    timeout_ms: Option<u64>,
-    credential_reference_id: Option<String>,
-}
 
 /// One tool call the model asked for.
 #[derive(Debug, Default, Clone)]
@@ -105,8 +80,8 @@ pub async fn execute(
         (None, None) => String::new(),
     };
     messages.push(json!({"role": "user", "content": user}));
-    let tools: Vec<Value> = config
-        .tools
+    let declared: &[Tool] = config.tools.as_deref().unwrap_or_default();
+    let tools: Vec<Value> = declared
         .iter()
         .map(|t| {
             json!({"type": "function", "function": {
@@ -158,7 +133,7 @@ pub async fn execute(
                 EventKind::ToolCall,
                 json!({"id": call.id, "name": call.name, "arguments": arguments}),
             );
-            let result = call_tool(&config.tools, call, &arguments, emit, env).await?;
+            let result = call_tool(declared, call, &arguments, emit, env).await?;
             emit.emit(
                 EventKind::ToolResult,
                 json!({"id": call.id, "name": call.name, "result": result}),

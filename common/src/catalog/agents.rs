@@ -50,30 +50,29 @@ struct EchoConfig {
     delay_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+/// The `config` of an `openai` agent (checked on write; read by the worker's executor).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(dead_code)]
-struct OpenaiConfig {
-    base_url: String,
-    model: String,
-    system_prompt: Option<String>,
-    temperature: Option<f64>,
-    max_tokens: Option<u32>,
-    tools: Option<Vec<ToolConfig>>,
-    max_steps: Option<u32>,
+pub struct OpenaiConfig {
+    pub base_url: String,
+    pub model: String,
+    pub system_prompt: Option<String>,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub tools: Option<Vec<ToolConfig>>,
+    pub max_steps: Option<u32>,
 }
 
 /// A function tool backed by an HTTP endpoint.
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(dead_code)]
-struct ToolConfig {
-    name: String,
-    description: Option<String>,
-    parameters: Option<Value>,
-    url: String,
-    timeout_ms: Option<u64>,
-    credential_reference_id: Option<String>,
+pub struct ToolConfig {
+    pub name: String,
+    pub description: Option<String>,
+    pub parameters: Option<Value>,
+    pub url: String,
+    pub timeout_ms: Option<u64>,
+    pub credential_reference_id: Option<String>,
 }
 
 /// The most tools an agent declares, and the most model rounds it may ask for.
@@ -138,12 +137,12 @@ fn check_tools(tools: &[ToolConfig]) -> Result<(), Error> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+/// The `config` of an `http` agent.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(dead_code)]
-struct HttpConfig {
-    url: String,
-    timeout_ms: Option<u64>,
+pub struct HttpConfig {
+    pub url: String,
+    pub timeout_ms: Option<u64>,
 }
 
 /// Checks `config` against what `kind` reads.
