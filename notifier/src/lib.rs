@@ -50,6 +50,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_EGRESS_ALLOW", default_value = "")]
     pub egress_allow: String,
 
+    /// Largest webhook body sent whole; a larger one is sent thin (the run's ids, status and URL).
+    #[arg(long, env = "SWITCHYARD_WEBHOOK_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+
     /// Deliveries attempted at once by this process.
     #[arg(
         long = "notifier-concurrency",
@@ -78,6 +82,7 @@ struct Ctx {
     guard: Guard,
     secret: Secret,
     schedule: Schedule,
+    max_body_bytes: usize,
     /// Claims of concurrent messages, batched into one UPDATE.
     claims: Batcher<Uuid, Result<Option<Outgoing>, String>>,
     /// Attempt records, batched into one transaction.
@@ -171,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         guard,
         secret,
         schedule,
+        max_body_bytes: config.max_body_bytes,
     };
     tracing::info!(concurrency = config.concurrency, "notifier starting");
     broker
@@ -319,7 +325,10 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
         };
         return (attempt, true, None);
     }
-    let body = serde_json::to_vec(&out.payload).unwrap_or_default();
+    let mut body = serde_json::to_vec(&out.payload).unwrap_or_default();
+    if body.len() > ctx.max_body_bytes {
+        body = serde_json::to_vec(&thin(&out.payload)).unwrap_or_default();
+    }
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     let signature = ctx.secret.sign(&out.message_id, timestamp, &body);
     let mut request = ctx
@@ -369,6 +378,36 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
             (attempt, refused, None)
         }
     }
+}
+
+/// The thin form of a webhook body: the event and the run's ids, status, timings and error
+/// code, with the URL to read the rest from (`data.thin` is true).
+pub fn thin(payload: &serde_json::Value) -> serde_json::Value {
+    let data = &payload["data"];
+    let mut slim = serde_json::Map::new();
+    for field in [
+        "id",
+        "status",
+        "tenantId",
+        "projectId",
+        "agentId",
+        "triggerId",
+        "sessionId",
+        "errorCode",
+        "attempt",
+        "createdAt",
+        "startedAt",
+        "completedAt",
+    ] {
+        if let Some(value) = data.get(field) {
+            slim.insert(field.to_owned(), value.clone());
+        }
+    }
+    if let Some(id) = data["id"].as_str() {
+        slim.insert("url".into(), serde_json::json!(format!("/v1/runs/{id}")));
+    }
+    slim.insert("thin".into(), serde_json::json!(true));
+    serde_json::json!({"type": payload["type"], "timestamp": payload["timestamp"], "data": slim})
 }
 
 /// The host of a URL, for logs: the path and query may carry tokens.
@@ -431,6 +470,17 @@ mod tests {
         assert_eq!(decide(3, None), Next::GiveUp);
         assert_eq!(decide(1, Some(410)), Next::GiveUp);
         assert_eq!(decide(1, None), Next::RetryAfter(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn thin_bodies_keep_the_ids_status_and_a_url() {
+        let full = serde_json::json!({"type": "run.completed", "timestamp": "t",
+            "data": {"id": "r1", "status": "completed", "result": {"output": "long"}, "metadata": {"k": 1}}});
+        assert_eq!(
+            thin(&full),
+            serde_json::json!({"type": "run.completed", "timestamp": "t",
+                "data": {"id": "r1", "status": "completed", "url": "/v1/runs/r1", "thin": true}})
+        );
     }
 
     #[test]

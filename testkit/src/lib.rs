@@ -271,6 +271,8 @@ pub struct StackOptions {
     pub webhook_timeout: &'static str,
     /// More environment for every ingress (after the harness's own, so it can override them).
     pub ingress_env: Vec<(&'static str, String)>,
+    /// More environment for the notifier, likewise.
+    pub notifier_env: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -286,6 +288,7 @@ impl Default for StackOptions {
             egress_allow: "127.0.0.0/8",
             webhook_timeout: "5s",
             ingress_env: Vec::new(),
+            notifier_env: Vec::new(),
         }
     }
 }
@@ -513,6 +516,7 @@ fn notifier_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'sta
     env.push(("SWITCHYARD_RETRY_SCHEDULE", options.retry_schedule.into()));
     env.push(("SWITCHYARD_WEBHOOK_TIMEOUT", options.webhook_timeout.into()));
     env.push(("SWITCHYARD_EGRESS_ALLOW", options.egress_allow.into()));
+    env.extend(options.notifier_env.iter().cloned());
     env
 }
 

@@ -409,3 +409,46 @@ async fn webhooks_verify_with_the_official_standardwebhooks_library() {
     assert_eq!(named, runs);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn bodies_over_the_cap_are_sent_thin_and_still_verify() {
+    let stack = Stack::start(StackOptions {
+        notifier_env: vec![("SWITCHYARD_WEBHOOK_MAX_BODY_BYTES", "2048".into())],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let big = "word ".repeat(1000);
+    for message in ["small", big.as_str()] {
+        stack
+            .create_run(
+                &json!({"agentId": "echo", "message": message, "webhookUrl": stack.receiver.url}),
+            )
+            .await
+            .expect("request");
+    }
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(20), |r| r.len() >= 2)
+        .await
+        .expect("two webhooks");
+    let small = received
+        .iter()
+        .find(|r| r.body["data"]["message"] == "small")
+        .expect("the small one is sent whole");
+    assert_eq!(small.body["data"]["result"]["output"], "small");
+    let slim = received
+        .iter()
+        .find(|r| r.body["data"]["thin"] == true)
+        .expect("the big one is sent thin");
+    assert!(slim.verified);
+    assert!(slim.raw_body.len() <= 2048);
+    let id = slim.body["data"]["id"].as_str().expect("id");
+    assert_eq!(slim.body["data"]["url"], format!("/v1/runs/{id}"));
+    assert_eq!(slim.body["data"]["status"], "completed");
+    assert!(slim.body["data"].get("result").is_none());
+    // The run itself keeps everything.
+    let run = stack.get_run(id).await.expect("run");
+    assert_eq!(run["result"]["output"], big.as_str());
+    stack.shutdown().await;
+}
