@@ -1276,6 +1276,29 @@ async fn nul_characters_and_null_for_required_members_are_refused_cleanly() {
         "not_found",
     );
     let triggers = format!("/manage/tenants/{t}/projects/p/agents/a/triggers");
+    // In a query string too: a NUL never reaches PostgreSQL.
+    let made = post(&stack, &triggers, &key, json!({"id": "q", "name": "q"})).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    assert_problem(
+        &get(
+            &stack,
+            &format!("{triggers}/q/invocations?environment=a%00b&status=failed"),
+            &key,
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+    assert_problem(
+        &get(
+            &stack,
+            &format!("/manage/tenants/{t}/deliveries?status=%00"),
+            &key,
+        )
+        .await,
+        400,
+        "bad_request",
+    );
     assert_problem(
         &post(
             &stack,
