@@ -1,7 +1,7 @@
 //! A webhook receiver for tests, the quickstart and the bench. It verifies each request with the
 //! Standard Webhooks algorithm, records it, and answers with the next status of its script (then
 //! 200 for good). A 3xx answer carries `Location: /redirected`, where any request is counted as a
-//! followed redirect; a 429 carries `Retry-After: 3`; the first request can be made to hang.
+//! followed redirect; a 429 carries `Retry-After: 10`; the first request can be made to hang.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -215,7 +215,7 @@ async fn receive(
         return (status, [(axum::http::header::LOCATION, "/redirected")]).into_response();
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return (status, [(axum::http::header::RETRY_AFTER, "3")]).into_response();
+        return (status, [(axum::http::header::RETRY_AFTER, "10")]).into_response();
     }
     status.into_response()
 }
