@@ -128,3 +128,21 @@ pub async fn project_with_agent(
     .await;
     assert_eq!(a.status, 201, "{}", a.body);
 }
+
+/// A run's whole event stream (`GET /v1/runs/{id}/events` with the stack's key), each event as
+/// its JSON; for a run that has ended, so the stream ends too.
+pub async fn run_events(stack: &Stack, run_id: &str) -> Vec<Value> {
+    let response = stack
+        .http
+        .get(format!("{}/v1/runs/{run_id}/events", stack.base_url))
+        .bearer_auth(&stack.api_key)
+        .send()
+        .await
+        .expect("request sent");
+    crate::sse::Reader::new(response)
+        .collect(std::time::Duration::from_secs(10))
+        .await
+        .iter()
+        .map(crate::sse::SseEvent::json)
+        .collect()
+}

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchyard_common::signing::{DEFAULT_TOLERANCE_SECS, Secret};
-use switchyard_testkit::api::post;
+use switchyard_testkit::api::{post, run_events};
 use switchyard_testkit::fake_llm::{FakeLlm, Step};
-use switchyard_testkit::sse::Reader;
 use switchyard_testkit::{Stack, StackOptions, poll};
 
 const TOOL_SECRET: &str = "whsec_dG9vbC1zZWNyZXQtZm9yLXRlc3RzLW9ubHk=";
@@ -60,22 +59,6 @@ async fn ended(stack: &Stack, run_id: &str) -> Value {
     .expect("the run ends")
 }
 
-async fn events(stack: &Stack, run_id: &str) -> Vec<Value> {
-    let response = stack
-        .http
-        .get(format!("{}/v1/runs/{run_id}/events", stack.base_url))
-        .bearer_auth(&stack.api_key)
-        .send()
-        .await
-        .expect("sent");
-    Reader::new(response)
-        .collect(Duration::from_secs(10))
-        .await
-        .iter()
-        .map(|e| e.json())
-        .collect()
-}
-
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
@@ -123,7 +106,7 @@ async fn an_openai_agent_streams_its_answer_with_the_conversation_usage_and_mode
         run["usage"],
         json!({"promptTokens": 10, "completionTokens": 2, "totalTokens": 12})
     );
-    let streamed = events(&stack, &first).await;
+    let streamed = run_events(&stack, &first).await;
     let text: String = of_type(&streamed, "delta")
         .iter()
         .map(|e| e["data"]["text"].as_str().unwrap_or_default())
@@ -223,7 +206,7 @@ async fn tools_are_called_signed_and_their_answers_fed_back_to_the_model() {
         json!({"tool": "lookup", "arguments": {"city": "Oslo"}})
     );
 
-    let streamed = events(&stack, &run_id).await;
+    let streamed = run_events(&stack, &run_id).await;
     let call = of_type(&streamed, "tool_call");
     assert_eq!(call.len(), 1);
     assert_eq!(
@@ -263,7 +246,7 @@ async fn transient_provider_errors_are_retried_honouring_retry_after() {
         requests[1].at.duration_since(requests[0].at) >= Duration::from_secs(1),
         "Retry-After: 1 was honoured"
     );
-    let retries: Vec<Value> = events(&stack, &run_id)
+    let retries: Vec<Value> = run_events(&stack, &run_id)
         .await
         .into_iter()
         .filter(|e| e["type"] == "status" && e["data"]["retrying"].is_object())
@@ -315,7 +298,7 @@ async fn final_provider_errors_and_spent_attempts_fail_the_run_with_their_code()
         llm.requests_to("/redirected").is_empty(),
         "the redirect was not followed"
     );
-    let streamed = events(&stack, &redirected).await;
+    let streamed = run_events(&stack, &redirected).await;
     assert_eq!(
         of_type(&streamed, "error")[0]["data"]["errorCode"],
         "provider_bad_request"
@@ -370,7 +353,7 @@ async fn an_http_agent_gets_the_signed_invocation_and_answers_json_or_a_stream()
     let artifact =
         json!({"name": "notes.txt", "mediaType": "text/plain", "size": 10, "text": "some notes"});
     assert_eq!(run["artifacts"], json!([artifact]));
-    let all = events(&stack, &streamed).await;
+    let all = run_events(&stack, &streamed).await;
     let text: String = of_type(&all, "delta")
         .iter()
         .map(|e| e["data"]["text"].as_str().unwrap_or_default())

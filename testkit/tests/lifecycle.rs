@@ -4,8 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_testkit::api::{get, post};
-use switchyard_testkit::sse::Reader;
+use switchyard_testkit::api::{get, post, run_events};
 use switchyard_testkit::{Stack, StackOptions, poll};
 
 async fn stack(workers: usize) -> Stack {
@@ -63,23 +62,6 @@ async fn status_becomes(stack: &Stack, run_id: &str, status: &str) -> Value {
     .unwrap_or_else(|_| panic!("run {run_id} did not become {status}"))
 }
 
-/// The run's whole event stream, which has ended.
-async fn events_of(stack: &Stack, run_id: &str) -> Vec<Value> {
-    let response = stack
-        .http
-        .get(format!("{}/v1/runs/{run_id}/events", stack.base_url))
-        .bearer_auth(&stack.api_key)
-        .send()
-        .await
-        .expect("sent");
-    Reader::new(response)
-        .collect(Duration::from_secs(10))
-        .await
-        .iter()
-        .map(|e| e.json())
-        .collect()
-}
-
 async fn webhook(stack: &Stack, run_id: &str) -> Value {
     let received = stack
         .receiver
@@ -131,7 +113,7 @@ async fn a_cancelled_queued_run_never_starts_and_does_not_hold_up_its_session() 
     assert_eq!(never["startedAt"], Value::Null, "it never started");
     assert_eq!(never["attempt"], 0);
 
-    let events = events_of(&stack, &second).await;
+    let events = run_events(&stack, &second).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["data"]["status"], "cancelled");
     assert_eq!(webhook(&stack, &second).await["type"], "run.cancelled");
@@ -183,7 +165,7 @@ async fn a_running_run_is_stopped_by_its_worker_when_cancelled() {
     .expect("cancelled well before a heartbeat could have noticed");
     eprintln!("cancelled {:?} after the request", asked.elapsed());
     assert!(run["result"].is_null());
-    let events = events_of(&stack, &run_id).await;
+    let events = run_events(&stack, &run_id).await;
     let last = events.last().expect("events");
     assert_eq!(last["type"], "status");
     assert_eq!(last["data"]["status"], "cancelled");
@@ -230,7 +212,7 @@ async fn a_run_past_its_agents_timeout_ends_timed_out() {
     let run_id = create(&stack, json!({"agentId": "dawdler", "message": "too slow"})).await;
     let run = status_becomes(&stack, &run_id, "timed_out").await;
     assert_eq!(run["errorCode"], "timeout");
-    let events = events_of(&stack, &run_id).await;
+    let events = run_events(&stack, &run_id).await;
     let n = events.len();
     assert_eq!(events[n - 2]["type"], "error");
     assert_eq!(events[n - 2]["data"]["errorCode"], "timeout");
@@ -263,7 +245,7 @@ async fn a_run_not_started_within_its_ttl_expires() {
     assert_eq!(expired["errorCode"], "ttl_expired");
     assert_eq!(expired["startedAt"], Value::Null);
     assert_eq!(webhook(&stack, &hurried).await["type"], "run.expired");
-    let events = events_of(&stack, &hurried).await;
+    let events = run_events(&stack, &hurried).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["data"]["status"], "expired");
     // The session goes on without it.
