@@ -26,6 +26,9 @@ use crate::telemetry;
 /// message dies is still in Postgres, where the sweepers find it.
 const DELIVERY_LIMIT: i64 = 50;
 
+/// The longest a deferred delivery waits in the defer queue.
+pub const DEFER_TTL: Duration = Duration::from_secs(2);
+
 /// The names and shape of every queue, under one prefix.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -71,6 +74,13 @@ impl Topology {
         format!("{}deliveries.wait.{}ms", self.prefix, delay.as_millis())
     }
 
+    /// The TTL queue of deliveries whose endpoint is at its concurrency or rate limit: each
+    /// waits its message's own expiration (at most [`DEFER_TTL`]), then dead-letters back to
+    /// `deliveries`.
+    pub fn defer_queue(&self) -> String {
+        format!("{}deliveries.defer", self.prefix)
+    }
+
     /// Fanout exchange for control messages (cache invalidation, later cancel commands). Each
     /// subscribed process binds its own exclusive queue.
     pub fn control(&self) -> String {
@@ -90,6 +100,7 @@ impl Topology {
             self.runs_dead(),
             self.deliveries(),
             self.deliveries_dead(),
+            self.defer_queue(),
         ];
         all.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
         all
@@ -116,6 +127,23 @@ fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
             AMQPValue::LongString(target.into()),
         );
     }
+    args
+}
+
+/// A queue where messages wait: each expires after its own expiration or `ttl`, whichever is
+/// sooner, and is dead-lettered to `target`.
+fn waiting_args(ttl: Duration, target: &str) -> FieldTable {
+    let mut args = quorum_args(None);
+    let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(target.into()),
+    );
     args
 }
 
@@ -172,20 +200,20 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> lapin::Result<()
             quorum_args(Some(&topology.deliveries_dead())),
         )
         .await?;
+    channel
+        .queue_declare(
+            topology.defer_queue().into(),
+            durable,
+            waiting_args(DEFER_TTL, &deliveries),
+        )
+        .await?;
     for delay in &topology.retry_tiers {
-        let mut args = quorum_args(None);
-        let ttl = i64::try_from(delay.as_millis().saturating_mul(2)).unwrap_or(i64::MAX);
-        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(deliveries.as_str().into()),
-        );
         channel
-            .queue_declare(topology.retry_queue(*delay).into(), durable, args)
+            .queue_declare(
+                topology.retry_queue(*delay).into(),
+                durable,
+                waiting_args(delay.saturating_mul(2), &deliveries),
+            )
             .await?;
     }
     Ok(())

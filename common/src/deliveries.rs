@@ -18,13 +18,41 @@ use crate::model::Run;
 pub struct Outgoing {
     pub id: Uuid,
     pub tenant_id: String,
-    pub run_id: Uuid,
+    /// The run the event is about (none for `invocation.dropped` and `endpoint.disabled`).
+    pub run_id: Option<Uuid>,
+    /// The endpoint's current URL, or the run's own `webhookUrl`.
     pub url: String,
     /// The `webhook-id` header, the same on every attempt.
     pub message_id: String,
     pub payload: serde_json::Value,
     /// This attempt's number, from 1.
     pub attempt: i32,
+    /// The endpoint delivered to; none for a run's own `webhookUrl`.
+    pub endpoint_id: Option<String>,
+    /// The endpoint wants thin bodies.
+    pub thin: bool,
+    /// The endpoint's sealed secrets: the current one, then the previous one while its rotation
+    /// overlap lasts. Empty for a run's own `webhookUrl` (signed with the default secret).
+    pub sealed_secrets: Vec<Vec<u8>>,
+}
+
+/// What a claim made of a delivery.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// Attempt it now.
+    Send(Outgoing),
+    /// Its endpoint is at its concurrency or rate limit: try again after the wait, without
+    /// counting an attempt.
+    Defer(Uuid, Duration),
+}
+
+impl Claim {
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Send(out) => out.id,
+            Self::Defer(id, _) => *id,
+        }
+    }
 }
 
 /// The outcome of one attempt, as recorded in `delivery_attempts`.
@@ -44,12 +72,37 @@ pub enum Next {
     GiveUp,
 }
 
-/// The `{type, timestamp, data}` body a webhook carries for a run.
-pub fn payload(event_type: &str, run: &Run) -> serde_json::Value {
+/// The `{type, timestamp, data}` body of a webhook.
+pub fn envelope(event_type: &str, data: serde_json::Value) -> serde_json::Value {
     let timestamp = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default();
-    serde_json::json!({ "type": event_type, "timestamp": timestamp, "data": run })
+    serde_json::json!({ "type": event_type, "timestamp": timestamp, "data": data })
+}
+
+/// The body a webhook carries for a run: the run as the API shows it, with its artifacts'
+/// metadata only (name, media type, size) and the id of the invocation that started it.
+pub fn payload(event_type: &str, run: &Run) -> serde_json::Value {
+    let mut data = serde_json::to_value(run).unwrap_or_default();
+    data["artifacts"] = run
+        .artifacts
+        .iter()
+        .map(|a| {
+            let mut meta = serde_json::Map::new();
+            for field in ["name", "mediaType", "size"] {
+                if let Some(value) = a.get(field) {
+                    meta.insert(field.into(), value.clone());
+                }
+            }
+            serde_json::Value::Object(meta)
+        })
+        .collect();
+    // An accepted trigger invocation is its run: the two share the id.
+    data["invocationId"] = match run.trigger_id {
+        Some(_) => serde_json::json!(run.id),
+        None => serde_json::Value::Null,
+    };
+    envelope(event_type, data)
 }
 
 /// Creates the deliveries a run's terminal status calls for, inside the caller's transaction.
@@ -95,8 +148,9 @@ async fn output_transforms(
         .collect())
 }
 
-/// [`create_for_run`] for many runs in one statement. A run started by a trigger with an
-/// `outputTransform` is delivered with its result transformed.
+/// [`create_for_run`] for many runs in one statement: a delivery to each run's own
+/// `webhookUrl`, and one to each enabled endpoint of the tenant whose filters select the event.
+/// A run started by a trigger with an `outputTransform` is delivered with its result transformed.
 pub async fn create_for_runs(
     client: &impl GenericClient,
     runs: &[Run],
@@ -104,22 +158,25 @@ pub async fn create_for_runs(
     let transforms = output_transforms(client, runs).await?;
     let mut ids = Vec::new();
     let mut tenants = Vec::new();
+    let mut projects = Vec::new();
     let mut run_ids = Vec::new();
+    let mut invocation_ids = Vec::new();
     let mut types = Vec::new();
     let mut urls = Vec::new();
     let mut message_ids = Vec::new();
     let mut payloads = Vec::new();
     for run in runs {
-        let (Some(url), Some(event_type)) = (run.webhook_url.as_deref(), run.status.event_type())
-        else {
+        let Some(event_type) = run.status.event_type() else {
             continue;
         };
         let id = Uuid::now_v7();
         ids.push(id);
         tenants.push(run.tenant_id.as_str());
+        projects.push(run.project_id.as_str());
         run_ids.push(run.id);
+        invocation_ids.push(run.trigger_id.as_ref().map(|_| run.id));
         types.push(event_type);
-        urls.push(url);
+        urls.push(run.webhook_url.as_deref());
         message_ids.push(format!("msg_{}", id.simple()));
         let transform = run
             .trigger_id
@@ -140,64 +197,377 @@ pub async fn create_for_runs(
     let rows = client
         .query(
             &client
-                .prepare_cached(
-                    "INSERT INTO deliveries (id, tenant_id, run_id, event_type, url, message_id, payload, status) \
-                     SELECT n.id, n.tenant_id, n.run_id, n.event_type, n.url, n.message_id, n.payload, 'pending' \
-                     FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) \
-                          AS n(id, tenant_id, run_id, event_type, url, message_id, payload) \
-                     ON CONFLICT (run_id, event_type, url) DO NOTHING RETURNING id",
-                )
+                .prepare_cached(&format!(
+                    "WITH n AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], \
+                                       $5::uuid[], $6::text[], $7::text[], $8::text[], $9::jsonb[]) \
+                         AS n(id, tenant_id, project_id, run_id, invocation_id, event_type, url, \
+                              message_id, payload)), \
+                     direct AS ( \
+                         INSERT INTO deliveries (id, tenant_id, run_id, invocation_id, subject, \
+                                                 event_type, url, message_id, payload, status) \
+                         SELECT n.id, n.tenant_id, n.run_id, n.invocation_id, n.run_id::text, \
+                                n.event_type, n.url, n.message_id, n.payload, 'pending' \
+                         FROM n WHERE n.url IS NOT NULL \
+                         ON CONFLICT DO NOTHING RETURNING id), \
+                     fanned AS ({FAN_OUT} \
+                         SELECT n.tenant_id, n.project_id, n.event_type, n.run_id, n.invocation_id, \
+                                n.run_id::text, n.payload FROM n {FAN_OUT_END}) \
+                     SELECT id FROM direct UNION ALL SELECT id FROM fanned"
+                ))
                 .await?,
-            &[&ids, &tenants, &run_ids, &types, &urls, &message_ids, &payloads],
+            &[
+                &ids,
+                &tenants,
+                &projects,
+                &run_ids,
+                &invocation_ids,
+                &types,
+                &urls,
+                &message_ids,
+                &payloads,
+            ],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// The INSERT that hands an event to every enabled endpoint of its tenant whose event types and
+/// project select it, once per (endpoint, subject, event type). Followed by a SELECT of
+/// `(tenant_id, project_id, event_type, run_id, invocation_id, subject, payload)`; returns the
+/// new deliveries' ids.
+const FAN_OUT: &str = "\
+    INSERT INTO deliveries (id, tenant_id, run_id, invocation_id, subject, endpoint_id, event_type, \
+                            url, message_id, payload, status) \
+    SELECT f.id, f.tenant_id, f.run_id, f.invocation_id, f.subject, f.endpoint_id, f.event_type, \
+           f.url, 'msg_' || replace(f.id::text, '-', ''), f.payload, 'pending' \
+    FROM (SELECT gen_random_uuid() AS id, ev.*, e.id AS endpoint_id, e.url \
+          FROM webhook_endpoints e JOIN (";
+
+const FAN_OUT_END: &str = ") AS ev(tenant_id, project_id, event_type, run_id, invocation_id, \
+                                  subject, payload) \
+            ON e.tenant_id = ev.tenant_id AND e.enabled \
+           AND (e.project_id IS NULL OR e.project_id = ev.project_id) \
+           AND (ev.event_type = ANY (e.event_types) OR '*' = ANY (e.event_types))) f \
+    ON CONFLICT DO NOTHING RETURNING id";
+
+/// An event that is not a run's: `invocation.dropped` or `endpoint.disabled`.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub tenant_id: &'a str,
+    /// The project it belongs to; endpoints limited to a project see only its events.
+    pub project_id: Option<&'a str>,
+    pub event_type: &'a str,
+    pub invocation_id: Option<Uuid>,
+    /// What the event is about (the invocation's or the endpoint event's id): an endpoint gets
+    /// one delivery per subject and type.
+    pub subject: String,
+    /// The `data` of the body.
+    pub data: serde_json::Value,
+}
+
+/// Hands `events` to the endpoints that select them; returns the deliveries created.
+pub async fn fan_out(
+    client: &impl GenericClient,
+    events: &[Event<'_>],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenants: Vec<&str> = events.iter().map(|e| e.tenant_id).collect();
+    let projects: Vec<Option<&str>> = events.iter().map(|e| e.project_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+    let invocations: Vec<Option<Uuid>> = events.iter().map(|e| e.invocation_id).collect();
+    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    let payloads: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| envelope(e.event_type, e.data.clone()))
+        .collect();
+    let rows = client
+        .query(
+            &client
+                .prepare_cached(&format!(
+                    "{FAN_OUT} SELECT t, p, ty, NULL::uuid, i, s, pl FROM unnest($1::text[], \
+                     $2::text[], $3::text[], $4::uuid[], $5::text[], $6::jsonb[]) \
+                     AS u(t, p, ty, i, s, pl) {FAN_OUT_END}"
+                ))
+                .await?,
+            &[
+                &tenants,
+                &projects,
+                &types,
+                &invocations,
+                &subjects,
+                &payloads,
+            ],
         )
         .await?;
     rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// `pending → sending` for one attempt, with a lease of `lease`. `None` when the delivery is not
-/// pending or not yet due (a duplicate or early message): ack it and move on.
+/// pending or not yet due (a duplicate or early message: ack it and move on), or when its
+/// endpoint is at a limit (see [`claim_many`]).
 pub async fn claim(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     id: Uuid,
     lease: Duration,
 ) -> Result<Option<Outgoing>, tokio_postgres::Error> {
-    Ok(claim_many(client, &[id], lease).await?.pop())
+    Ok(claim_many(client, &[id], lease)
+        .await?
+        .into_iter()
+        .find_map(|c| match c {
+            Claim::Send(out) => Some(out),
+            Claim::Defer(..) => None,
+        }))
 }
 
-/// [`claim`] for many deliveries in one statement, locking in id order.
+/// How long a delivery waits when its endpoint has as many attempts in flight as it allows.
+pub const BUSY_WAIT: Duration = Duration::from_millis(500);
+
+const RETURNING: &str = "d.id, d.tenant_id, d.run_id, d.url, d.message_id, d.payload, d.attempts, \
+    d.endpoint_id";
+
+fn outgoing(row: &tokio_postgres::Row) -> Result<Outgoing, tokio_postgres::Error> {
+    Ok(Outgoing {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        run_id: row.try_get("run_id")?,
+        url: row.try_get("url")?,
+        message_id: row.try_get("message_id")?,
+        payload: row.try_get("payload")?,
+        attempt: row.try_get("attempts")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        thin: false,
+        sealed_secrets: Vec::new(),
+    })
+}
+
+/// [`claim`] for many deliveries, locking in id order. A delivery to a run's own `webhookUrl` is
+/// claimed in one statement. One to an endpoint is claimed in a transaction that locks the
+/// endpoint, so that across every notifier it never has more than `maxConcurrency` attempts in
+/// flight nor starts more than `rateLimit` a second: one over a limit is deferred (no attempt
+/// counted), and one whose endpoint is disabled fails at once.
 pub async fn claim_many(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     ids: &[Uuid],
     lease: Duration,
-) -> Result<Vec<Outgoing>, tokio_postgres::Error> {
+) -> Result<Vec<Claim>, tokio_postgres::Error> {
     let rows = client
         .query(
             &client
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "WITH c AS (SELECT id FROM deliveries WHERE id = ANY($1) AND status = 'pending' \
+                                  AND endpoint_id IS NULL \
                                   AND next_attempt_at <= now() + interval '1 second' ORDER BY id FOR UPDATE) \
                      UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, \
                             lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
                      FROM c WHERE d.id = c.id AND d.status = 'pending' \
-                     RETURNING d.id, d.tenant_id, d.run_id, d.url, d.message_id, d.payload, d.attempts",
-                )
+                     RETURNING {RETURNING}"
+                ))
                 .await?,
             &[&ids, &lease.as_secs_f64()],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Outgoing {
-                id: r.try_get("id")?,
-                tenant_id: r.try_get("tenant_id")?,
-                run_id: r.try_get("run_id")?,
-                url: r.try_get("url")?,
-                message_id: r.try_get("message_id")?,
-                payload: r.try_get("payload")?,
-                attempt: r.try_get("attempts")?,
-            })
-        })
-        .collect()
+    let mut claims = rows
+        .iter()
+        .map(|r| outgoing(r).map(Claim::Send))
+        .collect::<Result<Vec<_>, _>>()?;
+    if claims.len() < ids.len() {
+        let rest: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !claims.iter().any(|c| c.id() == **id))
+            .copied()
+            .collect();
+        claims.extend(claim_for_endpoints(client, &rest, lease).await?);
+    }
+    Ok(claims)
+}
+
+/// An endpoint's limits and state, as a claim reads them under its lock.
+struct Limits {
+    enabled: bool,
+    max_concurrency: i64,
+    in_flight: i64,
+    /// Seconds between deliveries, when rate-limited.
+    interval: Option<f64>,
+    /// The burst allowed: one second's worth.
+    tolerance: f64,
+    /// The GCRA's theoretical arrival time, in seconds from now (negative: in the past).
+    tat: f64,
+}
+
+async fn claim_for_endpoints(
+    client: &mut deadpool_postgres::Client,
+    ids: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<Claim>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let candidates = tx
+        .query(
+            &tx.prepare_cached(
+                "SELECT id, tenant_id, endpoint_id FROM deliveries \
+                 WHERE id = ANY($1) AND status = 'pending' AND endpoint_id IS NOT NULL \
+                   AND next_attempt_at <= now() + interval '1 second' ORDER BY id FOR UPDATE",
+            )
+            .await?,
+            &[&ids],
+        )
+        .await?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut endpoints: Vec<(String, String)> = candidates
+        .iter()
+        .map(|r| Ok((r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    endpoints.sort();
+    endpoints.dedup();
+    let (tenants, endpoint_ids): (Vec<&str>, Vec<&str>) = endpoints
+        .iter()
+        .map(|(t, e)| (t.as_str(), e.as_str()))
+        .unzip();
+    // Lock the endpoints first; the next statement's snapshot then sees every attempt another
+    // claimer of these endpoints has committed.
+    let locked = tx
+        .query(
+            &tx.prepare_cached(
+                "SELECT e.tenant_id, e.id, e.enabled, e.max_concurrency, e.rate_limit, \
+                        extract(epoch FROM coalesce(e.rate_tat, now()) - now())::float8 \
+                 FROM webhook_endpoints e JOIN unnest($1::text[], $2::text[]) AS w(t, i) \
+                   ON e.tenant_id = w.t AND e.id = w.i \
+                 ORDER BY e.tenant_id, e.id FOR UPDATE OF e",
+            )
+            .await?,
+            &[&tenants, &endpoint_ids],
+        )
+        .await?;
+    let busy = tx
+        .query(
+            &tx.prepare_cached(
+                "SELECT d.tenant_id, d.endpoint_id, count(*) FROM deliveries d \
+                 JOIN unnest($1::text[], $2::text[]) AS w(t, i) \
+                   ON d.tenant_id = w.t AND d.endpoint_id = w.i \
+                 WHERE d.status = 'sending' AND d.lease_expires_at > now() \
+                 GROUP BY d.tenant_id, d.endpoint_id",
+            )
+            .await?,
+            &[&tenants, &endpoint_ids],
+        )
+        .await?;
+    let mut limits = std::collections::HashMap::new();
+    for row in &locked {
+        let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        let rate: Option<i32> = row.try_get(4)?;
+        let interval = rate.map(|r| 1.0 / f64::from(r.max(1)));
+        limits.insert(
+            key,
+            Limits {
+                enabled: row.try_get(2)?,
+                max_concurrency: i64::from(row.try_get::<_, i32>(3)?),
+                in_flight: 0,
+                interval,
+                tolerance: interval.map_or(0.0, |i| 1.0 - i),
+                tat: row.try_get::<_, f64>(5)?.max(0.0),
+            },
+        );
+    }
+    for row in &busy {
+        let key: (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        if let Some(l) = limits.get_mut(&key) {
+            l.in_flight = row.try_get(2)?;
+        }
+    }
+    let (mut send, mut deferred, mut waits, mut off) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in &candidates {
+        let id: Uuid = row.try_get(0)?;
+        let key: (String, String) = (row.try_get(1)?, row.try_get(2)?);
+        // A deleted endpoint takes its deliveries with it; one missing here is being deleted.
+        let Some(l) = limits.get_mut(&key) else {
+            continue;
+        };
+        if !l.enabled {
+            off.push(id);
+        } else if l.in_flight >= l.max_concurrency {
+            deferred.push(id);
+            waits.push(BUSY_WAIT.as_secs_f64());
+        } else if l.interval.is_some() && l.tat > l.tolerance {
+            // GCRA: a delivery may start while the theoretical arrival time is within one
+            // second's burst of now.
+            deferred.push(id);
+            waits.push((l.tat - l.tolerance).max(0.01));
+        } else {
+            l.in_flight += 1;
+            if let Some(interval) = l.interval {
+                l.tat += interval;
+            }
+            send.push(id);
+        }
+    }
+    let (mut rated_tenants, mut rated_ids, mut tats) = (Vec::new(), Vec::new(), Vec::new());
+    for ((tenant, endpoint), l) in &limits {
+        if l.interval.is_some() {
+            rated_tenants.push(tenant.as_str());
+            rated_ids.push(endpoint.as_str());
+            tats.push(l.tat);
+        }
+    }
+    let rows = tx
+        .query(
+            &tx.prepare_cached(&format!(
+                "WITH send AS ( \
+                     UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, \
+                            lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
+                     WHERE d.id = ANY($1) AND d.status = 'pending' RETURNING {RETURNING}), \
+                 deferred AS ( \
+                     UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => w.wait), \
+                            updated_at = now() \
+                     FROM unnest($3::uuid[], $4::float8[]) AS w(id, wait) WHERE d.id = w.id), \
+                 off AS ( \
+                     UPDATE deliveries d SET status = 'failed', last_error = 'the endpoint is disabled', \
+                            updated_at = now() WHERE d.id = ANY($5) AND d.status = 'pending'), \
+                 rated AS ( \
+                     UPDATE webhook_endpoints e SET rate_tat = now() + make_interval(secs => r.tat) \
+                     FROM unnest($6::text[], $7::text[], $8::float8[]) AS r(t, i, tat) \
+                     WHERE e.tenant_id = r.t AND e.id = r.i) \
+                 SELECT d.*, e.url AS endpoint_url, e.thin, e.secret, \
+                        CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END \
+                            AS previous_secret \
+                 FROM send d JOIN webhook_endpoints e \
+                   ON e.tenant_id = d.tenant_id AND e.id = d.endpoint_id"
+            ))
+            .await?,
+            &[
+                &send,
+                &lease.as_secs_f64(),
+                &deferred,
+                &waits,
+                &off,
+                &rated_tenants,
+                &rated_ids,
+                &tats,
+            ],
+        )
+        .await?;
+    let mut claims = Vec::with_capacity(rows.len() + deferred.len());
+    for row in &rows {
+        let mut out = outgoing(row)?;
+        out.url = row.try_get("endpoint_url")?;
+        out.thin = row.try_get("thin")?;
+        out.sealed_secrets.push(row.try_get("secret")?);
+        if let Some(previous) = row.try_get::<_, Option<Vec<u8>>>("previous_secret")? {
+            out.sealed_secrets.push(previous);
+        }
+        claims.push(Claim::Send(out));
+    }
+    tx.commit().await?;
+    claims.extend(
+        deferred
+            .into_iter()
+            .zip(waits)
+            .map(|(id, wait)| Claim::Defer(id, Duration::from_secs_f64(wait))),
+    );
+    Ok(claims)
 }
 
 /// Records an attempt and moves the delivery on (`sending → delivered | pending | failed`), in one
@@ -209,16 +579,38 @@ pub async fn finish(
     attempt: &Attempt,
     next: Next,
 ) -> Result<bool, tokio_postgres::Error> {
-    let done = finish_many(client, &[(out.clone(), attempt.clone(), next)]).await?;
-    Ok(done.contains(&out.id))
+    let done = finish_many(
+        client,
+        &[(out.clone(), attempt.clone(), next)],
+        DEFAULT_DISABLE_AFTER,
+    )
+    .await?;
+    Ok(done.moved.contains(&out.id))
+}
+
+/// How long an endpoint may fail every attempt before an exhausted delivery disables it.
+pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
+
+/// What recording a batch of attempts did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// The deliveries that were still ours and moved on.
+    pub moved: Vec<Uuid>,
+    /// Deliveries created meanwhile (`endpoint.disabled` to other endpoints), to publish.
+    pub created: Vec<Uuid>,
+    /// The endpoints disabled, as (tenant, endpoint).
+    pub disabled: Vec<(String, String)>,
 }
 
 /// [`finish`] for many attempts in one transaction: one INSERT of the attempts, one UPDATE of
-/// the deliveries. Returns the ids of the deliveries that were still ours and moved on.
+/// the deliveries, and for deliveries to endpoints, the endpoints' health: a success ends the
+/// failure window, a 410 disables the endpoint, and so does an exhausted delivery once the
+/// endpoint has failed every attempt for longer than `disable_after`.
 pub async fn finish_many(
     client: &mut deadpool_postgres::Client,
     items: &[(Outgoing, Attempt, Next)],
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    disable_after: Duration,
+) -> Result<Finished, tokio_postgres::Error> {
     let n = items.len();
     let (mut ids, mut tenants, mut numbers) = (
         Vec::with_capacity(n),
@@ -293,8 +685,127 @@ pub async fn finish_many(
             &[&ids, &numbers, &next_statuses, &delays, &last_errors],
         )
         .await?;
+    let moved: Vec<Uuid> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let (disabled, created) = endpoint_health(&tx, items, &moved, disable_after).await?;
     tx.commit().await?;
-    rows.iter().map(|r| r.try_get(0)).collect()
+    Ok(Finished {
+        moved,
+        created,
+        disabled,
+    })
+}
+
+/// How a batch's attempts went for one endpoint.
+#[derive(Default)]
+struct Health {
+    succeeded: bool,
+    gone: bool,
+    exhausted: bool,
+}
+
+/// Updates the health of the endpoints of the `moved` deliveries among `items`; returns the
+/// endpoints disabled and the `endpoint.disabled` deliveries created.
+async fn endpoint_health(
+    tx: &deadpool_postgres::Transaction<'_>,
+    items: &[(Outgoing, Attempt, Next)],
+    moved: &[Uuid],
+    disable_after: Duration,
+) -> Result<(Vec<(String, String)>, Vec<Uuid>), tokio_postgres::Error> {
+    let mut health: std::collections::BTreeMap<(&str, &str), Health> = Default::default();
+    for (out, attempt, next) in items {
+        let Some(endpoint) = out.endpoint_id.as_deref() else {
+            continue;
+        };
+        if !moved.contains(&out.id) {
+            continue;
+        }
+        let h = health
+            .entry((out.tenant_id.as_str(), endpoint))
+            .or_default();
+        h.succeeded |= *next == Next::Delivered;
+        h.gone |= attempt.response_status == Some(410);
+        h.exhausted |= *next == Next::GiveUp;
+    }
+    if health.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (tenants, endpoints): (Vec<&str>, Vec<&str>) = health.keys().copied().unzip();
+    // In key order, as claims lock them.
+    let locked = tx
+        .query(
+            "SELECT e.tenant_id, e.id, e.enabled, \
+                    coalesce(e.failing_since, now()) <= now() - make_interval(secs => $3) \
+             FROM webhook_endpoints e JOIN unnest($1::text[], $2::text[]) AS w(t, i) \
+               ON e.tenant_id = w.t AND e.id = w.i \
+             ORDER BY e.tenant_id, e.id FOR UPDATE OF e",
+            &[&tenants, &endpoints, &disable_after.as_secs_f64()],
+        )
+        .await?;
+    let (mut t, mut e, mut ok, mut reasons) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut disabled = Vec::new();
+    for row in &locked {
+        let (tenant, endpoint): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        let enabled: bool = row.try_get(2)?;
+        let overdue: bool = row.try_get(3)?;
+        let Some(h) = health.get(&(tenant.as_str(), endpoint.as_str())) else {
+            continue;
+        };
+        let reason = if !enabled || h.succeeded {
+            None
+        } else if h.gone {
+            Some("the endpoint answered 410 Gone".to_owned())
+        } else if h.exhausted && overdue {
+            Some(format!(
+                "every attempt failed for longer than {}s and a delivery ran out of retries",
+                disable_after.as_secs()
+            ))
+        } else {
+            None
+        };
+        if reason.is_some() {
+            disabled.push((tenant.clone(), endpoint.clone()));
+        }
+        ok.push(h.succeeded);
+        reasons.push(reason);
+        t.push(tenant);
+        e.push(endpoint);
+    }
+    tx.execute(
+        "UPDATE webhook_endpoints e SET \
+             failing_since = CASE WHEN u.ok THEN NULL ELSE coalesce(e.failing_since, now()) END, \
+             enabled = e.enabled AND u.reason IS NULL, \
+             disabled_at = CASE WHEN u.reason IS NULL THEN e.disabled_at ELSE now() END, \
+             disabled_reason = coalesce(u.reason, e.disabled_reason), \
+             updated_at = CASE WHEN u.reason IS NULL THEN e.updated_at ELSE now() END \
+         FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[]) AS u(t, i, ok, reason) \
+         WHERE e.tenant_id = u.t AND e.id = u.i",
+        &[&t, &e, &ok, &reasons],
+    )
+    .await?;
+    let mut events = Vec::new();
+    for ((tenant, endpoint), reason) in t.iter().zip(&e).zip(&reasons) {
+        let Some(reason) = reason else { continue };
+        let event_id = Uuid::now_v7();
+        tx.execute(
+            "INSERT INTO webhook_endpoint_events (id, tenant_id, endpoint_id, type, reason) \
+             VALUES ($1, $2, $3, 'endpoint.disabled', $4)",
+            &[&event_id, tenant, endpoint, reason],
+        )
+        .await?;
+        events.push(Event {
+            tenant_id: tenant,
+            project_id: None,
+            event_type: "endpoint.disabled",
+            invocation_id: None,
+            subject: event_id.to_string(),
+            data: serde_json::json!({"endpointId": endpoint, "reason": reason, "eventId": event_id}),
+        });
+    }
+    let created = fan_out(tx, &events).await?;
+    Ok((disabled, created))
 }
 
 /// Deliveries that should be moving but are not: `pending` ones overdue by `grace` (their message
@@ -328,7 +839,12 @@ pub async fn sweep_stalled(
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub id: Uuid,
-    pub run_id: Uuid,
+    /// The run the event is about, if it is a run's.
+    pub run_id: Option<Uuid>,
+    /// The invocation: the run's, or a dropped one's.
+    pub invocation_id: Option<Uuid>,
+    /// The endpoint delivered to; null for a run's own `webhookUrl`.
+    pub endpoint_id: Option<String>,
     /// `run.completed`, `run.failed`, …
     pub event_type: String,
     pub url: String,
@@ -377,17 +893,20 @@ pub struct DeliveryDetail {
 pub struct Filter {
     pub status: Option<String>,
     pub run_id: Option<Uuid>,
+    pub endpoint_id: Option<String>,
     pub from: Option<OffsetDateTime>,
     pub to: Option<OffsetDateTime>,
 }
 
-const DELIVERY_COLUMNS: &str = "id, run_id, event_type, url, status, attempts, message_id, \
+const DELIVERY_COLUMNS: &str = "id, run_id, invocation_id, endpoint_id, event_type, url, status, attempts, message_id, \
     next_attempt_at, last_error, created_at, delivered_at, updated_at";
 
 fn delivery_from_row(row: &tokio_postgres::Row) -> Result<Delivery, tokio_postgres::Error> {
     Ok(Delivery {
         id: row.try_get("id")?,
         run_id: row.try_get("run_id")?,
+        invocation_id: row.try_get("invocation_id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
         event_type: row.try_get("event_type")?,
         url: row.try_get("url")?,
         status: row.try_get("status")?,
@@ -420,13 +939,15 @@ pub async fn list(
     }
     let conditions = "tenant_id = $1 AND ($2::text IS NULL OR status = $2) \
         AND ($3::uuid IS NULL OR run_id = $3) AND ($4::timestamptz IS NULL OR created_at >= $4) \
-        AND ($5::timestamptz IS NULL OR created_at < $5)";
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        AND ($5::timestamptz IS NULL OR created_at < $5) \
+        AND ($6::text IS NULL OR endpoint_id = $6)";
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
         &tenant_id,
         &filter.status,
         &filter.run_id,
         &filter.from,
         &filter.to,
+        &filter.endpoint_id,
     ];
     let total: i64 = client
         .query_one(
@@ -443,7 +964,7 @@ pub async fn list(
         .query(
             &format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {conditions} \
-                 ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7"
+                 ORDER BY created_at DESC, id DESC LIMIT $7 OFFSET $8"
             ),
             &with_page,
         )
@@ -516,18 +1037,20 @@ pub async fn redeliver(
     row.as_ref().map(delivery_from_row).transpose()
 }
 
-/// `failed → pending`, due now, for every failed delivery of the tenant created since `since`.
-/// Returns their ids, to be published.
+/// `failed → pending`, due now, for every failed delivery of the tenant (or of one of its
+/// endpoints) created since `since`. Returns their ids, to be published.
 pub async fn recover(
     client: &impl GenericClient,
     tenant_id: &str,
+    endpoint_id: Option<&str>,
     since: OffsetDateTime,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now() \
-             WHERE tenant_id = $1 AND status = 'failed' AND created_at >= $2 RETURNING id",
-            &[&tenant_id, &since],
+             WHERE tenant_id = $1 AND status = 'failed' AND created_at >= $2 \
+               AND ($3::text IS NULL OR endpoint_id = $3) RETURNING id",
+            &[&tenant_id, &since, &endpoint_id],
         )
         .await?;
     rows.iter().map(|r| r.try_get(0)).collect()

@@ -61,7 +61,30 @@ impl Secret {
         Self(bytes.to_vec())
     }
 
-    /// The `whsec_…` form, to show to the user once.
+    /// The key's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a parsed or generated secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The raw key, to seal it at rest.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A secret from its raw key (as unsealed).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, SignatureError> {
+        if bytes.is_empty() {
+            return Err(SignatureError::InvalidSecret);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The `whsec_…` form, to show to the user.
     pub fn to_whsec(&self) -> String {
         format!("whsec_{}", BASE64_STANDARD.encode(&self.0))
     }

@@ -27,6 +27,33 @@ where
     }
 }
 
+/// A JSON body that may be left out: a request with neither a body nor a `Content-Type` gets
+/// `T::default()`.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = req.headers();
+        let no_body = !headers.contains_key(axum::http::header::CONTENT_TYPE)
+            && !headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+            && headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .is_none_or(|len| len == "0");
+        if no_body {
+            return Ok(Self(T::default()));
+        }
+        JsonBody::from_request(req, state)
+            .await
+            .map(|JsonBody(value)| Self(value))
+    }
+}
+
 fn reject(rejection: &JsonRejection) -> ApiError {
     match rejection.status().as_u16() {
         413 => ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large"),

@@ -110,6 +110,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_STREAM", default_value = "1h", value_parser = parse_duration)]
     pub max_stream: Duration,
 
+    /// How long a webhook endpoint's previous secret keeps signing after a rotation.
+    #[arg(long, env = "SWITCHYARD_SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub secret_rotation_overlap: Duration,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
@@ -146,6 +150,8 @@ pub struct AppState {
     pub hub: Arc<live::Hub>,
     pub sse_keep_alive: Duration,
     pub max_stream: Duration,
+    /// How long a rotated-out endpoint secret keeps signing.
+    pub secret_rotation_overlap: Duration,
 }
 
 impl AppState {
@@ -264,6 +270,7 @@ pub async fn run(
         hub,
         sse_keep_alive: config.sse_keep_alive,
         max_stream: config.max_stream,
+        secret_rotation_overlap: config.secret_rotation_overlap,
     };
     tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
     let addr = listener

@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
 use crate::routes::manage::{
-    agents, api_keys, credentials, deliveries, projects, tenants, triggers,
+    agents, api_keys, credentials, deliveries, projects, tenants, triggers, webhook_endpoints,
 };
 use crate::routes::{events, hooks, invoke, runs};
 
@@ -84,6 +84,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(deliveries::get))
         .routes(routes!(deliveries::redeliver))
         .routes(routes!(deliveries::recover))
+        .routes(routes!(webhook_endpoints::list, webhook_endpoints::create))
+        .routes(routes!(
+            webhook_endpoints::get,
+            webhook_endpoints::update,
+            webhook_endpoints::delete
+        ))
+        .routes(routes!(webhook_endpoints::secret))
+        .routes(routes!(webhook_endpoints::rotate))
+        .routes(routes!(webhook_endpoints::events))
+        .routes(routes!(webhook_endpoints::recover))
         .routes(routes!(credentials::list, credentials::create))
         .routes(routes!(
             credentials::get,

@@ -15,8 +15,9 @@ use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, RuntimeArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
 };
-use switchyard_common::deliveries::{self, Attempt, Next, Outgoing};
+use switchyard_common::deliveries::{self, Attempt, Claim, Next, Outgoing};
 use switchyard_common::egress::{self, Guard, Refused};
+use switchyard_common::secrets::{MasterKey, endpoint_context};
 use switchyard_common::signing::Secret;
 use switchyard_common::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -29,9 +30,19 @@ const CAPTURE_BYTES: usize = 4096;
 /// Every notifier setting.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
-    /// The `whsec_…` secret that signs every webhook (the tenant default, for now).
+    /// The `whsec_…` secret that signs webhooks to a run's or trigger's own `webhookUrl`.
+    /// Endpoints have secrets of their own.
     #[arg(long, env = "SWITCHYARD_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: String,
+
+    /// 32 bytes, base64: the key that sealed the endpoints' secrets (the ingress's key).
+    #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
+    pub master_key: String,
+
+    /// How long an endpoint may fail every attempt before a delivery that runs out of retries
+    /// disables it.
+    #[arg(long, env = "SWITCHYARD_ENDPOINT_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub endpoint_disable_after: Duration,
 
     /// Delays between attempts, comma-separated; after the last one the delivery fails.
     #[arg(
@@ -81,10 +92,11 @@ struct Ctx {
     http: reqwest::Client,
     guard: Guard,
     secret: Secret,
+    master_key: MasterKey,
     schedule: Schedule,
     max_body_bytes: usize,
     /// Claims of concurrent messages, batched into one UPDATE.
-    claims: Batcher<Uuid, Result<Option<Outgoing>, String>>,
+    claims: Batcher<Uuid, Result<Option<Claim>, String>>,
     /// Attempt records, batched into one transaction.
     finishes: Batcher<(Outgoing, Attempt, Next), Result<bool, String>>,
 }
@@ -94,32 +106,45 @@ const BATCH: usize = 64;
 /// How many such statements run at once.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-fn claimer(pool: Pool, lease: Duration) -> Batcher<Uuid, Result<Option<Outgoing>, String>> {
+fn claimer(pool: Pool, lease: Duration) -> Batcher<Uuid, Result<Option<Claim>, String>> {
     Batcher::start(BATCH, BATCHES_IN_FLIGHT, move |ids: Vec<Uuid>| {
         let pool = pool.clone();
         async move {
             let claimed = async {
-                let client = pool.get().await?;
-                Ok::<_, anyhow::Error>(deliveries::claim_many(&client, &ids, lease).await?)
+                let mut client = pool.get().await?;
+                Ok::<_, anyhow::Error>(deliveries::claim_many(&mut client, &ids, lease).await?)
             }
             .await;
-            answer_each(&ids, claimed, |out| out.id)
+            answer_each(&ids, claimed, Claim::id)
         }
     })
 }
 
-fn finisher(pool: Pool) -> Batcher<(Outgoing, Attempt, Next), Result<bool, String>> {
+fn finisher(
+    pool: Pool,
+    broker: Broker,
+    disable_after: Duration,
+) -> Batcher<(Outgoing, Attempt, Next), Result<bool, String>> {
     Batcher::start(
         BATCH,
         BATCHES_IN_FLIGHT,
         move |items: Vec<(Outgoing, Attempt, Next)>| {
-            let pool = pool.clone();
+            let (pool, broker) = (pool.clone(), broker.clone());
             async move {
                 let record = |items: Vec<(Outgoing, Attempt, Next)>| {
-                    let pool = pool.clone();
+                    let (pool, broker) = (pool.clone(), broker.clone());
                     async move {
                         let mut client = pool.get().await?;
-                        Ok::<_, anyhow::Error>(deliveries::finish_many(&mut client, &items).await?)
+                        let done =
+                            deliveries::finish_many(&mut client, &items, disable_after).await?;
+                        for (tenant, endpoint) in &done.disabled {
+                            tracing::warn!(tenant, endpoint, "webhook endpoint disabled");
+                        }
+                        let queue = broker.topology().deliveries();
+                        if let Err(err) = broker.publish_ids(&queue, &done.created).await {
+                            tracing::warn!(error = %err, "endpoint events recorded but not queued; the sweeper will");
+                        }
+                        Ok::<_, anyhow::Error>(done.moved)
                     }
                 };
                 let mut recorded = record(items.clone()).await;
@@ -148,6 +173,8 @@ fn finisher(pool: Pool) -> Batcher<(Outgoing, Attempt, Next), Result<bool, Strin
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let secret = Secret::parse(&config.webhook_secret)
         .context("SWITCHYARD_WEBHOOK_SECRET is not a whsec_ secret")?;
+    let master_key = MasterKey::from_base64(&config.master_key)
+        .context("SWITCHYARD_MASTER_KEY is not usable")?;
     let schedule = parse_schedule(&config.retry_schedule).map_err(anyhow::Error::msg)?;
     let pool = switchyard_common::db::pool(&config.db)?;
     let broker_shutdown = CancellationToken::new();
@@ -170,11 +197,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let lease = config.request_timeout * 2 + Duration::from_secs(10);
     let ctx = Ctx {
         claims: claimer(pool.clone(), lease),
-        finishes: finisher(pool),
+        finishes: finisher(pool, broker.clone(), config.endpoint_disable_after),
         broker: broker.clone(),
         http,
         guard,
         secret,
+        master_key,
         schedule,
         max_body_bytes: config.max_body_bytes,
     };
@@ -207,8 +235,17 @@ async fn handle(ctx: Ctx, message: Delivery) {
             .await
             .unwrap_or_else(|gone| Err(gone.to_string()));
         match claimed {
-            Ok(Some(out)) => {
+            Ok(Some(Claim::Send(out))) => {
                 attempt_and_record(&ctx, &out).await;
+                amqp::ack(&message).await;
+            }
+            Ok(Some(Claim::Defer(id, wait))) => {
+                // The endpoint is at a limit: the message waits in the defer queue instead of
+                // holding one of this notifier's slots.
+                let queue = ctx.broker.topology().defer_queue();
+                if let Err(err) = ctx.broker.publish_id_for(&queue, id, wait).await {
+                    tracing::warn!(error = %err, "deferral not queued; the sweeper will");
+                }
                 amqp::ack(&message).await;
             }
             Ok(None) => {
@@ -229,7 +266,7 @@ async fn handle(ctx: Ctx, message: Delivery) {
 
 async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
     let (attempt, refused, retry_after) = send(ctx, out)
-        .instrument(tracing::info_span!("webhook attempt", attempt = out.attempt, host = %host_of(&out.url), otel.kind = "client"))
+        .instrument(tracing::info_span!("webhook attempt", attempt = out.attempt, host = %host_of(&out.url), endpoint = out.endpoint_id.as_deref(), otel.kind = "client"))
         .await;
     // A refused destination will not become allowed by waiting.
     let next = if refused {
@@ -240,7 +277,7 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
     };
     tracing::info!(
         delivery_id = %out.id,
-        run_id = %out.run_id,
+        run_id = ?out.run_id,
         attempt = out.attempt,
         status = attempt.response_status,
         error = attempt.error.as_deref(),
@@ -325,12 +362,32 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
         };
         return (attempt, true, None);
     }
-    let mut body = serde_json::to_vec(&out.payload).unwrap_or_default();
-    if body.len() > ctx.max_body_bytes {
+    let secrets = match signing_secrets(ctx, out) {
+        Ok(secrets) => secrets,
+        Err(reason) => {
+            let attempt = Attempt {
+                response_status: None,
+                response_body: None,
+                error: Some(reason),
+                latency: started.elapsed(),
+            };
+            return (attempt, false, None);
+        }
+    };
+    let mut body = Vec::new();
+    if !out.thin {
+        body = serde_json::to_vec(&out.payload).unwrap_or_default();
+    }
+    if out.thin || body.len() > ctx.max_body_bytes {
         body = serde_json::to_vec(&thin(&out.payload)).unwrap_or_default();
     }
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-    let signature = ctx.secret.sign(&out.message_id, timestamp, &body);
+    // During a rotation's overlap both secrets sign: receivers holding either one verify.
+    let signature = secrets
+        .iter()
+        .map(|s| s.sign(&out.message_id, timestamp, &body))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut request = ctx
         .http
         .post(&out.url)
@@ -380,18 +437,44 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
     }
 }
 
-/// The thin form of a webhook body: the event and the run's ids, status, timings and error
-/// code, with the URL to read the rest from (`data.thin` is true).
+/// The secrets that sign `out`: the endpoint's (current, then previous during an overlap), or
+/// the default secret for a run's own `webhookUrl`.
+fn signing_secrets(ctx: &Ctx, out: &Outgoing) -> Result<Vec<Secret>, String> {
+    let Some(endpoint) = &out.endpoint_id else {
+        return Ok(vec![ctx.secret.clone()]);
+    };
+    let context = endpoint_context(&out.tenant_id, endpoint);
+    out.sealed_secrets
+        .iter()
+        .map(|sealed| {
+            ctx.master_key
+                .open(&context, sealed)
+                .ok()
+                .and_then(|raw| Secret::from_bytes(raw).ok())
+                .ok_or_else(|| {
+                    "the endpoint's secret does not open under this notifier's master key"
+                        .to_owned()
+                })
+        })
+        .collect()
+}
+
+/// The thin form of a webhook body: the event and the ids, status, timings and error code of
+/// what it is about, with the URL to read a run from (`data.thin` is true).
 pub fn thin(payload: &serde_json::Value) -> serde_json::Value {
     let data = &payload["data"];
     let mut slim = serde_json::Map::new();
     for field in [
         "id",
         "status",
+        "outcome",
+        "reason",
         "tenantId",
         "projectId",
         "agentId",
         "triggerId",
+        "invocationId",
+        "endpointId",
         "sessionId",
         "errorCode",
         "attempt",
@@ -403,7 +486,12 @@ pub fn thin(payload: &serde_json::Value) -> serde_json::Value {
             slim.insert(field.to_owned(), value.clone());
         }
     }
-    if let Some(id) = data["id"].as_str() {
+    let is_run = payload["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("run."));
+    if let Some(id) = data["id"].as_str()
+        && is_run
+    {
         slim.insert("url".into(), serde_json::json!(format!("/v1/runs/{id}")));
     }
     slim.insert("thin".into(), serde_json::json!(true));

@@ -159,6 +159,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V8__cancel_timeouts_ttl.sql"),
     include_str!("../../migrations/V9__executors.sql"),
     include_str!("../../migrations/V10__concurrency_limits.sql"),
+    include_str!("../../migrations/V11__webhook_endpoints.sql"),
 ];
 
 /// How many migrations the repository holds.
@@ -513,6 +514,7 @@ fn worker_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'stati
 fn notifier_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'static str, String)> {
     let mut env = common_env(db, prefix);
     env.push(("SWITCHYARD_WEBHOOK_SECRET", WEBHOOK_SECRET.into()));
+    env.push(("SWITCHYARD_MASTER_KEY", MASTER_KEY.into()));
     env.push(("SWITCHYARD_RETRY_SCHEDULE", options.retry_schedule.into()));
     env.push(("SWITCHYARD_WEBHOOK_TIMEOUT", options.webhook_timeout.into()));
     env.push(("SWITCHYARD_EGRESS_ALLOW", options.egress_allow.into()));

@@ -38,6 +38,11 @@ struct Inner {
     script: std::collections::VecDeque<u16>,
     /// How long the next request waits before it is answered.
     hang_next: Option<std::time::Duration>,
+    /// How long every request waits before it is answered.
+    hang_all: Option<std::time::Duration>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
     /// Requests that arrived at the redirect target.
     followed_redirects: usize,
 }
@@ -98,6 +103,22 @@ impl Receiver {
         }
     }
 
+    /// Makes every request wait `delay` before it is answered (a slow endpoint).
+    pub fn hang_all(&self, delay: std::time::Duration) {
+        if let Ok(mut inner) = self.shared.inner.lock() {
+            inner.hang_all = Some(delay);
+        }
+    }
+
+    /// The most requests this receiver was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared
+            .inner
+            .lock()
+            .map(|i| i.max_in_flight)
+            .unwrap_or_default()
+    }
+
     /// How many requests followed a redirect this receiver answered.
     pub fn followed_redirects(&self) -> usize {
         self.shared
@@ -156,6 +177,17 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// One request being answered; counted out when dropped.
+struct Answering(Arc<Mutex<Inner>>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.0.lock() {
+            inner.in_flight -= 1;
+        }
+    }
+}
+
 async fn redirected(State(shared): State<Shared>) -> StatusCode {
     if let Ok(mut inner) = shared.inner.lock() {
         inner.followed_redirects += 1;
@@ -188,7 +220,9 @@ async fn receive(
         let Ok(mut inner) = shared.inner.lock() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
-        let hang = inner.hang_next.take();
+        let hang = inner.hang_next.take().or(inner.hang_all);
+        inner.in_flight += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         let answered = inner.script.pop_front().unwrap_or(200);
         let record = Received {
             webhook_id: id.unwrap_or_default(),
@@ -207,6 +241,8 @@ async fn receive(
         callback(&record);
     }
     shared.notify.notify_waiters();
+    // Counted out when the answer is sent, or when the client gives up and drops the request.
+    let _answering = Answering(shared.inner.clone());
     if let Some(delay) = hang {
         tokio::time::sleep(delay).await;
     }

@@ -312,12 +312,12 @@ async fn a_delivery_is_claimed_once_and_every_attempt_is_recorded() {
         "idempotent"
     );
 
-    let first = deliveries::claim(&client, ids[0], Duration::from_secs(30))
+    let first = deliveries::claim(&mut client, ids[0], Duration::from_secs(30))
         .await
         .expect("q")
         .expect("claimed");
     assert!(
-        deliveries::claim(&client, ids[0], Duration::from_secs(30))
+        deliveries::claim(&mut client, ids[0], Duration::from_secs(30))
             .await
             .expect("q")
             .is_none()
@@ -341,7 +341,7 @@ async fn a_delivery_is_claimed_once_and_every_attempt_is_recorded() {
         .await
         .expect("q")
     );
-    let second = deliveries::claim(&client, ids[0], Duration::from_secs(30))
+    let second = deliveries::claim(&mut client, ids[0], Duration::from_secs(30))
         .await
         .expect("q")
         .expect("claimed");
@@ -494,7 +494,7 @@ async fn one_batch_of_attempts_can_deliver_retry_and_fail_at_once() {
             .await
             .expect("create")[0];
         outgoing.push(
-            deliveries::claim(&client, id, Duration::from_secs(30))
+            deliveries::claim(&mut client, id, Duration::from_secs(30))
                 .await
                 .expect("q")
                 .expect("claimed"),
@@ -515,10 +515,10 @@ async fn one_batch_of_attempts_can_deliver_retry_and_fail_at_once() {
         ),
         (outgoing[2].clone(), attempt(410), Next::GiveUp),
     ];
-    let moved = deliveries::finish_many(&mut client, &items)
+    let moved = deliveries::finish_many(&mut client, &items, deliveries::DEFAULT_DISABLE_AFTER)
         .await
         .expect("finish");
-    assert_eq!(moved.len(), 3);
+    assert_eq!(moved.moved.len(), 3);
     let status_of = |id: Uuid| {
         let client = &client;
         async move {
@@ -555,9 +555,10 @@ async fn one_batch_of_attempts_can_deliver_retry_and_fail_at_once() {
     );
     // The same batch again changes nothing: every delivery has left `sending`.
     assert!(
-        deliveries::finish_many(&mut client, &items)
+        deliveries::finish_many(&mut client, &items, deliveries::DEFAULT_DISABLE_AFTER)
             .await
             .expect("finish")
+            .moved
             .is_empty()
     );
 }

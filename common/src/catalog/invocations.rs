@@ -79,6 +79,31 @@ pub async fn record_refusal(
     Ok(id)
 }
 
+/// The `invocation.dropped` event of a dropped invocation recorded as `id`, for the tenant's
+/// webhook endpoints.
+pub fn dropped_event<'a>(id: Uuid, r: &'a NewRefusal<'a>) -> crate::deliveries::Event<'a> {
+    crate::deliveries::Event {
+        tenant_id: r.tenant_id,
+        project_id: Some(r.project_id),
+        event_type: "invocation.dropped",
+        invocation_id: Some(id),
+        subject: id.to_string(),
+        data: serde_json::json!({
+            "id": id,
+            "outcome": r.refusal.as_str(),
+            "reason": r.reason,
+            "tenantId": r.tenant_id,
+            "projectId": r.project_id,
+            "agentId": r.agent_id,
+            "triggerId": r.trigger_id,
+            "environment": r.environment,
+            "sessionId": r.session_id,
+            "duplicateOf": r.duplicate_of,
+            "requestPayload": r.request_payload,
+        }),
+    }
+}
+
 /// One invocation, as Inkeep's API shows it, with Switchyard's additions.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

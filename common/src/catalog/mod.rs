@@ -12,6 +12,7 @@ pub mod invocations;
 pub mod projects;
 pub mod tenants;
 pub mod triggers;
+pub mod webhook_endpoints;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -365,7 +365,8 @@ pub(crate) async fn run_trigger(
         && !filter.matches(&body)
     {
         let reason = "the body does not match the trigger's filters".to_owned();
-        invocations::record_refusal(&client, &refusal(Refusal::Dropped, reason.clone())).await?;
+        drop(client);
+        record_drop(state, &refusal(Refusal::Dropped, reason.clone())).await?;
         return Err(ApiError::bad_request(format!(
             "the event was dropped: {reason}"
         )));
@@ -433,7 +434,7 @@ pub(crate) async fn run_trigger(
                 format!("a duplicate of the body that started run {original}"),
             );
             dropped.duplicate_of = Some(original);
-            invocations::record_refusal(&state.pool.get().await?, &dropped).await?;
+            record_drop(state, &dropped).await?;
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 "the event was dropped: the trigger ignores duplicates, and this body came before",
@@ -498,6 +499,26 @@ async fn answer(state: &AppState, trigger: &Trigger, run: Run) -> Result<Respons
         )
         .with_run(run.id)),
     }
+}
+
+/// Records a dropped invocation and, in the same transaction, hands its `invocation.dropped`
+/// event to the webhook endpoints that select it.
+async fn record_drop(state: &AppState, dropped: &NewRefusal<'_>) -> Result<(), ApiError> {
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let id = invocations::record_refusal(&tx, dropped).await?;
+    let created =
+        switchyard_common::deliveries::fan_out(&tx, &[invocations::dropped_event(id, dropped)])
+            .await?;
+    tx.commit().await?;
+    if let Err(err) = state
+        .broker
+        .publish_ids(&state.broker.topology().deliveries(), &created)
+        .await
+    {
+        tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct DeliveryQuery {
     status: Option<String>,
     /// Only the deliveries of this run.
     run_id: Option<String>,
+    /// Only the deliveries to this webhook endpoint.
+    endpoint_id: Option<String>,
     /// Created at or after (ISO 8601).
     from: Option<String>,
     /// Created before (ISO 8601).
@@ -47,7 +49,10 @@ pub struct DeliveryPath {
     pub id: String,
 }
 
-fn instant(raw: Option<&str>, name: &str) -> Result<Option<time::OffsetDateTime>, ApiError> {
+pub(super) fn instant(
+    raw: Option<&str>,
+    name: &str,
+) -> Result<Option<time::OffsetDateTime>, ApiError> {
     raw.map(|r| {
         time::OffsetDateTime::parse(r, &time::format_description::well_known::Rfc3339)
             .map_err(|_| ApiError::bad_request(format!("`{name}` must be an ISO 8601 date-time")))
@@ -59,7 +64,7 @@ fn delivery_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("delivery `{raw}` was not found")))
 }
 
-/// List deliveries, newest first, by status, run and time.
+/// List deliveries, newest first, by status, run, endpoint and time.
 #[utoipa::path(get, path = "/manage/tenants/{tenantId}/deliveries", tag = "Deliveries",
     params(TenantPath, DeliveryQuery),
     responses((status = 200, description = "A page of deliveries", body = Paginated<Delivery>), Errors))]
@@ -79,6 +84,7 @@ pub async fn list(
     let filter = deliveries::Filter {
         status: q.status,
         run_id,
+        endpoint_id: q.endpoint_id,
         from: instant(q.from.as_deref(), "from")?,
         to: instant(q.to.as_deref(), "to")?,
     };
@@ -137,13 +143,13 @@ pub async fn redeliver(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Recover {
     /// Failed deliveries created at or after this time (ISO 8601) are sent again.
-    since: String,
+    pub since: String,
 }
 
 /// How many deliveries were queued again.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Recovered {
-    recovered: usize,
+    pub recovered: usize,
 }
 
 /// Recover: every failed delivery of the tenant created since `since` is sent again, now (202).
@@ -159,7 +165,7 @@ pub async fn recover(
     principal.manage(&p.tenant_id)?.tenant_wide()?;
     let since = instant(Some(&body.since), "since")?.unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let client = state.pool.get().await?;
-    let ids = deliveries::recover(&client, &p.tenant_id, since).await?;
+    let ids = deliveries::recover(&client, &p.tenant_id, None, since).await?;
     publish(&state, &ids).await;
     Ok((
         StatusCode::ACCEPTED,
@@ -170,7 +176,7 @@ pub async fn recover(
 }
 
 /// Hands the ids to the notifier; one that is not published is found by the delivery sweeper.
-async fn publish(state: &AppState, ids: &[Uuid]) {
+pub(super) async fn publish(state: &AppState, ids: &[Uuid]) {
     let queue = state.broker.topology().deliveries();
     if let Err(err) = state.broker.publish_ids(&queue, ids).await {
         tracing::warn!(error = %err, "redeliveries recorded but not published; the sweeper will");

@@ -9,6 +9,7 @@ pub mod deliveries;
 pub mod projects;
 pub mod tenants;
 pub mod triggers;
+pub mod webhook_endpoints;
 
 use serde::{Deserialize, Serialize};
 use switchyard_common::catalog::Page;
