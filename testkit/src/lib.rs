@@ -359,6 +359,16 @@ impl Stack {
         Ok(())
     }
 
+    /// Kills the notifier (SIGKILL) and starts a new one with the same settings.
+    pub fn restart_notifier(&mut self) -> anyhow::Result<()> {
+        self.notifier.kill9();
+        self.notifier = Proc::spawn(
+            "switchyard-notifier",
+            &notifier_env(&self.db, &self.prefix, &self.options),
+        )?;
+        Ok(())
+    }
+
     /// Waits until the ingress reports `ready` (both dependencies up), or only until it serves
     /// HTTP when a dependency was deliberately pointed elsewhere.
     async fn wait_healthy(&self) -> anyhow::Result<()> {

@@ -5,7 +5,9 @@
 //! - end to end: invocation → echo run → verified webhook, latency and throughput, with the CPU
 //!   time the ingress, workers and notifier spent per run;
 //! - SSE fan-out: how long a run's live events take from their commit to many clients streaming
-//!   them from two ingress replicas.
+//!   them from two ingress replicas;
+//! - webhook delivery: how fast one notifier drains a backlog of deliveries, to runs' own
+//!   `webhookUrl` or fanned out to webhook endpoints.
 //!
 //! Run it through `scripts/bench.sh`, which builds the release binaries first.
 
@@ -56,6 +58,84 @@ struct Args {
     /// Clients streaming one run's events, for the SSE fan-out measurement.
     #[arg(long, value_delimiter = ',', default_value = "10,100,400")]
     sse_clients: Vec<usize>,
+    /// Deliveries per delivery-throughput measurement.
+    #[arg(long, default_value_t = 6000)]
+    deliveries: usize,
+    /// Webhook endpoints each run fans out to, per delivery measurement (0: the run's own
+    /// `webhookUrl`).
+    #[arg(long, value_delimiter = ',', default_value = "0,4")]
+    delivery_endpoints: Vec<usize>,
+}
+
+/// One row of the delivery table: `deliveries` webhooks made while the notifier is down (runs
+/// with a `webhookUrl`, or runs fanned out to `endpoints` wildcard endpoints), then drained by one
+/// freshly started notifier into the bench's verifying receiver.
+async fn delivery_drain(
+    deliveries: usize,
+    endpoints: usize,
+    workers: usize,
+) -> anyhow::Result<String> {
+    let mut stack = Stack::start(StackOptions {
+        workers,
+        ..StackOptions::default()
+    })
+    .await?;
+    let http = authed(&stack, 64);
+    for n in 0..endpoints {
+        let made = http
+            .post(format!(
+                "{}/manage/tenants/default/webhook-endpoints",
+                stack.base_url
+            ))
+            .json(
+                &json!({"id": format!("bench-{n}"), "url": stack.receiver.url,
+                          "secret": switchyard_testkit::WEBHOOK_SECRET}),
+            )
+            .send()
+            .await?;
+        anyhow::ensure!(
+            made.status() == 201,
+            "creating an endpoint: {}",
+            made.status()
+        );
+    }
+    stack.notifier.kill9();
+    let runs = deliveries / endpoints.max(1);
+    let hook = stack.receiver.url.clone();
+    let webhook = (endpoints == 0).then_some(hook.as_str());
+    let sent = load(&stack, runs, 64, webhook).await;
+    let expected = sent.sent_at.len() * endpoints.max(1);
+    let db = stack.db.client().await?;
+    switchyard_testkit::poll(Duration::from_secs(300), || async {
+        let row = db
+            .query_one("SELECT count(*) FROM deliveries", &[])
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) as usize >= expected).then_some(())
+    })
+    .await
+    .context("every run completes with its deliveries")?;
+    let cpu_before = Cpu::now(&stack);
+    let started = Instant::now();
+    stack.restart_notifier()?;
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(600), |r| r.len() >= expected)
+        .await?;
+    let elapsed = started.elapsed();
+    let cpu = Cpu::now(&stack).since(cpu_before);
+    let verified = received.iter().filter(|r| r.verified).count();
+    stack.shutdown().await;
+    Ok(format!(
+        "| {} | {expected} | {:.0} | {verified}/{expected} | {} |",
+        if endpoints == 0 {
+            "run's own `webhookUrl`".to_owned()
+        } else {
+            format!("{endpoints} endpoints per run")
+        },
+        expected as f64 / elapsed.as_secs_f64(),
+        cpu.per_run(expected),
+    ))
 }
 
 /// One row of the SSE fan-out table: `clients` streams of one echo run (40 words over 4 s), half
@@ -629,6 +709,25 @@ async fn main() -> anyhow::Result<()> {
     for &clients in &args.sse_clients {
         eprintln!("[bench] SSE fan-out to {clients} clients");
         println!("{}", sse_fanout(clients).await?);
+    }
+
+    println!("\n### Webhook delivery (one notifier draining a backlog)\n");
+    println!(
+        "Deliveries are made while the notifier is down, then one notifier is started and drains them into"
+    );
+    println!(
+        "a local verifying receiver. Rate from its start to the last delivery, which includes its startup. CPU"
+    );
+    println!("in ms per delivery: Switchyard / PostgreSQL / RabbitMQ | total.\n");
+    println!(
+        "| deliveries to | deliveries | delivered/s | verified | CPU ms per delivery | total |\n|---|---|---|---|---|---|"
+    );
+    for &endpoints in &args.delivery_endpoints {
+        eprintln!("[bench] delivery drain, {endpoints} endpoints");
+        println!(
+            "{}",
+            delivery_drain(args.deliveries, endpoints, args.workers).await?
+        );
     }
     Ok(())
 }
