@@ -68,3 +68,9 @@ CREATE INDEX deliveries_sending_by_endpoint ON deliveries (tenant_id, endpoint_i
 -- The operator lists and recovers an endpoint's deliveries.
 CREATE INDEX deliveries_by_endpoint ON deliveries (tenant_id, endpoint_id, created_at)
     WHERE endpoint_id IS NOT NULL;
+
+-- A tenant's default signing secret, for deliveries to its runs' own webhookUrl (sealed like the
+-- endpoints'). NULL: the deployment's SWITCHYARD_WEBHOOK_SECRET (tenants made before this).
+ALTER TABLE tenants ADD COLUMN webhook_secret bytea;
+ALTER TABLE tenants ADD COLUMN previous_webhook_secret bytea;
+ALTER TABLE tenants ADD COLUMN previous_webhook_secret_expires_at timestamptz;

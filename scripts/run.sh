@@ -69,7 +69,9 @@ curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "[run] the ingres
 # made anew on each start (the old one is revoked, so a tenant never runs out of keys).
 api=http://127.0.0.1:$PORT
 admin=(-H "Authorization: Bearer $SWITCHYARD_ADMIN_TOKEN" -H 'Content-Type: application/json')
-curl -sS -o /dev/null "${admin[@]}" "$api/manage/tenants" -d '{"id":"demo","name":"Demo"}'
+# Its webhooks are signed with the inbox's secret, so that the inbox verifies them.
+curl -sS -o /dev/null "${admin[@]}" "$api/manage/tenants" \
+  -d "{\"id\":\"demo\",\"name\":\"Demo\",\"webhookSecret\":\"$SWITCHYARD_WEBHOOK_SECRET\"}"
 curl -sS -o /dev/null "${admin[@]}" "$api/manage/tenants/demo/projects" -d '{"id":"demo","name":"Demo project"}'
 curl -sS -o /dev/null "${admin[@]}" "$api/manage/tenants/demo/projects/demo/agents" \
   -d '{"id":"echo","name":"Echo","kind":"echo"}'

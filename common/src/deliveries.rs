@@ -31,8 +31,9 @@ pub struct Outgoing {
     pub endpoint_id: Option<String>,
     /// The endpoint wants thin bodies.
     pub thin: bool,
-    /// The endpoint's sealed secrets: the current one, then the previous one while its rotation
-    /// overlap lasts. Empty for a run's own `webhookUrl` (signed with the default secret).
+    /// The sealed secrets that sign it: the endpoint's (or, for a run's own `webhookUrl`, the
+    /// tenant's), the current one, then the previous one while its rotation overlap lasts.
+    /// Empty: the deployment's default secret signs.
     pub sealed_secrets: Vec<Vec<u8>>,
 }
 
@@ -361,17 +362,26 @@ pub async fn claim_many(
                                   AND next_attempt_at <= now() + interval '1 second' ORDER BY id FOR UPDATE) \
                      UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, \
                             lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
-                     FROM c WHERE d.id = c.id AND d.status = 'pending' \
-                     RETURNING {RETURNING}"
+                     FROM c, tenants t WHERE d.id = c.id AND d.status = 'pending' AND t.id = d.tenant_id \
+                     RETURNING {RETURNING}, t.webhook_secret, \
+                         CASE WHEN t.previous_webhook_secret_expires_at > now() \
+                              THEN t.previous_webhook_secret END AS previous_webhook_secret"
                 ))
                 .await?,
             &[&ids, &lease.as_secs_f64()],
         )
         .await?;
-    let mut claims = rows
-        .iter()
-        .map(|r| outgoing(r).map(Claim::Send))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut claims = Vec::with_capacity(ids.len());
+    for row in &rows {
+        // Signed with the tenant's own secrets, or (none) the deployment's default secret.
+        let mut out = outgoing(row)?;
+        for column in ["webhook_secret", "previous_webhook_secret"] {
+            if let Some(sealed) = row.try_get::<_, Option<Vec<u8>>>(column)? {
+                out.sealed_secrets.push(sealed);
+            }
+        }
+        claims.push(Claim::Send(out));
+    }
     if claims.len() < ids.len() {
         let rest: Vec<Uuid> = ids
             .iter()

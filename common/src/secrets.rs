@@ -86,6 +86,11 @@ pub fn credential_context(tenant_id: &str, id: &str) -> String {
     format!("credential\0{tenant_id}\0{id}")
 }
 
+/// The associated data of a tenant's default webhook signing secret.
+pub fn tenant_webhook_context(tenant_id: &str) -> String {
+    format!("tenant-webhook\0{tenant_id}")
+}
+
 /// The associated data of a webhook endpoint's signing secret: its tenant and id.
 pub fn endpoint_context(tenant_id: &str, id: &str) -> String {
     format!("webhook-endpoint\0{tenant_id}\0{id}")

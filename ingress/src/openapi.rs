@@ -94,6 +94,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhook_endpoints::rotate))
         .routes(routes!(webhook_endpoints::events))
         .routes(routes!(webhook_endpoints::recover))
+        .routes(routes!(webhook_endpoints::tenant_secret))
+        .routes(routes!(webhook_endpoints::rotate_tenant_secret))
         .routes(routes!(credentials::list, credentials::create))
         .routes(routes!(
             credentials::get,

@@ -17,7 +17,7 @@ use switchyard_common::config::{
 };
 use switchyard_common::deliveries::{self, Attempt, Claim, Next, Outgoing};
 use switchyard_common::egress::{self, Guard, Refused};
-use switchyard_common::secrets::{MasterKey, endpoint_context};
+use switchyard_common::secrets::{MasterKey, endpoint_context, tenant_webhook_context};
 use switchyard_common::signing::Secret;
 use switchyard_common::telemetry;
 use tokio_util::sync::CancellationToken;
@@ -437,13 +437,17 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
     }
 }
 
-/// The secrets that sign `out`: the endpoint's (current, then previous during an overlap), or
-/// the default secret for a run's own `webhookUrl`.
+/// The secrets that sign `out`: the endpoint's, or for a run's own `webhookUrl` the tenant's
+/// (current, then previous during an overlap); the deployment's default secret when the tenant
+/// has none of its own.
 fn signing_secrets(ctx: &Ctx, out: &Outgoing) -> Result<Vec<Secret>, String> {
-    let Some(endpoint) = &out.endpoint_id else {
+    if out.sealed_secrets.is_empty() {
         return Ok(vec![ctx.secret.clone()]);
+    }
+    let context = match &out.endpoint_id {
+        Some(endpoint) => endpoint_context(&out.tenant_id, endpoint),
+        None => tenant_webhook_context(&out.tenant_id),
     };
-    let context = endpoint_context(&out.tenant_id, endpoint);
     out.sealed_secrets
         .iter()
         .map(|sealed| {

@@ -77,7 +77,8 @@ pub fn assert_problem(answer: &Answer, status: u16, code: &str) {
     assert_eq!(answer.request_id.as_deref(), Some(id));
 }
 
-/// A tenant made with the admin token, and an unrestricted key with every scope (and a rate
+/// A tenant made with the admin token (its webhooks signed with the harness's secret, as the
+/// stack's receiver expects), and an unrestricted key with every scope (and a rate
 /// limit high enough not to get in a test's way).
 pub async fn tenant(stack: &Stack) -> (String, String) {
     let id = format!("t-{}", unique());
@@ -85,7 +86,7 @@ pub async fn tenant(stack: &Stack) -> (String, String) {
         stack,
         "/manage/tenants",
         ADMIN_TOKEN,
-        json!({"id": id, "name": "Acme"}),
+        json!({"id": id, "name": "Acme", "webhookSecret": crate::WEBHOOK_SECRET}),
     )
     .await;
     assert_eq!(made.status, 201, "{}", made.body);

@@ -706,3 +706,109 @@ async fn an_endpoint_failing_beyond_the_window_is_disabled_when_a_delivery_runs_
     assert_eq!(events.body["pagination"]["total"], 1);
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tenants_own_webhook_urls_are_signed_with_its_default_secret() {
+    use switchyard_testkit::ADMIN_TOKEN;
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let tenant = format!("t-{}", switchyard_testkit::unique());
+    let made = post(
+        &stack,
+        "/manage/tenants",
+        ADMIN_TOKEN,
+        json!({"id": tenant, "name": "Own secret"}),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let key = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/api-keys"),
+        ADMIN_TOKEN,
+        json!({"name": "k", "scopes": ["trigger", "runs:read", "manage"]}),
+    )
+    .await;
+    let key = key.body["data"]["key"].as_str().expect("key").to_owned();
+    project_with_agent(&stack, &tenant, &key, "p", "a").await;
+    let shown = get(
+        &stack,
+        &format!("/manage/tenants/{tenant}/webhook-secret"),
+        &key,
+    )
+    .await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    let own = shown.body["data"]["key"].as_str().expect("key").to_owned();
+    assert_ne!(
+        own,
+        switchyard_testkit::WEBHOOK_SECRET,
+        "generated, not shared"
+    );
+
+    let receiver = Receiver::start(&own, Vec::new()).await.expect("receiver");
+    let run = |message: &str| {
+        let (stack, key, url) = (&stack, key.clone(), receiver.url.clone());
+        let message = message.to_owned();
+        async move {
+            let made = post(
+                stack,
+                "/v1/runs",
+                &key,
+                json!({"agentId": "a", "message": message, "webhookUrl": url}),
+            )
+            .await;
+            assert_eq!(made.status, 202, "{}", made.body);
+        }
+    };
+    run("one").await;
+    let got = receiver
+        .wait_for(Duration::from_secs(30), |r| !r.is_empty())
+        .await
+        .expect("delivered");
+    assert!(got[0].verified, "signed with the tenant's own secret");
+    assert_eq!(got[0].signature.split(' ').count(), 1);
+
+    let rotated = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/webhook-secret/rotate"),
+        &key,
+        json!({}),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let new = rotated.body["data"]["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    run("two").await;
+    let got = receiver
+        .wait_for(Duration::from_secs(30), |r| r.len() >= 2)
+        .await
+        .expect("delivered");
+    assert!(
+        got[1].verified,
+        "the old secret still verifies during the overlap"
+    );
+    let with_new = Secret::parse(&new).expect("secret").verify(
+        Some(&got[1].webhook_id),
+        Some(&got[1].timestamp),
+        Some(&got[1].signature),
+        &got[1].raw_body,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+        DEFAULT_TOLERANCE_SECS,
+    );
+    assert!(with_new.is_ok(), "and so does the new one");
+
+    // The seeded tenant, made before tenants had secrets, signs with the deployment's.
+    let seeded = get(
+        &stack,
+        "/manage/tenants/default/webhook-secret",
+        ADMIN_TOKEN,
+    )
+    .await;
+    assert_problem(&seeded, 409, "conflict");
+    stack.shutdown().await;
+}

@@ -37,6 +37,9 @@ pub struct NewTenant {
     pub max_api_keys: Option<i32>,
     #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i32>,
+    /// The `whsec_` secret (24 to 64 bytes) that signs deliveries to the tenant's runs' own
+    /// `webhookUrl`; generated when absent. Read it with `GET …/webhook-secret`.
+    pub webhook_secret: Option<String>,
 }
 
 /// The body of `PATCH /manage/tenants/{tenantId}`: members present are changed.
@@ -86,22 +89,29 @@ fn check_max_keys(max: Option<i32>) -> Result<(), Error> {
     }
 }
 
-pub async fn create(client: &impl GenericClient, new: NewTenant) -> Result<Tenant, Error> {
+pub async fn create(
+    client: &impl GenericClient,
+    key: &crate::secrets::MasterKey,
+    new: NewTenant,
+) -> Result<Tenant, Error> {
     let id = id_or_new(new.id, "tenant")?;
     check_name(&new.name, "tenant")?;
     check_max_keys(new.max_api_keys)?;
     check_rate(new.rate_limit_per_minute)?;
+    let secret =
+        super::webhook_endpoints::seal_tenant_secret(key, &id, new.webhook_secret.as_deref())?;
     let row = client
         .query_one(
             &format!(
-                "INSERT INTO tenants (id, name, max_api_keys, rate_limit_per_minute) \
-                 VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+                "INSERT INTO tenants (id, name, max_api_keys, rate_limit_per_minute, webhook_secret) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
             ),
             &[
                 &id,
                 &new.name,
                 &new.max_api_keys,
                 &new.rate_limit_per_minute,
+                &secret,
             ],
         )
         .await

@@ -9,7 +9,7 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 
 use super::{Error, Page, Paginated, check_description, constraint, id_or_new};
-use crate::secrets::{MasterKey, endpoint_context};
+use crate::secrets::{MasterKey, endpoint_context, tenant_webhook_context};
 use crate::signing::Secret;
 
 /// Every event type an endpoint can select; `*` selects them all.
@@ -202,7 +202,7 @@ fn check_limits(rate_limit: Option<i32>, max_concurrency: Option<i32>) -> Result
 }
 
 /// A supplied secret: `whsec_` and 24 to 64 bytes, as Standard Webhooks recommends.
-fn parse_secret(raw: &str) -> Result<Secret, Error> {
+pub(crate) fn parse_secret(raw: &str) -> Result<Secret, Error> {
     Secret::parse(raw)
         .ok()
         .filter(|s| raw.trim().starts_with("whsec_") && (24..=64).contains(&s.len()))
@@ -450,6 +450,85 @@ pub async fn rotate_secret(
     Ok(EndpointSecret {
         key: secret.to_whsec(),
         previous_key_expires_at: (!overlap.is_zero()).then_some(expires),
+    })
+}
+
+/// The tenant's default secret, which signs deliveries to its runs' own `webhookUrl`. 409 for a
+/// tenant that has none of its own (it signs with the deployment's `SWITCHYARD_WEBHOOK_SECRET`).
+pub async fn reveal_tenant_secret(
+    client: &impl GenericClient,
+    key: &MasterKey,
+    tenant_id: &str,
+) -> Result<EndpointSecret, Error> {
+    let row = client
+        .query_opt(
+            "SELECT webhook_secret, CASE WHEN previous_webhook_secret_expires_at > now() \
+                                         THEN previous_webhook_secret_expires_at END \
+             FROM tenants WHERE id = $1",
+            &[&tenant_id],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant_id}` was not found")))?;
+    let Some(sealed) = row.try_get::<_, Option<Vec<u8>>>(0)? else {
+        return Err(Error::Conflict(
+            "the tenant signs with the deployment's default secret; rotate to give it its own"
+                .into(),
+        ));
+    };
+    let secret = key
+        .open(&tenant_webhook_context(tenant_id), &sealed)
+        .ok()
+        .and_then(|raw| Secret::from_bytes(raw).ok())
+        .ok_or_else(|| {
+            Error::Conflict("the tenant's secret does not open under this master key".into())
+        })?;
+    Ok(EndpointSecret {
+        key: secret.to_whsec(),
+        previous_key_expires_at: row.try_get(1)?,
+    })
+}
+
+/// A new tenant's default secret, sealed: the one supplied, or a generated one.
+pub fn seal_tenant_secret(
+    key: &MasterKey,
+    tenant_id: &str,
+    supplied: Option<&str>,
+) -> Result<Vec<u8>, Error> {
+    let secret = match supplied {
+        Some(raw) => parse_secret(raw)?,
+        None => Secret::generate(),
+    };
+    Ok(key.seal(&tenant_webhook_context(tenant_id), secret.as_bytes()))
+}
+
+/// Replaces the tenant's default secret; its old one (if it had one of its own) keeps signing too
+/// until `overlap` from now.
+pub async fn rotate_tenant_secret(
+    client: &impl GenericClient,
+    key: &MasterKey,
+    tenant_id: &str,
+    rotation: Rotation,
+    overlap: std::time::Duration,
+) -> Result<EndpointSecret, Error> {
+    let secret = match rotation.key.as_deref() {
+        Some(raw) => parse_secret(raw)?,
+        None => Secret::generate(),
+    };
+    let sealed = key.seal(&tenant_webhook_context(tenant_id), secret.as_bytes());
+    let row = client
+        .query_opt(
+            "UPDATE tenants SET previous_webhook_secret = webhook_secret, webhook_secret = $2, \
+                 previous_webhook_secret_expires_at = CASE WHEN webhook_secret IS NULL THEN NULL \
+                     ELSE now() + make_interval(secs => $3) END, updated_at = now() \
+             WHERE id = $1 RETURNING previous_webhook_secret_expires_at",
+            &[&tenant_id, &sealed, &overlap.as_secs_f64()],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant_id}` was not found")))?;
+    let expires: Option<OffsetDateTime> = row.try_get(0)?;
+    Ok(EndpointSecret {
+        key: secret.to_whsec(),
+        previous_key_expires_at: expires.filter(|_| !overlap.is_zero()),
     })
 }
 

@@ -39,7 +39,7 @@ pub async fn create(
     let client = state.pool.get().await?;
     Ok((
         StatusCode::CREATED,
-        data(tenants::create(&client, body).await?),
+        data(tenants::create(&client, &state.master_key, body).await?),
     ))
 }
 

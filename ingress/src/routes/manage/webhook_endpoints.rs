@@ -142,6 +142,47 @@ pub async fn rotate(
     ))
 }
 
+/// Show the tenant's default secret (`whsec_…`), which signs deliveries to its runs' own
+/// `webhookUrl` (409 for a tenant that signs with the deployment's default secret).
+#[utoipa::path(get, path = "/manage/tenants/{tenantId}/webhook-secret", tag = "Webhook endpoints",
+    params(TenantPath),
+    responses((status = 200, description = "The secret", body = Data<EndpointSecret>), Errors))]
+pub async fn tenant_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(p): Params<TenantPath>,
+) -> Result<Json<Data<EndpointSecret>>, ApiError> {
+    principal.manage(&p.tenant_id)?.tenant_wide()?;
+    let client = state.pool.get().await?;
+    Ok(data(
+        webhook_endpoints::reveal_tenant_secret(&client, &state.master_key, &p.tenant_id).await?,
+    ))
+}
+
+/// Rotate the tenant's default secret, as an endpoint's.
+#[utoipa::path(post, path = "/manage/tenants/{tenantId}/webhook-secret/rotate", tag = "Webhook endpoints",
+    params(TenantPath), request_body(content = Rotation, description = "Optional: the new `key`"),
+    responses((status = 200, description = "The new secret", body = Data<EndpointSecret>), Errors))]
+pub async fn rotate_tenant_secret(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(p): Params<TenantPath>,
+    OptionalJsonBody(rotation): OptionalJsonBody<Rotation>,
+) -> Result<Json<Data<EndpointSecret>>, ApiError> {
+    principal.manage(&p.tenant_id)?.tenant_wide()?;
+    let client = state.pool.get().await?;
+    Ok(data(
+        webhook_endpoints::rotate_tenant_secret(
+            &client,
+            &state.master_key,
+            &p.tenant_id,
+            rotation,
+            state.secret_rotation_overlap,
+        )
+        .await?,
+    ))
+}
+
 /// What happened to the endpoint: each `endpoint.disabled`, with why.
 #[utoipa::path(get, path = "/manage/tenants/{tenantId}/webhook-endpoints/{id}/events", tag = "Webhook endpoints",
     params(TenantItemPath, PageQuery),
