@@ -35,6 +35,9 @@ pub struct Outgoing {
     /// tenant's), the current one, then the previous one while its rotation overlap lasts.
     /// Empty: the deployment's default secret signs.
     pub sealed_secrets: Vec<Vec<u8>>,
+    /// The deployment's default secret signs too: the tenant rotated away from it, and the
+    /// overlap lasts.
+    pub also_default_secret: bool,
 }
 
 /// What a claim made of a delivery.
@@ -322,8 +325,16 @@ pub async fn claim(
         }))
 }
 
-/// How long a delivery waits when its endpoint has as many attempts in flight as it allows.
+/// How long a delivery waits at least when its endpoint has as many attempts in flight as it
+/// allows; each further one deferred in the same batch waits a little longer, so that a backlog
+/// comes back spread out instead of all at once.
 pub const BUSY_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a delivery waits when another claimer holds its endpoint's row.
+const LOCKED_WAIT: Duration = Duration::from_millis(100);
+
+/// The longest deferral: under the defer queue's TTL.
+const MAX_DEFER: f64 = 1.9;
 
 const RETURNING: &str = "d.id, d.tenant_id, d.run_id, d.url, d.message_id, d.payload, d.attempts, \
     d.endpoint_id";
@@ -340,6 +351,7 @@ fn outgoing(row: &tokio_postgres::Row) -> Result<Outgoing, tokio_postgres::Error
         endpoint_id: row.try_get("endpoint_id")?,
         thin: false,
         sealed_secrets: Vec::new(),
+        also_default_secret: false,
     })
 }
 
@@ -365,7 +377,9 @@ pub async fn claim_many(
                      FROM c, tenants t WHERE d.id = c.id AND d.status = 'pending' AND t.id = d.tenant_id \
                      RETURNING {RETURNING}, t.webhook_secret, \
                          CASE WHEN t.previous_webhook_secret_expires_at > now() \
-                              THEN t.previous_webhook_secret END AS previous_webhook_secret"
+                              THEN t.previous_webhook_secret END AS previous_webhook_secret, \
+                         t.previous_webhook_secret IS NULL \
+                             AND t.previous_webhook_secret_expires_at > now() AS previous_is_default"
                 ))
                 .await?,
             &[&ids, &lease.as_secs_f64()],
@@ -380,6 +394,10 @@ pub async fn claim_many(
                 out.sealed_secrets.push(sealed);
             }
         }
+        // The tenant's first secret of its own overlaps with the deployment's.
+        out.also_default_secret = row
+            .try_get::<_, Option<bool>>("previous_is_default")?
+            .unwrap_or(false);
         claims.push(Claim::Send(out));
     }
     if claims.len() < ids.len() {
@@ -404,6 +422,8 @@ struct Limits {
     tolerance: f64,
     /// The GCRA's theoretical arrival time, in seconds from now (negative: in the past).
     tat: f64,
+    /// Deliveries this claim deferred already.
+    deferred: u32,
 }
 
 async fn claim_for_endpoints(
@@ -445,7 +465,7 @@ async fn claim_for_endpoints(
                         extract(epoch FROM coalesce(e.rate_tat, now()) - now())::float8 \
                  FROM webhook_endpoints e JOIN unnest($1::text[], $2::text[]) AS w(t, i) \
                    ON e.tenant_id = w.t AND e.id = w.i \
-                 ORDER BY e.tenant_id, e.id FOR UPDATE OF e",
+                 ORDER BY e.tenant_id, e.id FOR NO KEY UPDATE OF e SKIP LOCKED",
             )
             .await?,
             &[&tenants, &endpoint_ids],
@@ -478,6 +498,7 @@ async fn claim_for_endpoints(
                 interval,
                 tolerance: interval.map_or(0.0, |i| 1.0 - i),
                 tat: row.try_get::<_, f64>(5)?.max(0.0),
+                deferred: 0,
             },
         );
     }
@@ -492,20 +513,30 @@ async fn claim_for_endpoints(
     for row in &candidates {
         let id: Uuid = row.try_get(0)?;
         let key: (String, String) = (row.try_get(1)?, row.try_get(2)?);
-        // A deleted endpoint takes its deliveries with it; one missing here is being deleted.
+        let jitter = rand::random_range(0.8..1.2);
+        // Another claimer holds the endpoint (a delivery of a deleted one is gone with it): try
+        // again shortly rather than wait for its lock, which would hold up this whole batch.
         let Some(l) = limits.get_mut(&key) else {
+            deferred.push(id);
+            waits.push(LOCKED_WAIT.as_secs_f64() * jitter);
             continue;
         };
         if !l.enabled {
             off.push(id);
         } else if l.in_flight >= l.max_concurrency {
+            let later = f64::from(l.deferred) / l.max_concurrency as f64;
+            l.deferred += 1;
             deferred.push(id);
-            waits.push(BUSY_WAIT.as_secs_f64());
-        } else if l.interval.is_some() && l.tat > l.tolerance {
+            waits.push((BUSY_WAIT.as_secs_f64() * (1.0 + later) * jitter).min(MAX_DEFER));
+        } else if let Some(interval) = l.interval
+            && l.tat > l.tolerance
+        {
             // GCRA: a delivery may start while the theoretical arrival time is within one
-            // second's burst of now.
+            // second's burst of now; the k-th deferred one is due k intervals after the first.
+            let wait = l.tat - l.tolerance + f64::from(l.deferred) * interval;
+            l.deferred += 1;
             deferred.push(id);
-            waits.push((l.tat - l.tolerance).max(0.01));
+            waits.push(wait.clamp(0.01, MAX_DEFER));
         } else {
             l.in_flight += 1;
             if let Some(interval) = l.interval {
@@ -750,7 +781,7 @@ async fn endpoint_health(
                     coalesce(e.failing_since, now()) <= now() - make_interval(secs => $3) \
              FROM webhook_endpoints e JOIN unnest($1::text[], $2::text[]) AS w(t, i) \
                ON e.tenant_id = w.t AND e.id = w.i \
-             ORDER BY e.tenant_id, e.id FOR UPDATE OF e",
+             ORDER BY e.tenant_id, e.id FOR NO KEY UPDATE OF e",
             &[&tenants, &endpoints, &disable_after.as_secs_f64()],
         )
         .await?;

@@ -448,7 +448,8 @@ fn signing_secrets(ctx: &Ctx, out: &Outgoing) -> Result<Vec<Secret>, String> {
         Some(endpoint) => endpoint_context(&out.tenant_id, endpoint),
         None => tenant_webhook_context(&out.tenant_id),
     };
-    out.sealed_secrets
+    let mut secrets = out
+        .sealed_secrets
         .iter()
         .map(|sealed| {
             ctx.master_key
@@ -456,11 +457,14 @@ fn signing_secrets(ctx: &Ctx, out: &Outgoing) -> Result<Vec<Secret>, String> {
                 .ok()
                 .and_then(|raw| Secret::from_bytes(raw).ok())
                 .ok_or_else(|| {
-                    "the endpoint's secret does not open under this notifier's master key"
-                        .to_owned()
+                    "the signing secret does not open under this notifier's master key".to_owned()
                 })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if out.also_default_secret {
+        secrets.push(ctx.secret.clone());
+    }
+    Ok(secrets)
 }
 
 /// The thin form of a webhook body: the event and the ids, status, timings and error code of

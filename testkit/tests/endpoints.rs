@@ -402,7 +402,7 @@ async fn each_endpoint_receives_what_its_filters_select_signed_with_its_own_secr
 #[tokio::test]
 async fn after_a_rotation_both_secrets_sign_until_the_overlap_ends() {
     let f = Fixture::with(StackOptions {
-        ingress_env: vec![("SWITCHYARD_SECRET_ROTATION_OVERLAP", "3s".into())],
+        ingress_env: vec![("SWITCHYARD_SECRET_ROTATION_OVERLAP", "10s".into())],
         ..StackOptions::default()
     })
     .await;
@@ -569,6 +569,16 @@ async fn an_endpoints_rate_limit_spaces_its_deliveries() {
         "8 deliveries at 2/s took only {:?}",
         last.duration_since(first)
     );
+    // And in no stretch of t seconds more than 2 + 2t (with 100 ms of slack for the clocks).
+    let mut at: Vec<Instant> = got.iter().map(|r| r.at).collect();
+    at.sort();
+    for i in 0..at.len() {
+        for j in i + 1..at.len() {
+            let t = at[j].duration_since(at[i]).as_secs_f64() + 0.1;
+            let n = (j - i + 1) as f64;
+            assert!(n <= 2.0 + 2.0 * t, "{n} deliveries within {t:.2} s");
+        }
+    }
     assert!(got.iter().all(|r| r.verified));
     f.stack.shutdown().await;
 }
@@ -588,6 +598,19 @@ async fn a_410_disables_the_endpoint_which_can_be_re_enabled_and_recovered() {
     let watcher = f
         .endpoint("watcher", json!({"eventTypes": ["endpoint.disabled"]}))
         .await;
+    // Failing is not enough: within the (default, 5 day) window an exhausted delivery leaves its
+    // endpoint enabled.
+    let failing_secret = Secret::generate().to_whsec();
+    let failing = Receiver::start(&failing_secret, vec![500; 100])
+        .await
+        .expect("receiver");
+    f.endpoint_to(
+        "failing",
+        &failing,
+        &failing_secret,
+        json!({"eventTypes": ["run.completed"]}),
+    )
+    .await;
 
     let first = f.completed_run("a1", "first").await;
     let disabled = poll(Duration::from_secs(30), || async {
@@ -612,7 +635,15 @@ async fn a_410_disables_the_endpoint_which_can_be_re_enabled_and_recovered() {
     assert_eq!(told[0].body["data"]["endpointId"], "gone");
     assert!(told[0].verified);
 
-    // Disabled: a new run makes no delivery to it.
+    // Disabled: a new run makes no delivery to it, and it cannot be recovered yet.
+    let refused = post(
+        &f.stack,
+        &format!("{}/gone/recover", f.endpoints()),
+        &f.key,
+        json!({"since": "2000-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_problem(&refused, 409, "conflict");
     f.completed_run("a1", "second").await;
     let listed = f.deliveries("?endpointId=gone").await;
     assert_eq!(listed["pagination"]["total"], 1, "{listed}");
@@ -650,6 +681,20 @@ async fn a_410_disables_the_endpoint_which_can_be_re_enabled_and_recovered() {
     })
     .await
     .expect("delivered after the recovery");
+
+    // The always-failing endpoint ran out of retries on the first run, and is still enabled.
+    poll(Duration::from_secs(30), || async {
+        let d = f
+            .deliveries(&format!("?endpointId=failing&runId={first}"))
+            .await;
+        (d["data"][0]["status"] == "failed").then_some(())
+    })
+    .await
+    .expect("the failing endpoint's first delivery is exhausted");
+    assert!(failing.received().len() >= 4, "every attempt was made");
+    let state = f.endpoint_state("failing").await;
+    assert_eq!(state["enabled"], true, "{state}");
+    assert!(state["failingSince"].is_string(), "{state}");
     f.stack.shutdown().await;
 }
 
@@ -802,7 +847,8 @@ async fn a_tenants_own_webhook_urls_are_signed_with_its_default_secret() {
     );
     assert!(with_new.is_ok(), "and so does the new one");
 
-    // The seeded tenant, made before tenants had secrets, signs with the deployment's.
+    // The seeded tenant, made before tenants had secrets, signs with the deployment's; its first
+    // rotation overlaps with it.
     let seeded = get(
         &stack,
         "/manage/tenants/default/webhook-secret",
@@ -810,5 +856,135 @@ async fn a_tenants_own_webhook_urls_are_signed_with_its_default_secret() {
     )
     .await;
     assert_problem(&seeded, 409, "conflict");
+    let first = post(
+        &stack,
+        "/manage/tenants/default/webhook-secret/rotate",
+        ADMIN_TOKEN,
+        json!({}),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.body["data"]["previousKeyExpiresAt"].is_string());
+    let own_now = first.body["data"]["key"].as_str().expect("key").to_owned();
+    let made = stack
+        .create_run(&json!({"agentId": "echo", "message": "x", "webhookUrl": stack.receiver.url}))
+        .await
+        .expect("request");
+    assert_eq!(made.status(), 202);
+    let got = stack
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| !r.is_empty())
+        .await
+        .expect("delivered");
+    assert!(got[0].verified, "the deployment's secret still verifies");
+    assert_eq!(got[0].signature.split(' ').count(), 2);
+    let with_own = Secret::parse(&own_now).expect("secret").verify(
+        Some(&got[0].webhook_id),
+        Some(&got[0].timestamp),
+        Some(&got[0].signature),
+        &got[0].raw_body,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+        DEFAULT_TOLERANCE_SECS,
+    );
+    assert!(with_own.is_ok(), "and so does its own");
     stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn racing_claimers_never_pass_an_endpoints_concurrency_cap() {
+    use switchyard_common::config::DatabaseArgs;
+    use switchyard_common::deliveries::{self, Attempt, Claim, Next};
+    let db = switchyard_testkit::TestDb::create().await.expect("test db");
+    let pool = switchyard_common::db::pool(&DatabaseArgs {
+        database_url: db.url.clone(),
+        db_pool_size: 16,
+        db_timeout: Duration::from_secs(5),
+        db_statement_timeout: Duration::from_secs(10),
+    })
+    .expect("pool");
+    let mut client = pool.get().await.expect("connection");
+    client
+        .batch_execute(
+            "INSERT INTO webhook_endpoints (tenant_id, id, url, event_types, max_concurrency, secret) \
+             VALUES ('default', 'capped', 'https://hooks.example.com/in', '{*}', 3, '\\x00')",
+        )
+        .await
+        .expect("endpoint");
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let id = uuid::Uuid::now_v7();
+        client
+            .execute(
+                "INSERT INTO deliveries (id, tenant_id, endpoint_id, subject, event_type, url, \
+                                         message_id, payload, status) \
+                 VALUES ($1, 'default', 'capped', $2, 'run.completed', 'https://hooks.example.com/in', \
+                         $3, '{}', 'pending')",
+                &[&id, &format!("s{n}"), &format!("msg_{n}")],
+            )
+            .await
+            .expect("delivery");
+        ids.push(id);
+    }
+    // Eight notifiers claim all forty at once.
+    let mut claimers = Vec::new();
+    for _ in 0..8 {
+        let (pool, ids) = (pool.clone(), ids.clone());
+        claimers.push(tokio::spawn(async move {
+            let mut client = pool.get().await.expect("connection");
+            deliveries::claim_many(&mut client, &ids, Duration::from_secs(30))
+                .await
+                .expect("claim")
+        }));
+    }
+    let mut sent = Vec::new();
+    let mut deferred = 0;
+    for claimer in claimers {
+        for claim in claimer.await.expect("join") {
+            match claim {
+                Claim::Send(out) => sent.push(out),
+                Claim::Defer(..) => deferred += 1,
+            }
+        }
+    }
+    assert_eq!(sent.len(), 3, "exactly the cap is in flight");
+    assert!(deferred >= 37, "the rest were deferred ({deferred})");
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempts = 0",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(pending, 37, "a deferral is not an attempt");
+
+    // One finishes: exactly one more may start.
+    let ok = Attempt {
+        response_status: Some(204),
+        response_body: None,
+        error: None,
+        latency: Duration::from_millis(1),
+    };
+    assert!(
+        deliveries::finish(&mut client, &sent[0], &ok, Next::Delivered)
+            .await
+            .expect("finish")
+    );
+    let next = poll(Duration::from_secs(10), || {
+        let (pool, ids) = (pool.clone(), ids.clone());
+        async move {
+            let mut client = pool.get().await.ok()?;
+            let claims = deliveries::claim_many(&mut client, &ids, Duration::from_secs(30))
+                .await
+                .ok()?;
+            let sends = claims
+                .iter()
+                .filter(|c| matches!(c, Claim::Send(_)))
+                .count();
+            (sends > 0).then_some(sends)
+        }
+    })
+    .await
+    .expect("a slot frees up");
+    assert_eq!(next, 1);
 }

@@ -24,8 +24,8 @@ pub struct Tenant {
     pub updated_at: OffsetDateTime,
 }
 
-/// The body of `POST /manage/tenants`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// The body of `POST /manage/tenants`. Not `Debug`: it may hold a secret.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewTenant {
     /// Resource identifier; made up when absent.

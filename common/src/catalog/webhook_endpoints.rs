@@ -372,9 +372,20 @@ pub async fn update(
     Ok(from_row(&row)?)
 }
 
-/// Deletes an endpoint with its deliveries.
-pub async fn delete(client: &impl GenericClient, tenant_id: &str, id: &str) -> Result<(), Error> {
-    let n = client
+/// Deletes an endpoint with its deliveries. The deliveries are locked first, in id order, as a
+/// claim locks them before the endpoint: the other order could deadlock with a claim.
+pub async fn delete(
+    client: &mut deadpool_postgres::Client,
+    tenant_id: &str,
+    id: &str,
+) -> Result<(), Error> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT 1 FROM deliveries WHERE tenant_id = $1 AND endpoint_id = $2 ORDER BY id FOR UPDATE",
+        &[&tenant_id, &id],
+    )
+    .await?;
+    let n = tx
         .execute(
             "DELETE FROM webhook_endpoints WHERE tenant_id = $1 AND id = $2",
             &[&tenant_id, &id],
@@ -383,6 +394,7 @@ pub async fn delete(client: &impl GenericClient, tenant_id: &str, id: &str) -> R
     if n == 0 {
         return Err(not_found(id));
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -501,8 +513,8 @@ pub fn seal_tenant_secret(
     Ok(key.seal(&tenant_webhook_context(tenant_id), secret.as_bytes()))
 }
 
-/// Replaces the tenant's default secret; its old one (if it had one of its own) keeps signing too
-/// until `overlap` from now.
+/// Replaces the tenant's default secret; its old one keeps signing too until `overlap` from now
+/// (the deployment's default secret, for a tenant that had none of its own).
 pub async fn rotate_tenant_secret(
     client: &impl GenericClient,
     key: &MasterKey,
@@ -518,17 +530,17 @@ pub async fn rotate_tenant_secret(
     let row = client
         .query_opt(
             "UPDATE tenants SET previous_webhook_secret = webhook_secret, webhook_secret = $2, \
-                 previous_webhook_secret_expires_at = CASE WHEN webhook_secret IS NULL THEN NULL \
-                     ELSE now() + make_interval(secs => $3) END, updated_at = now() \
+                 previous_webhook_secret_expires_at = now() + make_interval(secs => $3), \
+                 updated_at = now() \
              WHERE id = $1 RETURNING previous_webhook_secret_expires_at",
             &[&tenant_id, &sealed, &overlap.as_secs_f64()],
         )
         .await?
         .ok_or_else(|| Error::NotFound(format!("tenant `{tenant_id}` was not found")))?;
-    let expires: Option<OffsetDateTime> = row.try_get(0)?;
+    let expires: OffsetDateTime = row.try_get(0)?;
     Ok(EndpointSecret {
         key: secret.to_whsec(),
-        previous_key_expires_at: expires.filter(|_| !overlap.is_zero()),
+        previous_key_expires_at: (!overlap.is_zero()).then_some(expires),
     })
 }
 

@@ -95,8 +95,8 @@ pub async fn delete(
     Params(p): Params<TenantItemPath>,
 ) -> Result<StatusCode, ApiError> {
     principal.manage(&p.tenant_id)?.tenant_wide()?;
-    let client = state.pool.get().await?;
-    webhook_endpoints::delete(&client, &p.tenant_id, &p.id).await?;
+    let mut client = state.pool.get().await?;
+    webhook_endpoints::delete(&mut client, &p.tenant_id, &p.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,7 +201,8 @@ pub async fn events(
     ))
 }
 
-/// Recover: every failed delivery of this endpoint created since `since` is sent again, now (202).
+/// Recover: every failed delivery of this endpoint created since `since` is sent again, now (202);
+/// 409 while the endpoint is disabled.
 #[utoipa::path(post, path = "/manage/tenants/{tenantId}/webhook-endpoints/{id}/recover", tag = "Webhook endpoints",
     params(TenantItemPath), request_body = Recover,
     responses((status = 202, description = "How many were queued again", body = Data<Recovered>), Errors))]
@@ -214,7 +215,15 @@ pub async fn recover(
     principal.manage(&p.tenant_id)?.tenant_wide()?;
     let since = instant(Some(&body.since), "since")?.unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let client = state.pool.get().await?;
-    webhook_endpoints::get(&client, &p.tenant_id, &p.id).await?;
+    if !webhook_endpoints::get(&client, &p.tenant_id, &p.id)
+        .await?
+        .enabled
+    {
+        return Err(ApiError::new(
+            switchyard_common::problem::ErrorCode::Conflict,
+            "the endpoint is disabled: enable it first (PATCH {\"enabled\": true})",
+        ));
+    }
     let ids = deliveries::recover(&client, &p.tenant_id, Some(&p.id), since).await?;
     publish(&state, &ids).await;
     Ok((
