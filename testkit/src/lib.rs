@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod fake_llm;
+pub mod py;
 pub mod receiver;
 pub mod sse;
 

@@ -452,6 +452,13 @@ async fn after_a_rotation_both_secrets_sign_until_the_overlap_ends() {
     assert_eq!(during[0].signature.split(' ').count(), 2, "two signatures");
     assert!(verifies(&old, &during[0]), "the old secret still verifies");
     assert!(verifies(&new, &during[0]), "the new secret verifies");
+    // So does the official library, with either secret, and it refuses a tampered copy.
+    for secret in [&old, &new] {
+        assert_eq!(
+            switchyard_testkit::py::verify(secret, &during[..1], true),
+            "1 verified, 1 rejected"
+        );
+    }
 
     poll(Duration::from_secs(20), || async {
         f.endpoint_state("rotating").await["previousSecretExpiresAt"]
