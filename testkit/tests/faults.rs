@@ -277,7 +277,9 @@ async fn retry_after_is_honoured_within_one_to_two_scheduled_delays() {
 async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
     let stack = Stack::start(StackOptions {
         receiver_script: vec![500, 500],
-        retry_schedule: "1s,1s,2s",
+        // At least 1.6 s apart even with the jitter, so each attempt falls in another second of
+        // `webhook-timestamp` (two attempts within one second would rightly sign the same).
+        retry_schedule: "2s,2s,2s",
         ..StackOptions::default()
     })
     .await
@@ -314,8 +316,8 @@ async fn failing_receiver_gets_the_same_webhook_id_with_a_fresh_signature() {
     assert!(received[1].timestamp > received[0].timestamp);
     let gap = received[1].at - received[0].at;
     assert!(
-        gap >= Duration::from_millis(750),
-        "the retry waited its delay, 1 s ± 20 % ({gap:?})"
+        gap >= Duration::from_millis(1550),
+        "the retry waited its delay, 2 s ± 20 % ({gap:?})"
     );
 
     let client = stack.db.client().await.expect("db");
