@@ -966,7 +966,13 @@ async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_o
                         .expect("q")
                         .get(0);
                     assert!(running <= 2, "{running} runs of a limited agent ran at once");
-                    started.lock().await.push(run.id);
+                    // The order runs were started is the order of their `started_at`, stamped by
+                    // the claim inside its transaction, which holds the agent's row until it
+                    // commits. The order this task gets to record them is not: it can be held up
+                    // here (the query above, the lock, the scheduler) while the other slot starts
+                    // and finishes later runs.
+                    let at = run.started_at.expect("a claimed run has started");
+                    started.lock().await.push((at, run.id));
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     runs::complete(&client, run.id, &owner, &serde_json::json!({"output": "ok"}))
                         .await
@@ -980,8 +986,9 @@ async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_o
         worker.await.expect("worker");
     }
     // Two may start in either order, as two slots free up together; overall they go in order.
-    let started = started.lock().await.clone();
-    for (n, id) in started.iter().enumerate() {
+    let mut started = started.lock().await.clone();
+    started.sort_by_key(|(at, _)| *at);
+    for (n, (_, id)) in started.iter().enumerate() {
         let accepted = ids.iter().position(|i| i == id).expect("known");
         assert!(accepted.abs_diff(n) <= 1, "run {accepted} started {n}th");
     }
