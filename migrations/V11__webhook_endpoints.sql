@@ -74,3 +74,10 @@ CREATE INDEX deliveries_by_endpoint ON deliveries (tenant_id, endpoint_id, creat
 ALTER TABLE tenants ADD COLUMN webhook_secret bytea;
 ALTER TABLE tenants ADD COLUMN previous_webhook_secret bytea;
 ALTER TABLE tenants ADD COLUMN previous_webhook_secret_expires_at timestamptz;
+
+-- A delivery whose endpoint had as many attempts in flight as it allows is parked: it waits,
+-- without a message, until an attempt to that endpoint ends and wakes it (or, should no wake-up
+-- come, until its next_attempt_at passes and the sweeper republishes it).
+ALTER TABLE deliveries ADD COLUMN parked_at timestamptz;
+CREATE INDEX deliveries_parked ON deliveries (tenant_id, endpoint_id, id)
+    WHERE status = 'pending' AND parked_at IS NOT NULL;

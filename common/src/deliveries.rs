@@ -45,16 +45,19 @@ pub struct Outgoing {
 pub enum Claim {
     /// Attempt it now.
     Send(Outgoing),
-    /// Its endpoint is at its concurrency or rate limit: try again after the wait, without
-    /// counting an attempt.
+    /// Its endpoint is at its rate limit, or another claimer holds it: try again after the
+    /// wait, without counting an attempt.
     Defer(Uuid, Duration),
+    /// Its endpoint has as many attempts in flight as it allows: the delivery is parked, without
+    /// a message, until an attempt to the endpoint ends and wakes it ([`Finished::woken`]).
+    Parked(Uuid),
 }
 
 impl Claim {
     pub fn id(&self) -> Uuid {
         match self {
             Self::Send(out) => out.id,
-            Self::Defer(id, _) => *id,
+            Self::Defer(id, _) | Self::Parked(id) => *id,
         }
     }
 }
@@ -321,14 +324,13 @@ pub async fn claim(
         .into_iter()
         .find_map(|c| match c {
             Claim::Send(out) => Some(out),
-            Claim::Defer(..) => None,
+            Claim::Defer(..) | Claim::Parked(_) => None,
         }))
 }
 
-/// How long a delivery waits at least when its endpoint has as many attempts in flight as it
-/// allows; each further one deferred in the same batch waits a little longer, so that a backlog
-/// comes back spread out instead of all at once.
-pub const BUSY_WAIT: Duration = Duration::from_millis(500);
+/// How long a parked delivery waits for its wake-up before it is due anyway (the sweeper then
+/// republishes it): the fallback should the attempts that would wake it die with their notifier.
+pub const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a delivery waits when another claimer holds its endpoint's row.
 const LOCKED_WAIT: Duration = Duration::from_millis(100);
@@ -422,7 +424,7 @@ struct Limits {
     tolerance: f64,
     /// The GCRA's theoretical arrival time, in seconds from now (negative: in the past).
     tat: f64,
-    /// Deliveries this claim deferred already.
+    /// Deliveries this claim deferred for the rate already.
     deferred: u32,
 }
 
@@ -508,8 +510,8 @@ async fn claim_for_endpoints(
             l.in_flight = row.try_get(2)?;
         }
     }
-    let (mut send, mut deferred, mut waits, mut off) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut send, mut deferred, mut waits, mut off, mut parked) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in &candidates {
         let id: Uuid = row.try_get(0)?;
         let key: (String, String) = (row.try_get(1)?, row.try_get(2)?);
@@ -524,10 +526,7 @@ async fn claim_for_endpoints(
         if !l.enabled {
             off.push(id);
         } else if l.in_flight >= l.max_concurrency {
-            let later = f64::from(l.deferred) / l.max_concurrency as f64;
-            l.deferred += 1;
-            deferred.push(id);
-            waits.push((BUSY_WAIT.as_secs_f64() * (1.0 + later) * jitter).min(MAX_DEFER));
+            parked.push(id);
         } else if let Some(interval) = l.interval
             && l.tat > l.tolerance
         {
@@ -558,8 +557,13 @@ async fn claim_for_endpoints(
             &tx.prepare_cached(&format!(
                 "WITH send AS ( \
                      UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, \
-                            lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
+                            lease_expires_at = now() + make_interval(secs => $2), parked_at = NULL, \
+                            updated_at = now() \
                      WHERE d.id = ANY($1) AND d.status = 'pending' RETURNING {RETURNING}), \
+                 parked AS ( \
+                     UPDATE deliveries d SET parked_at = now(), updated_at = now(), \
+                            next_attempt_at = now() + make_interval(secs => $10) \
+                     WHERE d.id = ANY($9) AND d.status = 'pending'), \
                  deferred AS ( \
                      UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => w.wait), \
                             updated_at = now() \
@@ -587,10 +591,12 @@ async fn claim_for_endpoints(
                 &rated_tenants,
                 &rated_ids,
                 &tats,
+                &parked,
+                &PARK_TIMEOUT.as_secs_f64(),
             ],
         )
         .await?;
-    let mut claims = Vec::with_capacity(rows.len() + deferred.len());
+    let mut claims = Vec::with_capacity(rows.len() + deferred.len() + parked.len());
     for row in &rows {
         let mut out = outgoing(row)?;
         out.url = row.try_get("endpoint_url")?;
@@ -608,6 +614,7 @@ async fn claim_for_endpoints(
             .zip(waits)
             .map(|(id, wait)| Claim::Defer(id, Duration::from_secs_f64(wait))),
     );
+    claims.extend(parked.into_iter().map(Claim::Parked));
     Ok(claims)
 }
 
@@ -641,6 +648,8 @@ pub struct Finished {
     pub created: Vec<Uuid>,
     /// The endpoints disabled, as (tenant, endpoint).
     pub disabled: Vec<(String, String)>,
+    /// Parked deliveries woken because attempts to their endpoint ended, to publish.
+    pub woken: Vec<Uuid>,
 }
 
 /// [`finish`] for many attempts in one transaction: one INSERT of the attempts, one UPDATE of
@@ -730,18 +739,21 @@ pub async fn finish_many(
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
-    let (disabled, created) = endpoint_health(&tx, items, &moved, disable_after).await?;
+    let (disabled, created, woken) = endpoint_health(&tx, items, &moved, disable_after).await?;
     tx.commit().await?;
     Ok(Finished {
         moved,
         created,
         disabled,
+        woken,
     })
 }
 
 /// How a batch's attempts went for one endpoint.
 #[derive(Default)]
 struct Health {
+    /// Attempts that ended: each frees a slot, and wakes one parked delivery.
+    ended: i32,
     succeeded: bool,
     gone: bool,
     exhausted: bool,
@@ -754,7 +766,7 @@ async fn endpoint_health(
     items: &[(Outgoing, Attempt, Next)],
     moved: &[Uuid],
     disable_after: Duration,
-) -> Result<(Vec<(String, String)>, Vec<Uuid>), tokio_postgres::Error> {
+) -> Result<(Vec<(String, String)>, Vec<Uuid>, Vec<Uuid>), tokio_postgres::Error> {
     let mut health: std::collections::BTreeMap<(&str, &str), Health> = Default::default();
     for (out, attempt, next) in items {
         let Some(endpoint) = out.endpoint_id.as_deref() else {
@@ -766,12 +778,13 @@ async fn endpoint_health(
         let h = health
             .entry((out.tenant_id.as_str(), endpoint))
             .or_default();
+        h.ended += 1;
         h.succeeded |= *next == Next::Delivered;
         h.gone |= attempt.response_status == Some(410);
         h.exhausted |= *next == Next::GiveUp;
     }
     if health.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((Vec::new(), Vec::new(), Vec::new()));
     }
     let (tenants, endpoints): (Vec<&str>, Vec<&str>) = health.keys().copied().unzip();
     // In key order, as claims lock them.
@@ -846,7 +859,26 @@ async fn endpoint_health(
         });
     }
     let created = fan_out(tx, &events).await?;
-    Ok((disabled, created))
+    // Each attempt that ended freed a slot of its endpoint: wake as many parked deliveries, the
+    // oldest first. Locked after the endpoint (as claims lock), skipping any a claim holds.
+    let ended: Vec<i32> = health.values().map(|h| h.ended).collect();
+    let woken = tx
+        .query(
+            "UPDATE deliveries d SET parked_at = NULL, next_attempt_at = now(), updated_at = now() \
+             FROM (SELECT p.id FROM unnest($1::text[], $2::text[], $3::int[]) AS w(t, i, n) \
+                   CROSS JOIN LATERAL ( \
+                       SELECT id FROM deliveries \
+                       WHERE tenant_id = w.t AND endpoint_id = w.i AND status = 'pending' \
+                         AND parked_at IS NOT NULL \
+                       ORDER BY id LIMIT w.n FOR UPDATE SKIP LOCKED) p) u \
+             WHERE d.id = u.id RETURNING d.id",
+            &[&tenants, &endpoints, &ended],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok((disabled, created, woken))
 }
 
 /// Deliveries that should be moving but are not: `pending` ones overdue by `grace` (their message

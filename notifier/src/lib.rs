@@ -141,8 +141,10 @@ fn finisher(
                             tracing::warn!(tenant, endpoint, "webhook endpoint disabled");
                         }
                         let queue = broker.topology().deliveries();
-                        if let Err(err) = broker.publish_ids(&queue, &done.created).await {
-                            tracing::warn!(error = %err, "endpoint events recorded but not queued; the sweeper will");
+                        let due: Vec<Uuid> =
+                            done.created.iter().chain(&done.woken).copied().collect();
+                        if let Err(err) = broker.publish_ids(&queue, &due).await {
+                            tracing::warn!(error = %err, "deliveries due but not queued; the sweeper will");
                         }
                         Ok::<_, anyhow::Error>(done.moved)
                     }
@@ -248,7 +250,9 @@ async fn handle(ctx: Ctx, message: Delivery) {
                 }
                 amqp::ack(&message).await;
             }
-            Ok(None) => {
+            // Parked until an attempt to its endpoint ends; or nothing to do (a duplicate, or
+            // not yet due).
+            Ok(Some(Claim::Parked(_)) | None) => {
                 amqp::ack(&message).await;
             }
             Err(err) => {

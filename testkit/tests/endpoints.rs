@@ -544,9 +544,23 @@ async fn a_slow_endpoint_cannot_delay_deliveries_to_a_healthy_one() {
         !slow.received().is_empty(),
         "the slow one is being served too"
     );
-    // Deferred deliveries are not attempts: none of the slow endpoint's has failed.
+    // Deliveries held back are not attempts: none of the slow endpoint's has failed.
     let failed = f.deliveries("?endpointId=slow&status=failed").await;
     assert_eq!(failed["pagination"]["total"], 0);
+    // Once it answers promptly, each attempt that ends wakes the next parked delivery: all
+    // twelve arrive, each once, still two at a time at most.
+    slow.hang_all(Duration::ZERO);
+    let all = slow
+        .wait_for(Duration::from_secs(40), |r| r.len() >= 12)
+        .await
+        .expect("the slow endpoint gets all twelve");
+    let mut slow_ids: Vec<&str> = all
+        .iter()
+        .filter_map(|r| r.body["data"]["id"].as_str())
+        .collect();
+    slow_ids.sort_unstable();
+    assert_eq!(slow_ids, expected);
+    assert!(slow.max_in_flight() <= 2);
     f.stack.shutdown().await;
 }
 
@@ -898,7 +912,7 @@ async fn a_tenants_own_webhook_urls_are_signed_with_its_default_secret() {
 }
 
 #[tokio::test]
-async fn racing_claimers_never_pass_an_endpoints_concurrency_cap() {
+async fn racing_claimers_never_pass_an_endpoints_concurrency_cap_and_an_ending_attempt_wakes_one() {
     use switchyard_common::config::DatabaseArgs;
     use switchyard_common::deliveries::{self, Attempt, Claim, Next};
     let db = switchyard_testkit::TestDb::create().await.expect("test db");
@@ -944,17 +958,18 @@ async fn racing_claimers_never_pass_an_endpoints_concurrency_cap() {
         }));
     }
     let mut sent = Vec::new();
-    let mut deferred = 0;
+    let mut parked = 0;
     for claimer in claimers {
         for claim in claimer.await.expect("join") {
             match claim {
                 Claim::Send(out) => sent.push(out),
-                Claim::Defer(..) => deferred += 1,
+                Claim::Parked(_) => parked += 1,
+                Claim::Defer(..) => {}
             }
         }
     }
     assert_eq!(sent.len(), 3, "exactly the cap is in flight");
-    assert!(deferred >= 37, "the rest were deferred ({deferred})");
+    assert_eq!(parked, 37, "the rest are parked, once each");
     let pending: i64 = client
         .query_one(
             "SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempts = 0",
@@ -963,9 +978,9 @@ async fn racing_claimers_never_pass_an_endpoints_concurrency_cap() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(pending, 37, "a deferral is not an attempt");
+    assert_eq!(pending, 37, "parking is not an attempt");
 
-    // One finishes: exactly one more may start.
+    // One finishes: it wakes exactly one parked delivery, which may start.
     let ok = Attempt {
         response_status: Some(204),
         response_body: None,
@@ -994,4 +1009,13 @@ async fn racing_claimers_never_pass_an_endpoints_concurrency_cap() {
     .await
     .expect("a slot frees up");
     assert_eq!(next, 1);
+    let still_parked: i64 = client
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE parked_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(still_parked, 36);
 }
