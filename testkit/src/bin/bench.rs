@@ -65,6 +65,9 @@ struct Args {
     /// `webhookUrl`).
     #[arg(long, value_delimiter = ',', default_value = "0,4")]
     delivery_endpoints: Vec<usize>,
+    /// The endpoints' `maxConcurrency` values to measure delivery at (10 is the default).
+    #[arg(long, value_delimiter = ',', default_value = "10,64")]
+    delivery_max_concurrency: Vec<u32>,
 }
 
 /// One row of the delivery table: `deliveries` webhooks made while the notifier is down (runs
@@ -73,6 +76,7 @@ struct Args {
 async fn delivery_drain(
     deliveries: usize,
     endpoints: usize,
+    max_concurrency: u32,
     workers: usize,
 ) -> anyhow::Result<String> {
     let mut stack = Stack::start(StackOptions {
@@ -89,7 +93,8 @@ async fn delivery_drain(
             ))
             .json(
                 &json!({"id": format!("bench-{n}"), "url": stack.receiver.url,
-                          "secret": switchyard_testkit::WEBHOOK_SECRET}),
+                          "secret": switchyard_testkit::WEBHOOK_SECRET,
+                          "maxConcurrency": max_concurrency}),
             )
             .send()
             .await?;
@@ -131,7 +136,7 @@ async fn delivery_drain(
         if endpoints == 0 {
             "run's own `webhookUrl`".to_owned()
         } else {
-            format!("{endpoints} endpoints per run")
+            format!("{endpoints} endpoints per run, `maxConcurrency` {max_concurrency}")
         },
         expected as f64 / elapsed.as_secs_f64(),
         cpu.per_run(expected),
@@ -723,11 +728,18 @@ async fn main() -> anyhow::Result<()> {
         "| deliveries to | deliveries | delivered/s | verified | CPU ms per delivery | total |\n|---|---|---|---|---|---|"
     );
     for &endpoints in &args.delivery_endpoints {
-        eprintln!("[bench] delivery drain, {endpoints} endpoints");
-        println!(
-            "{}",
-            delivery_drain(args.deliveries, endpoints, args.workers).await?
-        );
+        let caps: &[u32] = if endpoints == 0 {
+            &[0]
+        } else {
+            &args.delivery_max_concurrency
+        };
+        for &cap in caps {
+            eprintln!("[bench] delivery drain, {endpoints} endpoints, maxConcurrency {cap}");
+            println!(
+                "{}",
+                delivery_drain(args.deliveries, endpoints, cap.max(1), args.workers).await?
+            );
+        }
     }
     Ok(())
 }
