@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::routes::manage::{
     agents, api_keys, credentials, deliveries, projects, tenants, triggers, webhook_endpoints,
 };
-use crate::routes::{events, hooks, invoke, runs};
+use crate::routes::{events, hooks, invoke, relevance, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -67,6 +67,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::cancel))
         .routes(routes!(invoke::invoke))
         .routes(routes!(hooks::receive))
+        .routes(routes!(relevance::trigger))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(projects::list, projects::create))

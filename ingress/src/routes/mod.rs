@@ -3,4 +3,5 @@ pub mod health;
 pub mod hooks;
 pub mod invoke;
 pub mod manage;
+pub mod relevance;
 pub mod runs;

@@ -226,12 +226,23 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(raw): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
+    create_from(state, &principal, &headers, raw).await
+}
+
+/// `POST /v1/runs` from its body: the one path every run-creating route ends in (the vendors'
+/// routes translate their bodies into this one).
+pub(crate) async fn create_from(
+    state: AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    raw: Value,
+) -> Result<Response, ApiError> {
     let key = principal.key_with(Scope::Trigger)?;
     let standing = state.limits.admit(key, None)?;
     let body: CreateRun = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))?;
     let valid = validate(body)?;
-    let idempotency = pipeline::idempotency_key(&headers)?;
+    let idempotency = pipeline::idempotency_key(headers)?;
     let wait = valid.wait;
     let stream = valid.stream
         || headers

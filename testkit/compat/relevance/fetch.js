@@ -1,0 +1,13 @@
+// Relevance AI's own example, verbatim from its API trigger docs (the host, key and agent id
+// are replaced by the test).
+fetch('https://api-f1db6c.stack.tryrelevance.com/latest/agents/trigger', {
+  method: "POST",
+  headers: {
+    "Content-Type": "application/json",
+    "Authorization": "[YOUR_API_KEY]"
+  },
+  body: JSON.stringify({
+    message: { role: "user", content: "Hello" },
+    agent_id: "[YOUR_AGENT_ID_GOES_HERE]"
+  })
+});
