@@ -221,6 +221,30 @@ pub async fn get(
     row.as_ref().map(from_row).transpose()
 }
 
+/// The tenant's runs, newest first: in `projects` (all when `None`), of `statuses` (all when
+/// empty), at most `limit`.
+pub async fn list(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    projects: Option<&[String]>,
+    statuses: &[&str],
+    limit: i64,
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM runs r WHERE r.tenant_id = $1 \
+           AND ($2::text[] IS NULL OR r.project_id = ANY($2)) \
+           AND (cardinality($3::text[]) = 0 OR r.status = ANY($3)) \
+         ORDER BY r.id DESC LIMIT $4"
+    );
+    let rows = client
+        .query(
+            &client.prepare_cached(&sql).await?,
+            &[&tenant_id, &projects, &statuses, &limit],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }

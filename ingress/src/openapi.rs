@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::routes::manage::{
     agents, api_keys, credentials, deliveries, projects, tenants, triggers, webhook_endpoints,
 };
-use crate::routes::{events, hooks, invoke, relevance, runs};
+use crate::routes::{apps, events, hooks, invoke, relevance, runs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -68,6 +68,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(invoke::invoke))
         .routes(routes!(hooks::receive))
         .routes(routes!(relevance::trigger))
+        .routes(routes!(apps::create, apps::list))
+        .routes(routes!(apps::get))
+        .routes(routes!(apps::cancel))
+        .routes(routes!(apps::apps))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(projects::list, projects::create))

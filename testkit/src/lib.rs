@@ -161,6 +161,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V9__executors.sql"),
     include_str!("../../migrations/V10__concurrency_limits.sql"),
     include_str!("../../migrations/V11__webhook_endpoints.sql"),
+    include_str!("../../migrations/V12__runs_by_tenant.sql"),
 ];
 
 /// How many migrations the repository holds.

@@ -169,3 +169,154 @@ async fn relevance_ais_examples_trigger_the_agent_and_its_result_reaches_the_des
     assert_eq!(status, 404, "an unknown agent: {problem}");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_agent_app_runs_api_creates_reads_lists_and_cancels_runs_in_its_own_shapes() {
+    use switchyard_testkit::api::get;
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let (tenant, key) = tenant(&stack).await;
+    project_with_agent(&stack, &tenant, &key, "apps", "summarizer").await;
+    // A slow app, to see a run pending and cancel it.
+    let slow = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/projects/apps/agents"),
+        &key,
+        json!({"id": "slow", "name": "Slow app", "kind": "echo", "config": {"delayMs": 3000}}),
+    )
+    .await;
+    assert_eq!(slow.status, 201, "{}", slow.body);
+
+    let apps = get(&stack, "/api/v1/apps", &key).await;
+    assert_eq!(apps.status, 200, "{}", apps.body);
+    let ids: Vec<&str> = apps.body["data"]
+        .as_array()
+        .expect("apps")
+        .iter()
+        .filter_map(|a| a["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["summarizer", "slow"]);
+
+    // As documented: Bearer key, {appId, inputs, chatModelId, webhookUrl} → 202 {id, status,
+    // appId, appName}.
+    let made = post(
+        &stack,
+        "/api/v1/runs",
+        &key,
+        json!({"appId": "summarizer", "inputs": {"topic": "tides"}, "webhookUrl": stack.receiver.url}),
+    )
+    .await;
+    assert_eq!(made.status, 202, "{}", made.body);
+    let id = made.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(made.body["status"], "pending");
+    assert_eq!(made.body["appId"], "summarizer");
+    assert_eq!(made.body["appName"], "summarizer");
+    let done = switchyard_testkit::poll(Duration::from_secs(30), || async {
+        let run = get(&stack, &format!("/api/v1/runs/{id}"), &key).await;
+        (run.body["status"] == "completed").then_some(run.body)
+    })
+    .await
+    .expect("the run completes");
+    assert_eq!(done["result"]["output"], r#"{"topic":"tides"}"#);
+    assert!(done["artifacts"].is_array());
+    assert!(done["startedAt"].is_string() && done["completedAt"].is_string());
+    assert!(done["errorCode"].is_null());
+    let hook = stack
+        .receiver
+        .wait_for(Duration::from_secs(30), |r| !r.is_empty())
+        .await
+        .expect("the webhookUrl is called");
+    assert_eq!(hook[0].body["data"]["id"], id.as_str());
+
+    let pending = post(
+        &stack,
+        "/api/v1/runs",
+        &key,
+        json!({"appId": "slow", "inputs": {}}),
+    )
+    .await;
+    let first = pending.body["id"].as_str().expect("id").to_owned();
+    let queued = post(
+        &stack,
+        "/api/v1/runs",
+        &key,
+        json!({"appId": "slow", "inputs": {}}),
+    )
+    .await;
+    let second = queued.body["id"].as_str().expect("id").to_owned();
+    let listed = get(&stack, "/api/v1/runs?status=completed", &key).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let completed: Vec<&str> = listed.body["data"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(completed, [id.as_str()]);
+    let cancelled = post(
+        &stack,
+        &format!("/api/v1/runs/{second}/cancel"),
+        &key,
+        json!({}),
+    )
+    .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.body, json!({"success": true}));
+    // Queued, it ends at once; running, within about a second.
+    switchyard_testkit::poll(Duration::from_secs(10), || async {
+        let run = get(&stack, &format!("/api/v1/runs/{second}"), &key).await;
+        (run.body["status"] == "cancelled").then_some(())
+    })
+    .await
+    .expect("the run is cancelled");
+    let all = get(&stack, "/api/v1/runs", &key).await;
+    let newest: Vec<&str> = all.body["data"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(
+        newest,
+        [second.as_str(), first.as_str(), id.as_str()],
+        "newest first"
+    );
+    let bad = get(&stack, "/api/v1/runs?status=queued", &key).await;
+    assert_eq!(bad.status, 400, "the app API's names only: {}", bad.body);
+
+    // 30 requests a minute per key by default, then 429 with Retry-After.
+    let limited = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/api-keys"),
+        switchyard_testkit::ADMIN_TOKEN,
+        json!({"name": "default-limit", "scopes": ["trigger", "runs:read"]}),
+    )
+    .await;
+    let limited = limited.body["data"]["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let mut refused = None;
+    for _ in 0..40 {
+        let response = stack
+            .http
+            .post(format!("{}/api/v1/runs", stack.base_url))
+            .bearer_auth(&limited)
+            .json(&json!({"appId": "summarizer", "inputs": {}}))
+            .send()
+            .await
+            .expect("sent");
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 202);
+    }
+    let refused = refused.expect("a 429 within 40 requests");
+    assert!(refused.headers().get("retry-after").is_some());
+    stack.shutdown().await;
+}

@@ -57,6 +57,19 @@ pub struct EventsQuery {
     after: Option<i64>,
 }
 
+/// One event of the stream as it goes over the wire (OpenAPI 3.2's shape for
+/// `text/event-stream`): `data` holds a [`RunEvent`] as JSON.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RunEventFrame {
+    /// The event's number (`seq`).
+    pub id: String,
+    /// The event's type.
+    pub event: String,
+    /// The event (`RunEvent`) as JSON.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
 /// Stream a run's events (SSE). Each event's `id` is its number; reconnect with `Last-Event-ID`
 /// (or `?after=N`) to resume with no gap and no repeat. A finished run is replayed; a live one
 /// is followed until its final `status` event, which ends the stream. Comments keep an idle
@@ -66,7 +79,7 @@ pub struct EventsQuery {
         ("Last-Event-ID" = Option<String>, Header, description = "The last event number received")),
     responses(
         (status = 200, description = "`text/event-stream`: `id: <seq>`, `event: <type>`, `data: <the event as JSON>`",
-            body = RunEvent, content_type = "text/event-stream"),
+            body = RunEventFrame, content_type = "text/event-stream"),
         Errors))]
 pub async fn follow(
     State(state): State<AppState>,

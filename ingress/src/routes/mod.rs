@@ -1,3 +1,4 @@
+pub mod apps;
 pub mod events;
 pub mod health;
 pub mod hooks;

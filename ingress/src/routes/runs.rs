@@ -218,7 +218,7 @@ pub(crate) fn run_location(id: Uuid) -> String {
         (status = 202, description = "Accepted; `Location` names the run", body = Run),
         (status = 200, description = "Finished within `wait`, or the original run of a repeated `Idempotency-Key`; \
             with `stream`, the run's events (`text/event-stream`)",
-            content((Run = "application/json"), (switchyard_common::events::RunEvent = "text/event-stream"))),
+            content((Run = "application/json"), (crate::routes::events::RunEventFrame = "text/event-stream"))),
         Errors))]
 pub async fn create(
     State(state): State<AppState>,
@@ -332,7 +332,7 @@ pub async fn get(
 /// The answer of a cancel.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Cancelled {
-    success: bool,
+    pub success: bool,
 }
 
 /// Cancel a run: `{success: true}`. A queued run never starts; a running one is stopped within

@@ -1,0 +1,313 @@
+//! The agent-app runs API (`/api/v1/runs`, `/api/v1/apps`), as a thin adapter over the native
+//! runs: an app is an agent, keys are Bearer tokens, and run statuses carry the app API's names
+//! (`queued` is `pending`; `timed_out` and `expired` are `failed`, with their `errorCode`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse as _, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchyard_common::{Run, RunStatus};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, QueryParams};
+use crate::routes::manage::Errors;
+use switchyard_common::catalog::api_keys::Scope;
+
+/// The body of a run create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateAppRun {
+    /// The app (agent) to run.
+    pub app_id: String,
+    /// Key-value pairs for the app's inputs.
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<Value>,
+    /// Overrides the app's model.
+    pub chat_model_id: Option<String>,
+    /// Receives a POST when the run ends.
+    pub webhook_url: Option<String>,
+}
+
+/// The answer of a create.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedAppRun {
+    pub id: uuid::Uuid,
+    /// `pending`.
+    pub status: &'static str,
+    pub app_id: String,
+    pub app_name: Option<String>,
+}
+
+/// A run as the app API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRun {
+    pub id: uuid::Uuid,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: &'static str,
+    pub app_id: String,
+    pub app_name: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+    #[schema(value_type = Vec<Object>)]
+    pub artifacts: Vec<Value>,
+    pub error_code: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+/// The app API's name for a status.
+fn app_status(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Queued => "pending",
+        RunStatus::Running => "running",
+        RunStatus::Completed => "completed",
+        RunStatus::Cancelled => "cancelled",
+        _ => "failed",
+    }
+}
+
+/// The native statuses an app status names.
+fn native_statuses(status: &str) -> Option<&'static [&'static str]> {
+    Some(match status {
+        "pending" => &["queued"],
+        "running" => &["running"],
+        "completed" => &["completed"],
+        "failed" => &["failed", "timed_out", "expired"],
+        "cancelled" => &["cancelled"],
+        _ => return None,
+    })
+}
+
+async fn app_name(
+    state: &AppState,
+    tenant_id: &str,
+    agent_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let client = state.pool.get().await?;
+    Ok(client
+        .query_opt(
+            "SELECT name FROM agents WHERE tenant_id = $1 AND id = $2",
+            &[&tenant_id, &agent_id],
+        )
+        .await?
+        .map(|row| row.get(0)))
+}
+
+fn app_run(run: Run, app_name: Option<String>) -> AppRun {
+    AppRun {
+        id: run.id,
+        status: app_status(run.status),
+        app_id: run.agent_id,
+        app_name,
+        result: run.result,
+        artifacts: run.artifacts,
+        error_code: run.error_code,
+        created_at: run.created_at,
+        started_at: run.started_at,
+        completed_at: run.completed_at,
+    }
+}
+
+/// Create a run of an app: 202 `{id, status, appId, appName}`, with `Location`. Needs the
+/// `trigger` scope.
+#[utoipa::path(post, path = "/api/v1/runs", tag = "Agent-app runs", request_body = CreateAppRun,
+    responses((status = 202, description = "Accepted", body = AcceptedAppRun), Errors))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    JsonBody(raw): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let body: CreateAppRun = serde_json::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))?;
+    let mut native =
+        json!({"agentId": body.app_id, "inputs": body.inputs.unwrap_or_else(|| json!({}))});
+    if let Some(model) = body.chat_model_id {
+        native["chatModelId"] = json!(model);
+    }
+    if let Some(url) = body.webhook_url {
+        native["webhookUrl"] = json!(url);
+    }
+    let response =
+        crate::routes::runs::create_from(state.clone(), &principal, &headers, native).await?;
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(|_| {
+        ApiError::unavailable_because("the run was accepted but could not be read back")
+    })?;
+    let unreadable =
+        || ApiError::unavailable_because("the run was accepted but could not be read back");
+    let run: Value = serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
+    let id = run["id"]
+        .as_str()
+        .and_then(|id| uuid::Uuid::parse_str(id).ok())
+        .ok_or_else(unreadable)?;
+    let status = run["status"]
+        .as_str()
+        .and_then(RunStatus::parse)
+        .ok_or_else(unreadable)?;
+    let agent_id = run["agentId"].as_str().ok_or_else(unreadable)?.to_owned();
+    let tenant = principal.key_with(Scope::Trigger)?.tenant_id.clone();
+    let accepted = AcceptedAppRun {
+        id,
+        status: app_status(status),
+        app_name: app_name(&state, &tenant, &agent_id).await?,
+        app_id: agent_id,
+    };
+    let mut out = (parts.status, Json(accepted)).into_response();
+    if let Ok(location) = axum::http::HeaderValue::from_str(&format!("/api/v1/runs/{id}")) {
+        out.headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    for (name, value) in &parts.headers {
+        if name.as_str().starts_with("x-ratelimit") {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Get a run: status, result, artifacts, timings and `errorCode`. Needs `runs:read`.
+#[utoipa::path(get, path = "/api/v1/runs/{id}", tag = "Agent-app runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "The run", body = AppRun), Errors))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<AppRun>, ApiError> {
+    let run = crate::routes::events::visible_run(&state, &principal, &id).await?;
+    let name = app_name(&state, &run.tenant_id, &run.agent_id).await?;
+    Ok(Json(app_run(run, name)))
+}
+
+/// The list's filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    status: Option<String>,
+    /// At most this many, 1 to 100 (default 20), newest first.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+}
+
+/// A page of runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppRuns {
+    pub data: Vec<AppRun>,
+}
+
+/// List runs, newest first, by status. Needs `runs:read`.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "Agent-app runs", params(ListQuery),
+    responses((status = 200, description = "The runs", body = AppRuns), Errors))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<AppRuns>, ApiError> {
+    let key = principal.key_with(Scope::RunsRead)?;
+    let statuses: &[&str] = match q.status.as_deref() {
+        None => &[],
+        Some(s) => native_statuses(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "`status` must be pending, running, completed, failed or cancelled",
+            )
+        })?,
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1 to 100"));
+    }
+    let client = state.pool.get().await?;
+    let runs = switchyard_common::runs::list(
+        &client,
+        &key.tenant_id,
+        key.project_ids.as_deref(),
+        statuses,
+        limit,
+    )
+    .await?;
+    let names: std::collections::HashMap<String, String> = client
+        .query(
+            "SELECT id, name FROM agents WHERE tenant_id = $1",
+            &[&key.tenant_id],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let data = runs
+        .into_iter()
+        .map(|run| {
+            let name = names.get(&run.agent_id).cloned();
+            app_run(run, name)
+        })
+        .collect();
+    Ok(Json(AppRuns { data }))
+}
+
+/// Cancel a run: `{success: true}`, as `POST /v1/runs/{id}/cancel`.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "Agent-app runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, description = "Cancelled, or already finished", body = crate::routes::runs::Cancelled), Errors))]
+pub async fn cancel(
+    state: State<AppState>,
+    principal: Principal,
+    id: Path<String>,
+) -> Result<Json<crate::routes::runs::Cancelled>, ApiError> {
+    crate::routes::runs::cancel(state, principal, id).await
+}
+
+/// An app: an agent the key may run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+}
+
+/// The apps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Apps {
+    pub data: Vec<App>,
+}
+
+/// List the apps (agents) the key may run, to find their ids. Needs `runs:read`.
+#[utoipa::path(get, path = "/api/v1/apps", tag = "Agent-app runs",
+    responses((status = 200, description = "The apps", body = Apps), Errors))]
+pub async fn apps(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Apps>, ApiError> {
+    let key = principal.key_with(Scope::RunsRead)?;
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, name, project_id FROM agents WHERE tenant_id = $1 \
+               AND ($2::text[] IS NULL OR project_id = ANY($2)) ORDER BY created_at, id",
+            &[&key.tenant_id, &key.project_ids.as_deref()],
+        )
+        .await?;
+    let data = rows
+        .iter()
+        .map(|r| App {
+            id: r.get(0),
+            name: r.get(1),
+            project_id: r.get(2),
+        })
+        .collect();
+    Ok(Json(Apps { data }))
+}
