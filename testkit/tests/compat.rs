@@ -320,3 +320,48 @@ async fn the_agent_app_runs_api_creates_reads_lists_and_cancels_runs_in_its_own_
     assert!(refused.headers().get("retry-after").is_some());
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn chathives_example_invokes_a_trigger_by_its_case_insensitive_key() {
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let (tenant, key) = tenant(&stack).await;
+    project_with_agent(&stack, &tenant, &key, "support", "echo").await;
+    let triggers = format!("/manage/tenants/{tenant}/projects/support/agents/echo/triggers");
+    for spec in [
+        json!({"id": "queued", "name": "Fire and forget", "key": "order-created",
+               "messageTemplate": "{{key}}"}),
+        json!({"id": "answers", "name": "Waits", "key": "ask-now", "waitForResponse": true,
+               "messageTemplate": "{{key}}"}),
+    ] {
+        let made = post(&stack, &triggers, &key, spec).await;
+        assert_eq!(made.status, 201, "{}", made.body);
+    }
+    let replay = |trigger_key: &str| {
+        let script = snippet(
+            "chathive/curl.sh",
+            &[
+                ("https://api.chathive.app", stack.base_url.as_str()),
+                (":projectId", "support"),
+                (":key", trigger_key),
+                ("YOUR_API_KEY", key.as_str()),
+            ],
+        );
+        let out = run(&script);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap_or_else(|e| panic!("the answer is JSON ({e}): {out}"))
+    };
+    // Without waitForResponse: accepted (202), the run queued. The key matches in any case.
+    let accepted = replay("ORDER-Created");
+    assert_eq!(accepted["status"], "queued", "{accepted}");
+    assert_eq!(accepted["triggerId"], "queued");
+    // With it: the agent's final answer (200).
+    let answered = replay("ask-now");
+    assert_eq!(answered["status"], "completed", "{answered}");
+    assert_eq!(answered["result"]["output"], "value");
+    stack.shutdown().await;
+}
