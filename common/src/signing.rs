@@ -84,6 +84,14 @@ impl Secret {
         Ok(Self(bytes))
     }
 
+    /// A secret sealed with `key` for `context` (see [`crate::secrets`]); `None` when it does not
+    /// open.
+    pub fn unseal(key: &crate::secrets::MasterKey, context: &str, sealed: &[u8]) -> Option<Self> {
+        key.open(context, sealed)
+            .ok()
+            .and_then(|raw| Self::from_bytes(raw).ok())
+    }
+
     /// The `whsec_…` form, to show to the user.
     pub fn to_whsec(&self) -> String {
         format!("whsec_{}", BASE64_STANDARD.encode(&self.0))

@@ -456,13 +456,9 @@ fn signing_secrets(ctx: &Ctx, out: &Outgoing) -> Result<Vec<Secret>, String> {
         .sealed_secrets
         .iter()
         .map(|sealed| {
-            ctx.master_key
-                .open(&context, sealed)
-                .ok()
-                .and_then(|raw| Secret::from_bytes(raw).ok())
-                .ok_or_else(|| {
-                    "the signing secret does not open under this notifier's master key".to_owned()
-                })
+            Secret::unseal(&ctx.master_key, &context, sealed).ok_or_else(|| {
+                "the signing secret does not open under this notifier's master key".to_owned()
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if out.also_default_secret {

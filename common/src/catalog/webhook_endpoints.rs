@@ -415,23 +415,16 @@ pub async fn reveal_secret(
         .await?
         .ok_or_else(|| not_found(id))?;
     let sealed: Vec<u8> = row.try_get(0)?;
-    let secret = open(key, tenant_id, id, &sealed)?;
+    let secret =
+        Secret::unseal(key, &endpoint_context(tenant_id, id), &sealed).ok_or_else(|| {
+            Error::Conflict(format!(
+                "the secret of webhook endpoint `{id}` does not open under this master key"
+            ))
+        })?;
     Ok(EndpointSecret {
         key: secret.to_whsec(),
         previous_key_expires_at: row.try_get(1)?,
     })
-}
-
-/// Opens a sealed endpoint secret.
-pub fn open(key: &MasterKey, tenant_id: &str, id: &str, sealed: &[u8]) -> Result<Secret, Error> {
-    key.open(&endpoint_context(tenant_id, id), sealed)
-        .ok()
-        .and_then(|raw| Secret::from_bytes(raw).ok())
-        .ok_or_else(|| {
-            Error::Conflict(format!(
-                "the secret of webhook endpoint `{id}` does not open under this master key"
-            ))
-        })
 }
 
 /// Replaces the secret (generated, or the one supplied); the old one keeps signing too until
@@ -487,11 +480,8 @@ pub async fn reveal_tenant_secret(
                 .into(),
         ));
     };
-    let secret = key
-        .open(&tenant_webhook_context(tenant_id), &sealed)
-        .ok()
-        .and_then(|raw| Secret::from_bytes(raw).ok())
-        .ok_or_else(|| {
+    let secret =
+        Secret::unseal(key, &tenant_webhook_context(tenant_id), &sealed).ok_or_else(|| {
             Error::Conflict("the tenant's secret does not open under this master key".into())
         })?;
     Ok(EndpointSecret {
