@@ -152,15 +152,7 @@ pub fn verify(
     req: &Request<'_>,
     now: i64,
 ) -> Result<(), Refused> {
-    let validation =
-        sv.validation
-            .clone()
-            .unwrap_or(crate::catalog::triggers::SignatureValidation {
-                allow_empty_body: false,
-                header_case_sensitive: false,
-                normalize_unicode: false,
-                tolerance_seconds: None,
-            });
+    let validation = sv.validation.clone().unwrap_or_default();
     if req.body.is_empty() && !validation.allow_empty_body {
         return Err(Refused::EmptyBody);
     }
@@ -415,14 +407,31 @@ mod tests {
 
     #[test]
     fn empty_bodies_and_missing_signatures_are_refused() {
-        let config = sv(json!({"algorithm": "sha256", "encoding": "hex",
-            "signature": {"source": "query", "key": "sig"}}));
+        let strict = sv(json!({"algorithm": "sha256", "encoding": "hex",
+            "signature": {"source": "query", "key": "sig"}, "validation": {"allowEmptyBody": false}}));
         let req = Request {
             headers: &[],
             query: &[],
             body: b"",
         };
-        assert_eq!(verify(&config, "s", &req, 0), Err(Refused::EmptyBody));
+        assert_eq!(verify(&strict, "s", &req, 0), Err(Refused::EmptyBody));
+        // By default an empty body is allowed, and its signature checked like any other.
+        let config = sv(json!({"algorithm": "sha256", "encoding": "hex",
+            "signature": {"source": "query", "key": "sig"}}));
+        assert_eq!(
+            verify(&config, "s", &req, 0),
+            Err(Refused::MissingSignature)
+        );
+        let q = vec![(
+            "sig".to_owned(),
+            hex(&sign(HmacAlgorithm::Sha256, "s", b"")),
+        )];
+        let signed_empty = Request {
+            headers: &[],
+            query: &q,
+            body: b"",
+        };
+        assert_eq!(verify(&config, "s", &signed_empty, 0), Ok(()));
         let req = Request {
             headers: &[],
             query: &[],

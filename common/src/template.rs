@@ -62,12 +62,28 @@ impl Template {
 
     /// Renders against `body`: strings as they are, other values as JSON, missing ones empty.
     pub fn render(&self, body: &Value) -> Rendered {
+        self.render_with(|path| lookup(body, path))
+    }
+
+    /// Renders against a request body, which is also reachable as `result` (Writer's name for
+    /// it: `{{result.inputs.user_id}}` reads `inputs.user_id`) unless the body has a `result`
+    /// member of its own.
+    pub fn render_request(&self, body: &Value) -> Rendered {
+        self.render_with(|path| match path.split_first() {
+            Some((first, rest)) if first == "result" && body.get("result").is_none() => {
+                lookup(body, rest)
+            }
+            _ => lookup(body, path),
+        })
+    }
+
+    fn render_with<'a>(&self, lookup: impl Fn(&[String]) -> Option<&'a Value>) -> Rendered {
         let mut text = String::new();
         let mut missing = Vec::new();
         for part in &self.parts {
             match part {
                 Part::Text(t) => text.push_str(t),
-                Part::Path(path) => match lookup(body, path) {
+                Part::Path(path) => match lookup(path) {
                     Some(Value::String(s)) => text.push_str(s),
                     Some(Value::Null) | None => missing.push(path.join(".")),
                     Some(other) => text.push_str(&other.to_string()),
@@ -102,6 +118,26 @@ mod tests {
         );
         assert_eq!(r.text, "Hi Ada, plan 3; first A1!");
         assert_eq!(r.missing, vec!["nope.x".to_owned()]);
+    }
+
+    #[test]
+    fn a_request_body_is_also_result() {
+        let t = Template::parse("{{result.inputs.user_id}}/{{inputs.action}}/{{result}}")
+            .expect("parses");
+        let body = json!({"inputs": {"user_id": "123", "action": "process_order"}});
+        let r = t.render_request(&body);
+        assert_eq!(
+            r.text,
+            format!("123/process_order/{body}"),
+            "`result` is the body itself"
+        );
+        assert!(r.missing.is_empty());
+        let own = json!({"result": {"inputs": {"user_id": "mine"}}, "inputs": {"action": "a"}});
+        assert_eq!(t.render_request(&own).text.split('/').next(), Some("mine"));
+        assert_eq!(
+            t.render(&body).missing,
+            vec!["result.inputs.user_id", "result"]
+        );
     }
 
     #[test]

@@ -180,6 +180,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .fallback(routes::runs::no_route)
+        .method_not_allowed_fallback(routes::runs::no_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request::context))
         .with_state(state)

@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::routes::manage::{
     agents, api_keys, credentials, deliveries, projects, tenants, triggers, webhook_endpoints,
 };
-use crate::routes::{apps, events, hooks, invoke, relevance, runs};
+use crate::routes::{apps, events, hooks, invoke, relevance, runs, writer};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -72,6 +72,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(apps::get))
         .routes(routes!(apps::cancel))
         .routes(routes!(apps::apps))
+        .routes(routes!(writer::run))
+        .routes(routes!(writer::create_job))
+        .routes(routes!(writer::get_job))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::get, tenants::update, tenants::delete))
         .routes(routes!(projects::list, projects::create))

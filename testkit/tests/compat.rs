@@ -365,3 +365,207 @@ async fn chathives_example_invokes_a_trigger_by_its_case_insensitive_key() {
     assert_eq!(answered["result"]["output"], "value");
     stack.shutdown().await;
 }
+
+/// The `data:` lines of an SSE body.
+fn data_lines(body: &str) -> Vec<&str> {
+    body.lines().filter(|l| l.starts_with("data:")).collect()
+}
+
+#[tokio::test]
+async fn writers_blueprint_streams_its_documented_frames_and_runs_as_a_polled_job() {
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let (tenant, key) = tenant(&stack).await;
+    project_with_agent(&stack, &tenant, &key, "shop", "orders").await;
+    let walled = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/projects/shop/agents"),
+        &key,
+        json!({"id": "walled", "name": "walled", "kind": "openai",
+               "config": {"baseUrl": "http://10.255.255.1/v1", "model": "m"}}),
+    )
+    .await;
+    assert_eq!(walled.status, 201, "{}", walled.body);
+    let triggers =
+        |agent: &str| format!("/manage/tenants/{tenant}/projects/shop/agents/{agent}/triggers");
+    // The body reaches the agent's message as `result.inputs.*`.
+    let template =
+        "We have placed the order {{result.inputs.action}} for {{result.inputs.user_id}}";
+    for (agent, spec) in [
+        (
+            "orders",
+            json!({"id": "place-order", "name": "Place", "messageTemplate": template}),
+        ),
+        (
+            "orders",
+            json!({"id": "summary", "name": "Summary", "messageTemplate": template,
+                          "outputTransform": {"template": "Done: {{output}}"}}),
+        ),
+        (
+            "walled",
+            json!({"id": "unreachable", "name": "Unreachable"}),
+        ),
+    ] {
+        let made = post(&stack, &triggers(agent), &key, spec).await;
+        assert_eq!(made.status, 201, "{}", made.body);
+    }
+    let documented = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/writer/response.sse"),
+    )
+    .expect("the documented frames");
+    let documented = data_lines(&documented);
+    let replay = |file: &str, agent: &str, blueprint: &str| {
+        run(&snippet(
+            file,
+            &[
+                ("https://api.writer.com", stack.base_url.as_str()),
+                ("{agent_id}", agent),
+                ("{blueprint_id}", blueprint),
+                ("<your_api_key>", key.as_str()),
+            ],
+        ))
+    };
+
+    // Synchronous: Writer's frames, in its order, with the streamed text as deltas.
+    let out = replay("writer/curl.sh", "orders", "place-order");
+    let frames = data_lines(&out);
+    assert_eq!(frames[..2], documented[..2], "{out}");
+    assert_eq!(frames.last(), documented.last(), "{out}");
+    let text: String = frames[2..frames.len() - 1]
+        .iter()
+        .map(|f| {
+            let delta: serde_json::Value =
+                serde_json::from_str(f.trim_start_matches("data:").trim()).expect("JSON frame");
+            delta["delta"].as_str().expect("a text delta").to_owned()
+        })
+        .collect();
+    assert_eq!(text, "We have placed the order process_order for 123");
+
+    // With an outputTransform, the transformed result is the one delta.
+    let out = replay("writer/curl.sh", "orders", "summary");
+    assert_eq!(
+        data_lines(&out)[2..],
+        [
+            r#"data: {"delta":"Done: We have placed the order process_order for 123"}"#,
+            "data: [DONE]"
+        ],
+        "{out}"
+    );
+
+    // Asynchronous: a job id, then the job polled to its artifact (after outputTransform).
+    let out = replay("writer/jobs.sh", "orders", "summary");
+    let mut lines = out.lines();
+    let created: serde_json::Value =
+        serde_json::from_str(lines.next().expect("job")).expect("json");
+    let polled: serde_json::Value =
+        serde_json::from_str(lines.next().expect("poll")).expect("json");
+    assert_eq!(created["status"], "in_progress", "{created}");
+    assert_eq!(created["job_id"], created["id"]);
+    assert_eq!(polled["job_id"], created["job_id"]);
+    assert_eq!(polled["status"], "completed", "{polled}");
+    assert_eq!(
+        polled["artifact"],
+        "Done: We have placed the order process_order for 123"
+    );
+    assert_eq!(polled["blueprint_id"], "summary");
+    let job_id = created["job_id"].as_str().expect("job id");
+    let run = switchyard_testkit::api::get(&stack, &format!("/v1/runs/{job_id}"), &key).await;
+    assert_eq!(
+        run.body["message"],
+        "We have placed the order process_order for 123"
+    );
+    assert_eq!(
+        run.body["inputs"],
+        json!({"inputs": {"user_id": "123", "action": "process_order"}})
+    );
+
+    // A run that fails ends its stream with a failed frame, then [DONE]; its job says why.
+    let out = replay("writer/curl.sh", "walled", "unreachable");
+    let frames = data_lines(&out);
+    assert_eq!(frames[0], documented[0], "{out}");
+    assert_eq!(frames.last(), documented.last(), "{out}");
+    let failed: serde_json::Value =
+        serde_json::from_str(frames[frames.len() - 2].trim_start_matches("data:").trim())
+            .expect("the failed frame");
+    assert_eq!(failed["status"], "failed", "{out}");
+    assert!(
+        failed["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{out}"
+    );
+    let out = replay("writer/jobs.sh", "walled", "unreachable");
+    let polled: serde_json::Value =
+        serde_json::from_str(out.lines().nth(1).expect("poll")).expect("json");
+    assert_eq!(polled["status"], "failed", "{polled}");
+    assert_eq!(polled["error"]["code"], "egress_refused", "{polled}");
+    assert!(polled["artifact"].is_null());
+
+    // What the request gets wrong, as problems.
+    let blueprint = |agent: &str, id: &str| format!("/v1/agents/{agent}/blueprints/{id}");
+    for (body, path, status, code) in [
+        (
+            json!({"user_id": "123"}),
+            blueprint("orders", "place-order"),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"inputs": null}),
+            blueprint("orders", "place-order"),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"inputs": {}}),
+            blueprint("orders", "nope"),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"inputs": {}}),
+            blueprint("walled", "place-order"),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"inputs": {}}),
+            format!("{}/jobs", blueprint("walled", "place-order")),
+            404,
+            "not_found",
+        ),
+    ] {
+        let answer = post(&stack, &path, &key, body.clone()).await;
+        switchyard_testkit::api::assert_problem(&answer, status, code);
+        if status == 400 {
+            assert!(
+                answer.body["detail"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("`inputs`")
+            );
+        }
+    }
+    let missing = switchyard_testkit::api::get(&stack, "/v1/agents/jobs/not-a-job", &key).await;
+    switchyard_testkit::api::assert_problem(&missing, 404, "not_found");
+    // A key without the `trigger` scope cannot start a blueprint.
+    let reader = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/api-keys"),
+        &key,
+        json!({"name": "reader", "scopes": ["runs:read"]}),
+    )
+    .await;
+    let reader = reader.body["data"]["key"].as_str().expect("key").to_owned();
+    let refused = post(
+        &stack,
+        &blueprint("orders", "place-order"),
+        &reader,
+        json!({"inputs": {}}),
+    )
+    .await;
+    switchyard_testkit::api::assert_problem(&refused, 403, "forbidden");
+    stack.shutdown().await;
+}

@@ -270,6 +270,26 @@ async fn bad_requests_get_problem_json_with_a_request_id() {
         .await
         .expect("send");
     problem(no_route, 404, "not_found").await;
+
+    // A route called with a method it does not take.
+    let wrong_method = stack
+        .http
+        .put(format!("{}/v1/runs", stack.base_url))
+        .bearer_auth(&stack.api_key)
+        .send()
+        .await
+        .expect("send");
+    let allow = wrong_method
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = problem(wrong_method, 405, "method_not_allowed").await;
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("PUT")),
+        "{body}"
+    );
+    assert_eq!(allow.as_deref(), Some("POST"));
     stack.shutdown().await;
 }
 

@@ -1257,6 +1257,40 @@ async fn keys_cannot_escalate_or_reach_secrets_beyond_their_grant() {
         .status,
         201
     );
+    // A trigger the owner gave a signing secret: the limited key may still pause it, but not
+    // point it at another credential.
+    let signed = post(
+        &stack,
+        &format!("{agents}/p-agent/triggers"),
+        &owner,
+        json!({"id": "signed", "name": "signed", "signingSecretCredentialReferenceId": "llm"}),
+    )
+    .await;
+    assert_eq!(signed.status, 201, "{}", signed.body);
+    let paused = patch(
+        &stack,
+        &format!("{agents}/p-agent/triggers/signed"),
+        &limited,
+        json!({"enabled": false}),
+    )
+    .await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    assert_eq!(paused.body["data"]["enabled"], false);
+    assert_eq!(
+        paused.body["data"]["signingSecretCredentialReferenceId"],
+        "llm"
+    );
+    assert_problem(
+        &patch(
+            &stack,
+            &format!("{agents}/p-agent/triggers/signed"),
+            &limited,
+            json!({"signingSecretCredentialReferenceId": "other"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    );
     stack.shutdown().await;
 }
 

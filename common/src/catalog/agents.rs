@@ -519,6 +519,9 @@ pub async fn update(
     merge_top_level(&mut merged, patch, &["name", "kind"])?;
     let spec: AgentSpec = serde_json::from_value(merged)
         .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
+    // Unlike a trigger's signing secret, an agent's credential goes out with its calls: a
+    // project-limited key that could change such an agent's `config` could send the credential
+    // wherever it liked, so it may not change the agent at all.
     let v = validate(spec, may_use_credentials)?;
     let row = tx
         .query_one(

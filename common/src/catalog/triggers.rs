@@ -137,7 +137,9 @@ pub struct ComponentJoin {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignatureValidation {
-    #[serde(default)]
+    /// Whether a webhook with an empty body is checked at all (default true, as in Inkeep); when
+    /// false it is refused before its signature is.
+    #[serde(default = "yes")]
     pub allow_empty_body: bool,
     #[serde(default)]
     pub header_case_sensitive: bool,
@@ -146,6 +148,17 @@ pub struct SignatureValidation {
     /// How far a `timestamp` component may be from now, in seconds (default 300).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tolerance_seconds: Option<u32>,
+}
+
+impl Default for SignatureValidation {
+    fn default() -> Self {
+        Self {
+            allow_empty_body: true,
+            header_case_sensitive: false,
+            normalize_unicode: false,
+            tolerance_seconds: None,
+        }
+    }
 }
 
 /// Static header authentication for callers that cannot send an API key: each named header must
@@ -859,7 +872,11 @@ pub async fn update(
     )?;
     let spec: TriggerSpec = serde_json::from_value(merged)
         .map_err(|e| Error::BadRequest(format!("the body is not valid: {e}")))?;
-    let v = validate(spec, may_use_credentials)?;
+    // A key that may not name credentials may still change a trigger that already names one,
+    // as long as it leaves that reference as it is.
+    let keeps_credential =
+        spec.signing_secret_credential_reference_id == t.signing_secret_credential_reference_id;
+    let v = validate(spec, may_use_credentials || keeps_credential)?;
     let row = tx
         .query_one(
             &format!(

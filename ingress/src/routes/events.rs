@@ -3,6 +3,7 @@
 //! polls the database per client.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -111,10 +112,25 @@ pub async fn follow(
 
 /// The SSE response that follows `run` from after event `after` to its end.
 pub(crate) fn stream(state: AppState, run: &Run, after: i64) -> impl IntoResponse {
-    let (sender, receiver) = mpsc::channel::<Event>(64);
+    let keep_alive = state.sse_keep_alive;
+    let events =
+        futures::stream::unfold(follow_run(state, run, after), |mut receiver| async move {
+            receiver
+                .recv()
+                .await
+                .map(|event| (Ok::<_, Infallible>(sse(&event)), receiver))
+        });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive))
+}
+
+/// `run`'s events after number `after`, in order with no gap: replayed from the database, then
+/// followed live until the final `status` event. The receiver closes after that event, when the
+/// run had ended before the call and its events are all read, or after `SWITCHYARD_MAX_STREAM`
+/// (a client resumes). Dropping the receiver stops the follower.
+pub(crate) fn follow_run(state: AppState, run: &Run, after: i64) -> mpsc::Receiver<Arc<RunEvent>> {
+    let (sender, receiver) = mpsc::channel::<Arc<RunEvent>>(64);
     let ended_before = run.status.is_terminal();
     let run_id = run.id;
-    let keep_alive = state.sse_keep_alive;
     let max_stream = state.max_stream;
     let producer = tokio::spawn(async move {
         let mut watcher = state.hub.watch(run_id).await;
@@ -133,12 +149,14 @@ pub(crate) fn stream(state: AppState, run: &Run, after: i64) -> impl IntoRespons
                 }
             };
             let full = i64::try_from(page.len()).unwrap_or(0) == PAGE;
-            for event in &page {
-                if sender.send(sse(event)).await.is_err() {
+            for event in page {
+                let seq = event.seq;
+                let ended = event.final_status().is_some();
+                if sender.send(Arc::new(event)).await.is_err() {
                     return;
                 }
-                last = event.seq;
-                if event.final_status().is_some() {
+                last = seq;
+                if ended {
                     return;
                 }
             }
@@ -158,11 +176,9 @@ pub(crate) fn stream(state: AppState, run: &Run, after: i64) -> impl IntoRespons
                 match signal {
                     Signal::Event(event) if event.seq <= last => {}
                     Signal::Event(event) if event.seq == last + 1 => {
-                        if sender.send(sse(&event)).await.is_err() {
-                            return;
-                        }
+                        let ended = event.final_status().is_some();
                         last = event.seq;
-                        if event.final_status().is_some() {
+                        if sender.send(event).await.is_err() || ended {
                             return;
                         }
                     }
@@ -171,7 +187,7 @@ pub(crate) fn stream(state: AppState, run: &Run, after: i64) -> impl IntoRespons
             }
         }
     });
-    // The stream ends at its end, or after `SWITCHYARD_MAX_STREAM` (the client resumes).
+    // The follower ends at the run's end, or after `SWITCHYARD_MAX_STREAM`.
     tokio::spawn(async move {
         let mut producer = producer;
         if tokio::time::timeout(max_stream, &mut producer)
@@ -182,13 +198,7 @@ pub(crate) fn stream(state: AppState, run: &Run, after: i64) -> impl IntoRespons
             tracing::debug!(%run_id, "event stream reached SWITCHYARD_MAX_STREAM; ending it");
         }
     });
-    let events = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver
-            .recv()
-            .await
-            .map(|event| (Ok::<_, Infallible>(event), receiver))
-    });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive))
+    receiver
 }
 
 fn sse(event: &RunEvent) -> Event {

@@ -240,7 +240,7 @@ fn message(
 ) -> (Option<String>, Vec<String>) {
     match (&compiled.template, &envelope.instruction) {
         (Some(template), _) => {
-            let rendered = template.render(body);
+            let rendered = template.render_request(body);
             (Some(rendered.text), rendered.missing)
         }
         (None, Some(Value::String(s))) => (Some(s.clone()), Vec::new()),
@@ -330,12 +330,39 @@ pub(crate) struct TriggerCall<'a> {
     pub test: bool,
 }
 
-/// The pipeline from the trigger on: filters → schema → once-only guards → template → record
-/// and publish → answer. Every door that resolves a trigger ends here.
+/// What [`start_trigger`] did.
+pub(crate) enum Started {
+    /// A new run, recorded and published.
+    New(Run),
+    /// The same `Idempotency-Key` and request came before: this is that run, as it is now.
+    Replay(Run),
+}
+
+/// The pipeline from the trigger on, then the trigger route's answer: 202 with the run, or the
+/// wait of `waitForResponse`; a replay answers 200 with the earlier run. The caller's rate-limit
+/// standing goes into the headers.
 pub(crate) async fn run_trigger(
     state: &AppState,
     call: TriggerCall<'_>,
 ) -> Result<Response, ApiError> {
+    let standing = call.standing;
+    let trigger = call.trigger.clone();
+    let mut response = match start_trigger(state, call).await? {
+        Started::Replay(run) => (StatusCode::OK, axum::Json(run)).into_response(),
+        Started::New(run) => answer(state, &trigger, run).await?,
+    };
+    if let Some(standing) = standing {
+        standing.write(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// The pipeline from the trigger on: filters → schema → once-only guards → template → record
+/// and publish. Every door that resolves a trigger goes through here.
+pub(crate) async fn start_trigger(
+    state: &AppState,
+    call: TriggerCall<'_>,
+) -> Result<Started, ApiError> {
     let TriggerCall {
         tenant_id,
         projects,
@@ -343,7 +370,7 @@ pub(crate) async fn run_trigger(
         body,
         envelope,
         idempotency,
-        standing,
+        standing: _,
         test,
     } = call;
     let client = state.pool.get().await?;
@@ -421,13 +448,7 @@ pub(crate) async fn run_trigger(
     .await?
     {
         Guarded::Proceed => {}
-        Guarded::Replay(run) => {
-            let mut response = (StatusCode::OK, axum::Json(run)).into_response();
-            if let Some(standing) = standing {
-                standing.write(response.headers_mut());
-            }
-            return Ok(response);
-        }
+        Guarded::Replay(run) => return Ok(Started::Replay(*run)),
         Guarded::Duplicate(original) => {
             let mut dropped = refusal(
                 Refusal::Dropped,
@@ -467,12 +488,9 @@ pub(crate) async fn run_trigger(
             missing_placeholders,
         }),
     };
-    let run = pipeline::enqueue_guarded(state, new, guarded).await?;
-    let mut response = answer(state, &trigger, run).await?;
-    if let Some(standing) = standing {
-        standing.write(response.headers_mut());
-    }
-    Ok(response)
+    Ok(Started::New(
+        pipeline::enqueue_guarded(state, new, guarded).await?,
+    ))
 }
 
 /// 202 with the run; or, when the trigger waits for the response, 200 with the finished run

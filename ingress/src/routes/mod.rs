@@ -6,3 +6,4 @@ pub mod invoke;
 pub mod manage;
 pub mod relevance;
 pub mod runs;
+pub mod writer;

@@ -423,6 +423,14 @@ pub async fn no_route() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
+/// The answer for a route that exists, called with a method it does not take.
+pub async fn no_method(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("this route does not take {method}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,484 @@
+//! Writer's blueprint API trigger, as a thin adapter over the trigger pipeline: a blueprint is a
+//! trigger (its id in the path, under its agent's id), the key is a Bearer token, and the body
+//! must hold `inputs`; the whole body is what the trigger sees, and templates can also reach it as
+//! `result` (`{{result.inputs.user_id}}`, Writer's `@{result.inputs.user_id}`).
+//!
+//! - `POST /v1/agents/{agent_id}/blueprints/{blueprint_id}` answers with Writer's SSE: `{"status":
+//!   "in progress"}`, `{"status":"executing"}` once a worker runs it, `{"delta":…}` frames, then
+//!   `[DONE]`.
+//! - `POST …/jobs` answers 202 with a job (the run), read back at `GET /v1/agents/jobs/{job_id}`,
+//!   whose `artifact` is the result after the trigger's `outputTransform`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchyard_common::catalog::api_keys::Scope;
+use switchyard_common::catalog::triggers::{self, OutputTransform, Trigger};
+use switchyard_common::events::{EventKind, RunEvent};
+use switchyard_common::{Run, RunStatus, transform};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::Params;
+use crate::limits::Standing;
+use crate::pipeline;
+use crate::routes::invoke::{Envelope, Started, TriggerCall, parse_body, start_trigger};
+use crate::routes::manage::Errors;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct BlueprintPath {
+    /// The agent the trigger belongs to
+    pub agent_id: String,
+    /// The trigger's id
+    pub blueprint_id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JobPath {
+    /// The job id: the run's id
+    pub job_id: String,
+}
+
+/// Writer's status of a job.
+fn job_status(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Queued | RunStatus::Running => "in_progress",
+        RunStatus::Completed => "completed",
+        _ => "failed",
+    }
+}
+
+/// One frame of the blueprint stream as it goes over the wire.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlueprintFrame {
+    /// A JSON object (`{"status", "message"}` or `{"delta"}`), or `[DONE]` at the end.
+    pub data: String,
+}
+
+/// A job as Writer shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    /// The job's id (the run's); also given as `job_id`.
+    pub id: Uuid,
+    pub job_id: Uuid,
+    /// `in_progress`, `completed` or `failed`.
+    pub status: &'static str,
+    pub agent_id: String,
+    /// The trigger that ran.
+    pub blueprint_id: Option<String>,
+    /// The result after the trigger's `outputTransform`, once completed.
+    #[schema(value_type = Option<Object>)]
+    pub artifact: Option<Value>,
+    /// Why it failed: `{code, message}`.
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+fn job(run: Run, output_transform: Option<&OutputTransform>) -> Job {
+    let artifact = match (run.status, run.result) {
+        (RunStatus::Completed, Some(result)) => Some(match output_transform {
+            Some(ot) => transform::apply(ot, &result),
+            None => result,
+        }),
+        _ => None,
+    };
+    let error = (run.status.is_terminal() && run.status != RunStatus::Completed).then(|| {
+        json!({
+            "code": run.error_code.as_deref().unwrap_or(run.status.as_str()),
+            "message": run.error_message.clone()
+                .unwrap_or_else(|| format!("the run ended {}", run.status.as_str())),
+        })
+    });
+    Job {
+        id: run.id,
+        job_id: run.id,
+        status: job_status(run.status),
+        agent_id: run.agent_id,
+        blueprint_id: run.trigger_id,
+        artifact,
+        error,
+        created_at: run.created_at,
+        completed_at: run.completed_at,
+    }
+}
+
+/// Authenticates, resolves the blueprint's trigger, admits the call, checks the body and starts
+/// the run.
+async fn start(
+    state: &AppState,
+    principal: &Principal,
+    path: &BlueprintPath,
+    headers: &HeaderMap,
+    bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(Arc<Trigger>, Started, Standing), ApiError> {
+    let key = principal.key_with(Scope::Trigger)?;
+    let idempotency = pipeline::idempotency_key(headers)?;
+    let bytes = crate::extract::body_bytes(bytes)?;
+    let body = parse_body(&bytes)?;
+    if body.get("inputs").is_none_or(Value::is_null) {
+        return Err(ApiError::bad_request(
+            "the body must hold your data under `inputs`, such as {\"inputs\": {\"user_id\": \"123\"}}",
+        ));
+    }
+    let missing = || {
+        ApiError::not_found(format!(
+            "blueprint `{}` of agent `{}` was not found, or it is paused",
+            path.blueprint_id, path.agent_id
+        ))
+    };
+    let client = state.pool.get().await?;
+    let trigger = triggers::find_with_authentication(&client, &key.tenant_id, &path.blueprint_id)
+        .await?
+        .map(|(trigger, _)| trigger)
+        .filter(|t| {
+            t.enabled
+                && t.agent_id == path.agent_id
+                && key
+                    .project_ids
+                    .as_ref()
+                    .is_none_or(|p| p.contains(&t.project_id))
+        })
+        .ok_or_else(missing)?;
+    drop(client);
+    let standing = state.limits.admit(
+        key,
+        trigger
+            .rate_limit_per_minute
+            .and_then(|n| u32::try_from(n).ok())
+            .map(|n| (trigger.id.as_str(), n)),
+    )?;
+    let trigger = Arc::new(trigger);
+    let started = start_trigger(
+        state,
+        TriggerCall {
+            tenant_id: &key.tenant_id,
+            projects: key.project_ids.clone(),
+            trigger: trigger.clone(),
+            body,
+            envelope: Envelope {
+                instruction: None,
+                session_id: None,
+                environment: "api".to_owned(),
+            },
+            idempotency,
+            standing: Some(standing),
+            test: false,
+        },
+    )
+    .await?;
+    Ok((trigger, started, standing))
+}
+
+fn with_job_location(response: &mut Response, run_id: Uuid, standing: Standing) {
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/agents/jobs/{run_id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    standing.write(response.headers_mut());
+}
+
+/// Trigger a blueprint and follow it (SSE, Writer's frames): `data: {"status":"in progress",
+/// "message":null}`, `data: {"status":"executing","message":"Executing blueprint..."}`, then
+/// `data: {"delta":…}` frames, then `data: [DONE]`. A run that fails sends `{"status":"failed",
+/// "message":…}` before `[DONE]`. `Location` names the job, for reading the run later. Needs the
+/// `trigger` scope.
+#[utoipa::path(post, path = "/v1/agents/{agent_id}/blueprints/{blueprint_id}", tag = "Writer",
+    params(BlueprintPath,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
+    request_body(content = Object, description = "`{\"inputs\": …}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "`text/event-stream` of `data:` frames: JSON objects, then `[DONE]`",
+            body = BlueprintFrame, content_type = "text/event-stream"),
+        Errors))]
+pub async fn run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(path): Params<BlueprintPath>,
+    headers: HeaderMap,
+    bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (trigger, started, standing) = start(&state, &principal, &path, &headers, bytes).await?;
+    let run = match started {
+        Started::New(run) | Started::Replay(run) => run,
+    };
+    let keep_alive = state.sse_keep_alive;
+    let frames = Frames::new(trigger.output_transform.clone());
+    let opening = futures::stream::iter(vec![frames.opening()]);
+    let events = crate::routes::events::follow_run(state, &run, 0);
+    let following = futures::stream::unfold((events, frames), |(mut events, mut frames)| async {
+        let event = events.recv().await?;
+        let out = frames.of(&event);
+        Some((futures::stream::iter(out), (events, frames)))
+    });
+    let body = futures::StreamExt::map(
+        futures::StreamExt::chain(opening, futures::StreamExt::flatten(following)),
+        |data| Ok::<_, Infallible>(Event::default().data(data)),
+    );
+    let mut response = Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(keep_alive))
+        .into_response();
+    with_job_location(&mut response, run.id, standing);
+    Ok(response)
+}
+
+/// Trigger a blueprint as a job: 202 `{id, job_id, status: "in_progress", created_at}`, with
+/// `Location`. Needs the `trigger` scope.
+#[utoipa::path(post, path = "/v1/agents/{agent_id}/blueprints/{blueprint_id}/jobs", tag = "Writer",
+    params(BlueprintPath,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
+    request_body(content = Object, description = "`{\"inputs\": …}`", content_type = "application/json"),
+    responses(
+        (status = 202, description = "The job", body = Job),
+        (status = 200, description = "An `Idempotency-Key` replay: the job as it is now", body = Job),
+        Errors))]
+pub async fn create_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(path): Params<BlueprintPath>,
+    headers: HeaderMap,
+    bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (trigger, started, standing) = start(&state, &principal, &path, &headers, bytes).await?;
+    let (status, run) = match started {
+        Started::New(run) => (StatusCode::ACCEPTED, run),
+        Started::Replay(run) => (StatusCode::OK, run),
+    };
+    let id = run.id;
+    let mut response = (status, Json(job(run, trigger.output_transform.as_ref()))).into_response();
+    with_job_location(&mut response, id, standing);
+    Ok(response)
+}
+
+/// Read a job: its status, and when it is done the `artifact` (the result after the trigger's
+/// `outputTransform`) or the `error`. Needs the `runs:read` scope.
+#[utoipa::path(get, path = "/v1/agents/jobs/{job_id}", tag = "Writer", params(JobPath),
+    responses((status = 200, description = "The job", body = Job), Errors))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    principal: Principal,
+    Params(path): Params<JobPath>,
+) -> Result<Json<Job>, ApiError> {
+    let run = crate::routes::events::visible_run(&state, &principal, &path.job_id).await?;
+    let output_transform = match &run.trigger_id {
+        Some(trigger_id) => {
+            let client = state.pool.get().await?;
+            triggers::find_with_authentication(&client, &run.tenant_id, trigger_id)
+                .await?
+                .and_then(|(trigger, _)| trigger.output_transform)
+        }
+        None => None,
+    };
+    Ok(Json(job(run, output_transform.as_ref())))
+}
+
+/// `{"status":…,"message":…}`, in that order, as Writer writes it.
+fn status_frame(status: &str, message: Option<&str>) -> String {
+    #[derive(Serialize)]
+    struct StatusFrame<'a> {
+        status: &'a str,
+        message: Option<&'a str>,
+    }
+    serde_json::to_string(&StatusFrame { status, message }).unwrap_or_default()
+}
+
+/// Turns a run's events into Writer's frames.
+struct Frames {
+    output_transform: Option<OutputTransform>,
+    executing: bool,
+    streamed: bool,
+    error: Option<String>,
+}
+
+impl Frames {
+    fn new(output_transform: Option<OutputTransform>) -> Self {
+        Self {
+            output_transform,
+            executing: false,
+            streamed: false,
+            error: None,
+        }
+    }
+
+    fn opening(&self) -> String {
+        status_frame("in progress", None)
+    }
+
+    /// The frames one event makes. Text the agent streams goes out as deltas as it comes, unless
+    /// the trigger has an `outputTransform`: then the transformed result is the one delta. A run
+    /// that streamed nothing sends its result as the one delta.
+    fn of(&mut self, event: &RunEvent) -> Vec<String> {
+        let mut out = Vec::new();
+        match event.kind {
+            EventKind::Status => {
+                let status = event.data["status"].as_str().and_then(RunStatus::parse);
+                if status == Some(RunStatus::Running) && !self.executing {
+                    self.executing = true;
+                    out.push(status_frame("executing", Some("Executing blueprint...")));
+                }
+                if let Some(end) = status.filter(|s| s.is_terminal()) {
+                    if end != RunStatus::Completed {
+                        let message = self
+                            .error
+                            .take()
+                            .unwrap_or_else(|| format!("the run ended {}", end.as_str()));
+                        out.push(status_frame("failed", Some(&message)));
+                    }
+                    out.push("[DONE]".to_owned());
+                }
+            }
+            EventKind::Delta if self.output_transform.is_none() => {
+                if let Some(text) = event.data["text"].as_str() {
+                    self.streamed = true;
+                    out.push(json!({"delta": text}).to_string());
+                }
+            }
+            EventKind::Completed => {
+                let result = &event.data["result"];
+                let value = match &self.output_transform {
+                    Some(ot) => Some(transform::apply(ot, result)),
+                    None if !self.streamed && !result.is_null() => Some(result.clone()),
+                    None => None,
+                };
+                if let Some(value) = value {
+                    out.push(json!({"delta": value}).to_string());
+                }
+            }
+            EventKind::Error => {
+                self.error = event.data["message"].as_str().map(str::to_owned);
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, data: Value) -> RunEvent {
+        RunEvent {
+            run_id: Uuid::nil(),
+            seq: 1,
+            kind,
+            data,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn frames_of(frames: &mut Frames, events: &[RunEvent]) -> Vec<String> {
+        let mut out = vec![frames.opening()];
+        for e in events {
+            out.extend(frames.of(e));
+        }
+        out
+    }
+
+    #[test]
+    fn a_streaming_run_makes_writers_frames() {
+        let events = [
+            event(EventKind::Status, json!({"status": "queued", "attempt": 0})),
+            event(
+                EventKind::Status,
+                json!({"status": "running", "attempt": 1}),
+            ),
+            event(EventKind::Delta, json!({"text": "We have "})),
+            event(EventKind::Delta, json!({"text": "placed the order"})),
+            event(
+                EventKind::Status,
+                json!({"status": "running", "attempt": 2}),
+            ),
+            event(
+                EventKind::Completed,
+                json!({"result": {"output": "We have placed the order"}}),
+            ),
+            event(
+                EventKind::Status,
+                json!({"status": "completed", "attempt": 2}),
+            ),
+        ];
+        assert_eq!(
+            frames_of(&mut Frames::new(None), &events),
+            [
+                r#"{"status":"in progress","message":null}"#,
+                r#"{"status":"executing","message":"Executing blueprint..."}"#,
+                r#"{"delta":"We have "}"#,
+                r#"{"delta":"placed the order"}"#,
+                "[DONE]",
+            ]
+        );
+        let picked = Frames::new(Some(OutputTransform {
+            pointer: Some("/output".into()),
+            template: None,
+        }));
+        assert_eq!(
+            frames_of(&mut { picked }, &events)[2..],
+            [r#"{"delta":"We have placed the order"}"#, "[DONE]"],
+            "with an outputTransform, the transformed result is the one delta"
+        );
+    }
+
+    #[test]
+    fn silent_and_failed_runs() {
+        let silent = [
+            event(
+                EventKind::Status,
+                json!({"status": "running", "attempt": 1}),
+            ),
+            event(EventKind::Completed, json!({"result": {"ok": true}})),
+            event(
+                EventKind::Status,
+                json!({"status": "completed", "attempt": 1}),
+            ),
+        ];
+        assert_eq!(
+            frames_of(&mut Frames::new(None), &silent)[2..],
+            [r#"{"delta":{"ok":true}}"#, "[DONE]"]
+        );
+        let failed = [
+            event(
+                EventKind::Status,
+                json!({"status": "running", "attempt": 1}),
+            ),
+            event(
+                EventKind::Error,
+                json!({"errorCode": "agent_error", "message": "the agent answered 500"}),
+            ),
+            event(EventKind::Status, json!({"status": "failed", "attempt": 1})),
+        ];
+        assert_eq!(
+            frames_of(&mut Frames::new(None), &failed)[2..],
+            [
+                r#"{"status":"failed","message":"the agent answered 500"}"#,
+                "[DONE]"
+            ]
+        );
+        let cancelled = [event(
+            EventKind::Status,
+            json!({"status": "cancelled", "attempt": 0}),
+        )];
+        assert_eq!(
+            frames_of(&mut Frames::new(None), &cancelled)[1..],
+            [
+                r#"{"status":"failed","message":"the run ended cancelled"}"#,
+                "[DONE]"
+            ]
+        );
+    }
+}
