@@ -569,3 +569,253 @@ async fn writers_blueprint_streams_its_documented_frames_and_runs_as_a_polled_jo
     switchyard_testkit::api::assert_problem(&refused, 403, "forbidden");
     stack.shutdown().await;
 }
+
+/// Where `got` departs from the documented example `doc`: a documented member missing, or of
+/// another JSON type. `null` stands for any documented value (the seed marks nothing nullable);
+/// members the seed leaves untyped (`loose`, shown there as "string") may hold anything.
+fn departures(doc: &serde_json::Value, got: &serde_json::Value, at: &str) -> Vec<String> {
+    use serde_json::Value;
+    const LOOSE: [&str; 5] = [
+        "authentication",
+        "inputSchema",
+        "outputTransform",
+        "requestPayload",
+        "transformedPayload",
+    ];
+    match (doc, got) {
+        (_, Value::Null) => Vec::new(),
+        (Value::Object(want), Value::Object(have)) => want
+            .iter()
+            .flat_map(|(k, v)| match have.get(k) {
+                None => vec![format!("{at}/{k} is missing")],
+                Some(_) if LOOSE.contains(&k.as_str()) => Vec::new(),
+                Some(h) => departures(v, h, &format!("{at}/{k}")),
+            })
+            .collect(),
+        (Value::Array(want), Value::Array(have)) => match want.first() {
+            Some(w) => have
+                .iter()
+                .enumerate()
+                .flat_map(|(i, h)| departures(w, h, &format!("{at}/{i}")))
+                .collect(),
+            None => Vec::new(),
+        },
+        (Value::String(_), Value::String(_))
+        | (Value::Number(_), Value::Number(_))
+        | (Value::Bool(_), Value::Bool(_)) => Vec::new(),
+        _ => vec![format!("{at} is {got}, where the docs show {doc}")],
+    }
+}
+
+#[tokio::test]
+async fn inkeeps_examples_manage_a_trigger_in_the_documented_shapes() {
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let (tenant, key) = tenant(&stack).await;
+    // The examples' own project and agent ids.
+    project_with_agent(&stack, &tenant, &key, "project_456", "agent_789").await;
+    let documented: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/inkeep/documented.json"),
+        )
+        .expect("the documented responses"),
+    )
+    .expect("JSON");
+    let authorization =
+        format!("curl -sS -w '\\n%{{http_code}}' -H 'Authorization: Bearer {key}' -X");
+    // Runs an example; its status and body (JSON, or null when empty).
+    let replay = |name: &str, ids: &[(&str, &str)]| {
+        let mut replacements = vec![
+            ("https://api.pilot.inkeep.com", stack.base_url.as_str()),
+            ("curl -X", authorization.as_str()),
+            ("tenant_123", tenant.as_str()),
+        ];
+        replacements.extend_from_slice(ids);
+        let out = run(&snippet(&format!("inkeep/{name}.sh"), &replacements));
+        let (body, status) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        let status: u16 = status.parse().expect("the status");
+        let body = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}: {body}"))
+        };
+        (status, body)
+    };
+    let conforms = |name: &str, got: &serde_json::Value| {
+        let wrong = departures(&documented["responses"][name], got, name);
+        assert!(wrong.is_empty(), "{wrong:#?}\n{got:#}");
+    };
+
+    let (status, created) = replay("create", &[]);
+    assert_eq!(status, 201, "{created}");
+    conforms("create", &created);
+    assert_eq!(created["data"]["name"], "string");
+    assert_eq!(created["data"]["enabled"], true);
+    let id = created["data"]["id"].as_str().expect("id").to_owned();
+    let one = [("resource_789", id.as_str())];
+
+    let (status, listed) = replay("list", &[]);
+    assert_eq!(status, 200);
+    conforms("list", &listed);
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    assert_eq!(
+        listed["pagination"],
+        json!({"limit": 10, "page": 1, "pages": 1, "total": 1})
+    );
+
+    // Every documented member of a trigger, as the docs show them.
+    let sv = documented["responses"]["list"]["data"][0]["signatureVerification"].clone();
+    let credential = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/credentials"),
+        &key,
+        json!({"id": "gh", "name": "GitHub secret", "value": "s3cret"}),
+    )
+    .await;
+    assert_eq!(credential.status, 201, "{}", credential.body);
+    let trigger =
+        format!("/manage/tenants/{tenant}/projects/project_456/agents/agent_789/triggers/{id}");
+    let full = switchyard_testkit::api::patch(
+        &stack,
+        &trigger,
+        &key,
+        json!({"description": "string", "messageTemplate": "string", "signatureVerification": sv,
+               "signingSecretCredentialReferenceId": "gh", "inputSchema": {"type": "object"},
+               "authentication": {"headers": [{"name": "x-token", "value": "string"}]},
+               "outputTransform": {"pointer": "/output"}}),
+    )
+    .await;
+    assert_eq!(full.status, 200, "{}", full.body);
+    let (status, got) = replay("get", &one);
+    assert_eq!(status, 200);
+    conforms("get", &got);
+    for member in documented["responses"]["get"]["data"]
+        .as_object()
+        .expect("a trigger")
+        .keys()
+        .filter(|k| *k != "webhookUrl")
+    {
+        assert!(!got["data"][member].is_null(), "{member} is set: {got:#}");
+    }
+    assert_eq!(got["data"]["signatureVerification"], sv);
+
+    let (status, updated) = replay("update", &one);
+    assert_eq!(status, 200, "{updated}");
+    conforms("update", &updated);
+
+    // One invocation, through the trigger route.
+    let invoked = post(
+        &stack,
+        &format!(
+            "/api/v1.0/project/project_456/trigger/{}",
+            got["data"]["key"].as_str().expect("key")
+        ),
+        &key,
+        json!({"hello": "world"}),
+    )
+    .await;
+    assert_eq!(invoked.status, 202, "{}", invoked.body);
+    let (status, invocations) = replay("invocations", &one);
+    assert_eq!(status, 200);
+    conforms("invocations", &invocations);
+    assert_eq!(invocations["pagination"]["total"], 1);
+    let invocation_id = invocations["data"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let path = format!("{id}/invocations/{invocation_id}");
+    let (status, invocation) = replay(
+        "invocation",
+        &[("resource_789/invocations/string", path.as_str())],
+    );
+    assert_eq!(status, 200);
+    conforms("invocation", &invocation);
+    assert_eq!(
+        invocation["data"]["requestPayload"],
+        json!({"hello": "world"})
+    );
+
+    let (status, deleted) = replay("delete", &one);
+    assert_eq!((status, deleted), (204, serde_json::Value::Null));
+
+    // The documented errors, each in the documented problem shape.
+    let (status, missing) = replay("get", &one);
+    let errors = &documented["errors"];
+    let same_problem = |status: u16, got: &serde_json::Value, code: &str| {
+        let doc = &errors[code];
+        assert_eq!(
+            u64::from(status),
+            doc["status"].as_u64().expect("status"),
+            "{got}"
+        );
+        let wrong = departures(doc, got, code);
+        assert!(wrong.is_empty(), "{wrong:#?}\n{got:#}");
+        assert_eq!(got["code"], doc["code"]);
+        assert_eq!(got["title"], doc["title"]);
+        assert_eq!(got["error"]["code"], doc["error"]["code"]);
+        assert_eq!(got["status"], doc["status"]);
+    };
+    same_problem(status, &missing, "not_found");
+    let triggers =
+        format!("/manage/tenants/{tenant}/projects/project_456/agents/agent_789/triggers");
+    let bad = post(&stack, &triggers, &key, json!({"name": 5})).await;
+    same_problem(bad.status.as_u16(), &bad.body, "bad_request");
+    let invalid = post(&stack, &triggers, &key, json!({"name": ""})).await;
+    same_problem(
+        invalid.status.as_u16(),
+        &invalid.body,
+        "unprocessable_entity",
+    );
+    let anonymous = post(&stack, &triggers, "", json!({"name": "x"})).await;
+    same_problem(anonymous.status.as_u16(), &anonymous.body, "unauthorized");
+    let reader = post(
+        &stack,
+        &format!("/manage/tenants/{tenant}/api-keys"),
+        &key,
+        json!({"name": "reader", "scopes": ["runs:read"]}),
+    )
+    .await;
+    let reader = reader.body["data"]["key"].as_str().expect("key").to_owned();
+    let refused = post(&stack, &triggers, &reader, json!({"name": "x"})).await;
+    same_problem(refused.status.as_u16(), &refused.body, "forbidden");
+    stack.shutdown().await;
+}
+
+#[test]
+fn departures_name_missing_members_and_other_types() {
+    let doc = json!({"data": {"id": "string", "enabled": true, "inputSchema": "string",
+                     "items": [{"n": 1}]}});
+    assert!(
+        departures(
+            &doc,
+            &json!({"data": {"id": "a", "enabled": false,
+        "inputSchema": {"type": "object"}, "items": [{"n": 2}], "extra": 1}}),
+            "x"
+        )
+        .is_empty()
+    );
+    assert!(
+        departures(
+            &doc,
+            &json!({"data": {"id": null, "enabled": null, "inputSchema": null, "items": []}}),
+            "x"
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        departures(
+            &doc,
+            &json!({"data": {"id": 1, "inputSchema": 3, "items": [{"n": "2"}]}}),
+            "x"
+        ),
+        [
+            "x/data/enabled is missing",
+            "x/data/id is 1, where the docs show \"string\"",
+            "x/data/items/0/n is \"2\", where the docs show 1",
+        ]
+    );
+}
