@@ -136,7 +136,7 @@ pub struct AppState {
     pub backlog: Backlog,
     pub auth: Arc<Auth>,
     pub compiled: Arc<routes::invoke::CompiledTriggers>,
-    /// Resolved triggers, by (tenant, project, lowercase key).
+    /// Resolved triggers, by project and lowercase key or by id.
     pub triggers: Arc<routes::invoke::TriggerCache>,
     pub limits: Arc<limits::RateLimits>,
     pub master_key: MasterKey,

@@ -503,6 +503,52 @@ async fn writers_blueprint_streams_its_documented_frames_and_runs_as_a_polled_jo
     assert_eq!(polled["error"]["code"], "egress_refused", "{polled}");
     assert!(polled["artifact"].is_null());
 
+    // The stream names its job; an Idempotency-Key replay answers with the same job.
+    let url = format!("{}/v1/agents/orders/blueprints/summary", stack.base_url);
+    let streamed = stack
+        .http
+        .post(&url)
+        .bearer_auth(&key)
+        .json(&json!({"inputs": {"user_id": "7", "action": "x"}}))
+        .send()
+        .await
+        .expect("sent");
+    let location = streamed.headers()["location"]
+        .to_str()
+        .expect("text")
+        .to_owned();
+    assert!(streamed.headers().contains_key("x-ratelimit-remaining"));
+    let body = streamed.text().await.expect("the stream");
+    assert_eq!(data_lines(&body).last(), Some(&"data: [DONE]"), "{body}");
+    let named = switchyard_testkit::api::get(&stack, &location, &key).await;
+    assert_eq!(named.body["status"], "completed", "{}", named.body);
+    assert_eq!(
+        named.body["artifact"],
+        "Done: We have placed the order x for 7"
+    );
+    let once = |n: u16| {
+        let (http, url, key) = (stack.http.clone(), format!("{url}/jobs"), key.clone());
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .header("Idempotency-Key", "order-7")
+                .json(&json!({"inputs": {"user_id": "7"}}))
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(r.status().as_u16(), n);
+            r.json::<serde_json::Value>().await.expect("a job")
+        }
+    };
+    let first = once(202).await;
+    let again = once(200).await;
+    assert_eq!(first["job_id"], again["job_id"]);
+    // Another tenant's key does not see the job.
+    let (_, stranger) = switchyard_testkit::api::tenant(&stack).await;
+    let hidden = switchyard_testkit::api::get(&stack, &location, &stranger).await;
+    switchyard_testkit::api::assert_problem(&hidden, 404, "not_found");
+
     // What the request gets wrong, as problems.
     let blueprint = |agent: &str, id: &str| format!("/v1/agents/{agent}/blueprints/{id}");
     for (body, path, status, code) in [
@@ -593,6 +639,7 @@ fn departures(doc: &serde_json::Value, got: &serde_json::Value, at: &str) -> Vec
             })
             .collect(),
         (Value::Array(want), Value::Array(have)) => match want.first() {
+            Some(_) if have.is_empty() => vec![format!("{at} is empty, where the docs show items")],
             Some(w) => have
                 .iter()
                 .enumerate()
@@ -646,6 +693,10 @@ async fn inkeeps_examples_manage_a_trigger_in_the_documented_shapes() {
         (status, body)
     };
     let conforms = |name: &str, got: &serde_json::Value| {
+        assert!(
+            got["data"].is_object() || got["data"].is_array(),
+            "{name}: {got}"
+        );
         let wrong = departures(&documented["responses"][name], got, name);
         assert!(wrong.is_empty(), "{wrong:#?}\n{got:#}");
     };
@@ -801,10 +852,14 @@ fn departures_name_missing_members_and_other_types() {
     assert!(
         departures(
             &doc,
-            &json!({"data": {"id": null, "enabled": null, "inputSchema": null, "items": []}}),
+            &json!({"data": {"id": null, "enabled": null, "inputSchema": null, "items": null}}),
             "x"
         )
         .is_empty()
+    );
+    assert_eq!(
+        departures(&doc["data"]["items"], &json!([]), "items"),
+        ["items is empty, where the docs show items"]
     );
     assert_eq!(
         departures(

@@ -216,9 +216,9 @@ pub async fn receive(
                 environment: "webhook".into(),
             },
             idempotency,
-            standing: None,
             test: false,
         },
+        None,
     )
     .await
 }

@@ -52,31 +52,49 @@ pub struct Compiled {
     template: Option<Template>,
 }
 
-/// Resolved triggers by (tenant, project, lowercase key); see [`crate::cache`].
-pub type TriggerCache = crate::cache::ControlledCache<(String, String, String), Trigger>;
+/// How a door names a trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TriggerRef {
+    /// By its key (lowercase) in a project: the trigger route.
+    Key {
+        tenant_id: String,
+        project_id: String,
+        key: String,
+    },
+    /// By its id in the tenant: Writer's blueprint route.
+    Id { tenant_id: String, id: String },
+}
 
-/// The trigger invoked as `key` in the project: from the cache, else from Postgres (then cached).
-async fn resolve(
+/// Resolved triggers; see [`crate::cache`].
+pub type TriggerCache = crate::cache::ControlledCache<TriggerRef, Trigger>;
+
+/// The trigger `reference` names: from the cache, else from Postgres (then cached).
+pub(crate) async fn resolve(
     state: &AppState,
-    tenant_id: &str,
-    project_id: &str,
-    key: &str,
+    reference: TriggerRef,
 ) -> Result<Option<Arc<Trigger>>, ApiError> {
-    let cache_key = (
-        tenant_id.to_owned(),
-        project_id.to_owned(),
-        key.to_lowercase(),
-    );
-    if let Some(trigger) = state.triggers.get(&cache_key) {
+    if let Some(trigger) = state.triggers.get(&reference) {
         return Ok(Some(trigger));
     }
     let epoch = state.triggers.epoch();
     let client = state.pool.get().await?;
-    let Some(trigger) = triggers::resolve(&client, tenant_id, project_id, key).await? else {
+    let found = match &reference {
+        TriggerRef::Key {
+            tenant_id,
+            project_id,
+            key,
+        } => triggers::resolve(&client, tenant_id, project_id, key).await?,
+        TriggerRef::Id { tenant_id, id } => {
+            triggers::find_with_authentication(&client, tenant_id, id)
+                .await?
+                .map(|(trigger, _)| trigger)
+        }
+    };
+    let Some(trigger) = found else {
         return Ok(None);
     };
     let trigger = Arc::new(trigger);
-    state.triggers.fill(cache_key, trigger.clone(), epoch);
+    state.triggers.fill(reference, trigger.clone(), epoch);
     Ok(Some(trigger))
 }
 
@@ -287,7 +305,12 @@ pub async fn invoke(
     let bytes = crate::extract::body_bytes(bytes)?;
     let body = parse_body(&bytes)?;
     let envelope = envelope(&body)?;
-    let trigger = resolve(&state, &key.tenant_id, &path.project_id, &path.key)
+    let reference = TriggerRef::Key {
+        tenant_id: key.tenant_id.clone(),
+        project_id: path.project_id.clone(),
+        key: path.key.to_lowercase(),
+    };
+    let trigger = resolve(&state, reference)
         .await?
         .filter(|t| t.enabled)
         .ok_or_else(missing)?;
@@ -307,9 +330,9 @@ pub async fn invoke(
             body,
             envelope,
             idempotency,
-            standing: Some(standing),
             test: false,
         },
+        Some(standing),
     )
     .await
 }
@@ -323,8 +346,6 @@ pub(crate) struct TriggerCall<'a> {
     pub body: Value,
     pub envelope: Envelope,
     pub idempotency: Option<String>,
-    /// The caller's rate-limit standing, for the response headers.
-    pub standing: Option<Standing>,
     /// A test run (`…/triggers/{id}/test`): marked `{"test": true}` in its metadata, and neither
     /// checked for nor remembered as a duplicate.
     pub test: bool,
@@ -340,12 +361,12 @@ pub(crate) enum Started {
 
 /// The pipeline from the trigger on, then the trigger route's answer: 202 with the run, or the
 /// wait of `waitForResponse`; a replay answers 200 with the earlier run. The caller's rate-limit
-/// standing goes into the headers.
+/// `standing`, if any, goes into the headers.
 pub(crate) async fn run_trigger(
     state: &AppState,
     call: TriggerCall<'_>,
+    standing: Option<Standing>,
 ) -> Result<Response, ApiError> {
-    let standing = call.standing;
     let trigger = call.trigger.clone();
     let mut response = match start_trigger(state, call).await? {
         Started::Replay(run) => (StatusCode::OK, axum::Json(run)).into_response(),
@@ -370,7 +391,6 @@ pub(crate) async fn start_trigger(
         body,
         envelope,
         idempotency,
-        standing: _,
         test,
     } = call;
     let client = state.pool.get().await?;

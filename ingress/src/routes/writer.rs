@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_common::catalog::api_keys::Scope;
-use switchyard_common::catalog::triggers::{self, OutputTransform, Trigger};
+use switchyard_common::catalog::triggers::{OutputTransform, Trigger};
 use switchyard_common::events::{EventKind, RunEvent};
 use switchyard_common::{Run, RunStatus, transform};
 use time::OffsetDateTime;
@@ -33,7 +33,9 @@ use crate::error::ApiError;
 use crate::extract::Params;
 use crate::limits::Standing;
 use crate::pipeline;
-use crate::routes::invoke::{Envelope, Started, TriggerCall, parse_body, start_trigger};
+use crate::routes::invoke::{
+    Envelope, Started, TriggerCall, TriggerRef, parse_body, resolve, start_trigger,
+};
 use crate::routes::manage::Errors;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -73,6 +75,7 @@ pub struct BlueprintFrame {
 pub struct Job {
     /// The job's id (the run's); also given as `job_id`.
     pub id: Uuid,
+    /// The same id, under the name Writer's job guide uses.
     pub job_id: Uuid,
     /// `in_progress`, `completed` or `failed`.
     pub status: &'static str,
@@ -132,21 +135,18 @@ async fn start(
     let idempotency = pipeline::idempotency_key(headers)?;
     let bytes = crate::extract::body_bytes(bytes)?;
     let body = parse_body(&bytes)?;
-    if body.get("inputs").is_none_or(Value::is_null) {
-        return Err(ApiError::bad_request(
-            "the body must hold your data under `inputs`, such as {\"inputs\": {\"user_id\": \"123\"}}",
-        ));
-    }
     let missing = || {
         ApiError::not_found(format!(
             "blueprint `{}` of agent `{}` was not found, or it is paused",
             path.blueprint_id, path.agent_id
         ))
     };
-    let client = state.pool.get().await?;
-    let trigger = triggers::find_with_authentication(&client, &key.tenant_id, &path.blueprint_id)
+    let reference = TriggerRef::Id {
+        tenant_id: key.tenant_id.clone(),
+        id: path.blueprint_id.clone(),
+    };
+    let trigger = resolve(state, reference)
         .await?
-        .map(|(trigger, _)| trigger)
         .filter(|t| {
             t.enabled
                 && t.agent_id == path.agent_id
@@ -156,7 +156,11 @@ async fn start(
                     .is_none_or(|p| p.contains(&t.project_id))
         })
         .ok_or_else(missing)?;
-    drop(client);
+    if body.get("inputs").is_none_or(Value::is_null) {
+        return Err(ApiError::bad_request(
+            "the body must hold your data under `inputs`, such as {\"inputs\": {\"user_id\": \"123\"}}",
+        ));
+    }
     let standing = state.limits.admit(
         key,
         trigger
@@ -164,7 +168,6 @@ async fn start(
             .and_then(|n| u32::try_from(n).ok())
             .map(|n| (trigger.id.as_str(), n)),
     )?;
-    let trigger = Arc::new(trigger);
     let started = start_trigger(
         state,
         TriggerCall {
@@ -178,7 +181,6 @@ async fn start(
                 environment: "api".to_owned(),
             },
             idempotency,
-            standing: Some(standing),
             test: false,
         },
     )
@@ -196,8 +198,8 @@ fn with_job_location(response: &mut Response, run_id: Uuid, standing: Standing) 
 /// Trigger a blueprint and follow it (SSE, Writer's frames): `data: {"status":"in progress",
 /// "message":null}`, `data: {"status":"executing","message":"Executing blueprint..."}`, then
 /// `data: {"delta":…}` frames, then `data: [DONE]`. A run that fails sends `{"status":"failed",
-/// "message":…}` before `[DONE]`. `Location` names the job, for reading the run later. Needs the
-/// `trigger` scope.
+/// "message":…}` before `[DONE]`; one retried after it streamed text says so, and its text starts
+/// over. `Location` names the job, for reading the run later. Needs the `trigger` scope.
 #[utoipa::path(post, path = "/v1/agents/{agent_id}/blueprints/{blueprint_id}", tag = "Writer",
     params(BlueprintPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
@@ -218,13 +220,19 @@ pub async fn run(
         Started::New(run) | Started::Replay(run) => run,
     };
     let keep_alive = state.sse_keep_alive;
-    let frames = Frames::new(trigger.output_transform.clone());
+    let frames = Frames::new(trigger.output_transform.clone(), run.id);
     let opening = futures::stream::iter(vec![frames.opening()]);
     let events = crate::routes::events::follow_run(state, &run, 0);
-    let following = futures::stream::unfold((events, frames), |(mut events, mut frames)| async {
-        let event = events.recv().await?;
-        let out = frames.of(&event);
-        Some((futures::stream::iter(out), (events, frames)))
+    let following = futures::stream::unfold(Some((events, frames)), |state| async {
+        let (mut events, mut frames) = state?;
+        match events.recv().await {
+            Some(event) => {
+                let out = frames.of(&event);
+                Some((futures::stream::iter(out), Some((events, frames))))
+            }
+            // The follower stopped before the run ended (`SWITCHYARD_MAX_STREAM`).
+            None => Some((futures::stream::iter(frames.cut_short()), None)),
+        }
     });
     let body = futures::StreamExt::map(
         futures::StreamExt::chain(opening, futures::StreamExt::flatten(following)),
@@ -266,7 +274,7 @@ pub async fn create_job(
 }
 
 /// Read a job: its status, and when it is done the `artifact` (the result after the trigger's
-/// `outputTransform`) or the `error`. Needs the `runs:read` scope.
+/// `outputTransform` as the trigger has it now) or the `error`. Needs the `runs:read` scope.
 #[utoipa::path(get, path = "/v1/agents/jobs/{job_id}", tag = "Writer", params(JobPath),
     responses((status = 200, description = "The job", body = Job), Errors))]
 pub async fn get_job(
@@ -275,15 +283,17 @@ pub async fn get_job(
     Params(path): Params<JobPath>,
 ) -> Result<Json<Job>, ApiError> {
     let run = crate::routes::events::visible_run(&state, &principal, &path.job_id).await?;
-    let output_transform = match &run.trigger_id {
+    let trigger = match &run.trigger_id {
         Some(trigger_id) => {
-            let client = state.pool.get().await?;
-            triggers::find_with_authentication(&client, &run.tenant_id, trigger_id)
-                .await?
-                .and_then(|(trigger, _)| trigger.output_transform)
+            let reference = TriggerRef::Id {
+                tenant_id: run.tenant_id.clone(),
+                id: trigger_id.clone(),
+            };
+            resolve(&state, reference).await?
         }
         None => None,
     };
+    let output_transform = trigger.and_then(|t| t.output_transform.clone());
     Ok(Json(job(run, output_transform.as_ref())))
 }
 
@@ -300,23 +310,40 @@ fn status_frame(status: &str, message: Option<&str>) -> String {
 /// Turns a run's events into Writer's frames.
 struct Frames {
     output_transform: Option<OutputTransform>,
+    run_id: Uuid,
     executing: bool,
+    /// Text went out since the (last) try started.
     streamed: bool,
     error: Option<String>,
+    done: bool,
 }
 
 impl Frames {
-    fn new(output_transform: Option<OutputTransform>) -> Self {
+    fn new(output_transform: Option<OutputTransform>, run_id: Uuid) -> Self {
         Self {
             output_transform,
+            run_id,
             executing: false,
             streamed: false,
             error: None,
+            done: false,
         }
     }
 
     fn opening(&self) -> String {
         status_frame("in progress", None)
+    }
+
+    /// The last frame of a stream that stops before the run ends: where to poll for the rest.
+    fn cut_short(&self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        let message = format!(
+            "the stream reached its time limit; the run goes on: poll /v1/agents/jobs/{}",
+            self.run_id
+        );
+        vec![status_frame("in progress", Some(&message))]
     }
 
     /// The frames one event makes. Text the agent streams goes out as deltas as it comes, unless
@@ -327,6 +354,17 @@ impl Frames {
         match event.kind {
             EventKind::Status => {
                 let status = event.data["status"].as_str().and_then(RunStatus::parse);
+                // A try that starts over (a transient failure, or a run handed to another
+                // worker) streams its text from the beginning.
+                let restart = event.data.get("retrying").is_some()
+                    || (self.executing && status == Some(RunStatus::Running));
+                if restart && self.streamed {
+                    self.streamed = false;
+                    out.push(status_frame(
+                        "executing",
+                        Some("Retrying blueprint: the text starts over"),
+                    ));
+                }
                 if status == Some(RunStatus::Running) && !self.executing {
                     self.executing = true;
                     out.push(status_frame("executing", Some("Executing blueprint...")));
@@ -340,6 +378,7 @@ impl Frames {
                         out.push(status_frame("failed", Some(&message)));
                     }
                     out.push("[DONE]".to_owned());
+                    self.done = true;
                 }
             }
             EventKind::Delta if self.output_transform.is_none() => {
@@ -355,8 +394,14 @@ impl Frames {
                     None if !self.streamed && !result.is_null() => Some(result.clone()),
                     None => None,
                 };
-                if let Some(value) = value {
-                    out.push(json!({"delta": value}).to_string());
+                // A delta is text: any other value goes as its JSON.
+                let text = match value {
+                    Some(Value::String(text)) => Some(text),
+                    Some(Value::Null) | None => None,
+                    Some(other) => Some(other.to_string()),
+                };
+                if let Some(text) = text {
+                    out.push(json!({"delta": text}).to_string());
                 }
             }
             EventKind::Error => {
@@ -382,6 +427,10 @@ mod tests {
         }
     }
 
+    fn frames(output_transform: Option<OutputTransform>) -> Frames {
+        Frames::new(output_transform, Uuid::nil())
+    }
+
     fn frames_of(frames: &mut Frames, events: &[RunEvent]) -> Vec<String> {
         let mut out = vec![frames.opening()];
         for e in events {
@@ -401,20 +450,16 @@ mod tests {
             event(EventKind::Delta, json!({"text": "We have "})),
             event(EventKind::Delta, json!({"text": "placed the order"})),
             event(
-                EventKind::Status,
-                json!({"status": "running", "attempt": 2}),
-            ),
-            event(
                 EventKind::Completed,
                 json!({"result": {"output": "We have placed the order"}}),
             ),
             event(
                 EventKind::Status,
-                json!({"status": "completed", "attempt": 2}),
+                json!({"status": "completed", "attempt": 1}),
             ),
         ];
         assert_eq!(
-            frames_of(&mut Frames::new(None), &events),
+            frames_of(&mut frames(None), &events),
             [
                 r#"{"status":"in progress","message":null}"#,
                 r#"{"status":"executing","message":"Executing blueprint..."}"#,
@@ -423,19 +468,60 @@ mod tests {
                 "[DONE]",
             ]
         );
-        let picked = Frames::new(Some(OutputTransform {
+        let mut picked = frames(Some(OutputTransform {
             pointer: Some("/output".into()),
             template: None,
         }));
         assert_eq!(
-            frames_of(&mut { picked }, &events)[2..],
+            frames_of(&mut picked, &events)[2..],
             [r#"{"delta":"We have placed the order"}"#, "[DONE]"],
             "with an outputTransform, the transformed result is the one delta"
         );
     }
 
     #[test]
-    fn silent_and_failed_runs() {
+    fn a_try_that_starts_over_says_so() {
+        let events = [
+            event(
+                EventKind::Status,
+                json!({"status": "running", "attempt": 1}),
+            ),
+            event(EventKind::Delta, json!({"text": "We have "})),
+            event(
+                EventKind::Status,
+                json!({"status": "running", "retrying": {"tries": 1}}),
+            ),
+            event(EventKind::Delta, json!({"text": "We have "})),
+            event(EventKind::Status, json!({"status": "queued", "attempt": 1})),
+            event(
+                EventKind::Status,
+                json!({"status": "running", "attempt": 2}),
+            ),
+            event(EventKind::Completed, json!({"result": {"output": "x"}})),
+            event(
+                EventKind::Status,
+                json!({"status": "completed", "attempt": 2}),
+            ),
+        ];
+        let retrying =
+            r#"{"status":"executing","message":"Retrying blueprint: the text starts over"}"#;
+        assert_eq!(
+            frames_of(&mut frames(None), &events)[1..],
+            [
+                r#"{"status":"executing","message":"Executing blueprint..."}"#,
+                r#"{"delta":"We have "}"#,
+                retrying,
+                r#"{"delta":"We have "}"#,
+                retrying,
+                // The last try streamed nothing: its result is the one delta.
+                r#"{"delta":"{\"output\":\"x\"}"}"#,
+                "[DONE]",
+            ]
+        );
+    }
+
+    #[test]
+    fn silent_failed_and_cut_short_runs() {
         let silent = [
             event(
                 EventKind::Status,
@@ -447,9 +533,15 @@ mod tests {
                 json!({"status": "completed", "attempt": 1}),
             ),
         ];
+        let mut whole = frames(None);
         assert_eq!(
-            frames_of(&mut Frames::new(None), &silent)[2..],
-            [r#"{"delta":{"ok":true}}"#, "[DONE]"]
+            frames_of(&mut whole, &silent)[2..],
+            [r#"{"delta":"{\"ok\":true}"}"#, "[DONE]"],
+            "a delta is text: the result goes as its JSON"
+        );
+        assert!(
+            whole.cut_short().is_empty(),
+            "a finished stream says no more"
         );
         let failed = [
             event(
@@ -463,7 +555,7 @@ mod tests {
             event(EventKind::Status, json!({"status": "failed", "attempt": 1})),
         ];
         assert_eq!(
-            frames_of(&mut Frames::new(None), &failed)[2..],
+            frames_of(&mut frames(None), &failed)[2..],
             [
                 r#"{"status":"failed","message":"the agent answered 500"}"#,
                 "[DONE]"
@@ -474,11 +566,20 @@ mod tests {
             json!({"status": "cancelled", "attempt": 0}),
         )];
         assert_eq!(
-            frames_of(&mut Frames::new(None), &cancelled)[1..],
+            frames_of(&mut frames(None), &cancelled)[1..],
             [
                 r#"{"status":"failed","message":"the run ended cancelled"}"#,
                 "[DONE]"
             ]
+        );
+        let mut cut = frames(None);
+        frames_of(&mut cut, &silent[..1]);
+        assert_eq!(
+            cut.cut_short(),
+            [format!(
+                r#"{{"status":"in progress","message":"the stream reached its time limit; the run goes on: poll /v1/agents/jobs/{}"}}"#,
+                Uuid::nil()
+            )]
         );
     }
 }

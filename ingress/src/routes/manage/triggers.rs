@@ -274,9 +274,9 @@ pub async fn test(
             body,
             envelope,
             idempotency: None,
-            standing: None,
             test: true,
         },
+        None,
     )
     .await
 }
