@@ -35,6 +35,7 @@ export SWITCHYARD_PY_VENV
 # time; then everything else.
 cargo nextest run --workspace --locked -E 'binary(service_restarts)' "$@"
 cargo nextest run --workspace --locked -E 'not binary(service_restarts)' "$@"
+scripts/validate-deploy.sh  # static checks of the Dockerfile, compose.yaml, deploy/ and k8s/
 
 # Property-based tests of the HTTP API against its OpenAPI document (schemathesis).
 scripts/api-fuzz.sh

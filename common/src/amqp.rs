@@ -18,6 +18,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::telemetry;
@@ -434,12 +435,15 @@ impl Broker {
     /// one channel, so their confirms are pipelined rather than serialised.
     pub async fn publish_id(&self, queue: &str, id: Uuid) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::Unavailable)?;
+        let span = publish_span(queue, id);
+        let headers = span.in_scope(telemetry::current_trace_headers);
         let confirm = tokio::time::timeout(self.0.publish_timeout, async {
-            send(&live.publisher, queue, id)
+            send_with(&live.publisher, queue, id, None, headers)
                 .await?
                 .await
                 .map_err(PublishError::from)
         })
+        .instrument(span)
         .await
         .map_err(|_| PublishError::Timeout)??;
         check(confirm)
@@ -455,12 +459,15 @@ impl Broker {
     ) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::Unavailable)?;
         let expiration = wait.as_millis().to_string();
+        let span = publish_span(queue, id);
+        let headers = span.in_scope(telemetry::current_trace_headers);
         let confirm = tokio::time::timeout(self.0.publish_timeout, async {
-            send_with(&live.publisher, queue, id, Some(&expiration))
+            send_with(&live.publisher, queue, id, Some(&expiration), headers)
                 .await?
                 .await
                 .map_err(PublishError::from)
         })
+        .instrument(span)
         .await
         .map_err(|_| PublishError::Timeout)??;
         check(confirm)
@@ -469,14 +476,34 @@ impl Broker {
     /// Publishes many ids: all sent first, then all confirms awaited together. Returns how many
     /// were confirmed; the rest stay to the sweepers.
     pub async fn publish_ids(&self, queue: &str, ids: &[Uuid]) -> Result<usize, PublishError> {
-        if ids.is_empty() {
+        let messages: Vec<(Uuid, Option<&FieldTable>)> = ids.iter().map(|id| (*id, None)).collect();
+        self.publish_ids_traced(queue, &messages).await
+    }
+
+    /// [`Broker::publish_ids`], each message in the trace its headers name (else the current
+    /// span's): a message's `publish` span is a child of that trace.
+    pub async fn publish_ids_traced(
+        &self,
+        queue: &str,
+        messages: &[(Uuid, Option<&FieldTable>)],
+    ) -> Result<usize, PublishError> {
+        if messages.is_empty() {
             return Ok(0);
         }
         let live = self.live().ok_or(PublishError::Unavailable)?;
         tokio::time::timeout(self.0.publish_timeout, async {
-            let mut pending = Vec::with_capacity(ids.len());
-            for id in ids {
-                pending.push(send(&live.publisher, queue, *id).await?);
+            let mut pending = Vec::with_capacity(messages.len());
+            for (id, parent) in messages {
+                let span = publish_span(queue, *id);
+                if parent.is_some() {
+                    telemetry::adopt_trace_parent(&span, *parent);
+                }
+                let headers = span.in_scope(telemetry::current_trace_headers);
+                pending.push(
+                    send_with(&live.publisher, queue, *id, None, headers)
+                        .instrument(span)
+                        .await?,
+                );
             }
             let confirmed = futures::future::join_all(pending)
                 .await
@@ -807,8 +834,35 @@ impl Broker {
     }
 }
 
-async fn send(channel: &Channel, queue: &str, id: Uuid) -> lapin::Result<lapin::PublisherConfirm> {
-    send_with(channel, queue, id, None).await
+/// A producer span for one message (OpenTelemetry's messaging conventions).
+fn publish_span(queue: &str, id: Uuid) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {queue}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.name = "publish",
+        messaging.operation.type = "send",
+        messaging.destination.name = %queue,
+        messaging.message.id = %id,
+    )
+}
+
+/// The consumer span of one message (OpenTelemetry's messaging conventions), a child of the
+/// trace its headers name.
+pub fn process_span(delivery: &Delivery, queue: &str, id: Uuid) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.name = %queue,
+        messaging.message.id = %id,
+    );
+    telemetry::adopt_trace_parent(&span, delivery.properties.headers().as_ref());
+    span
 }
 
 async fn send_with(
@@ -816,13 +870,14 @@ async fn send_with(
     queue: &str,
     id: Uuid,
     expiration_ms: Option<&str>,
+    headers: FieldTable,
 ) -> lapin::Result<lapin::PublisherConfirm> {
     let body = serde_json::to_vec(&IdMessage { id }).unwrap_or_default();
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_message_id(id.to_string().into())
-        .with_headers(telemetry::current_trace_headers());
+        .with_headers(headers);
     if let Some(ms) = expiration_ms {
         properties = properties.with_expiration(ms.into());
     }

@@ -118,7 +118,11 @@ pub async fn create_for_run(
     client: &impl GenericClient,
     run: &Run,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    create_for_runs(client, std::slice::from_ref(run)).await
+    Ok(create_for_runs(client, std::slice::from_ref(run))
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
 }
 
 /// The `outputTransform`s of the triggers that started `runs`, by (tenant, trigger id); one
@@ -158,10 +162,11 @@ async fn output_transforms(
 /// [`create_for_run`] for many runs in one statement: a delivery to each run's own
 /// `webhookUrl`, and one to each enabled endpoint of the tenant whose filters select the event.
 /// A run started by a trigger with an `outputTransform` is delivered with its result transformed.
+/// Returns each delivery's id with its run's.
 pub async fn create_for_runs(
     client: &impl GenericClient,
     runs: &[Run],
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+) -> Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error> {
     let transforms = output_transforms(client, runs).await?;
     let mut ids = Vec::new();
     let mut tenants = Vec::new();
@@ -215,11 +220,11 @@ pub async fn create_for_runs(
                          SELECT n.id, n.tenant_id, n.run_id, n.invocation_id, n.run_id::text, \
                                 n.event_type, n.url, n.message_id, n.payload, 'pending' \
                          FROM n WHERE n.url IS NOT NULL \
-                         ON CONFLICT DO NOTHING RETURNING id), \
+                         ON CONFLICT DO NOTHING RETURNING id, run_id), \
                      fanned AS ({FAN_OUT} \
                          SELECT n.tenant_id, n.project_id, n.event_type, n.run_id, n.invocation_id, \
                                 n.run_id::text, n.payload FROM n {FAN_OUT_END}) \
-                     SELECT id FROM direct UNION ALL SELECT id FROM fanned"
+                     SELECT id, run_id FROM direct UNION ALL SELECT id, run_id FROM fanned"
                 ))
                 .await?,
             &[
@@ -235,13 +240,15 @@ pub async fn create_for_runs(
             ],
         )
         .await?;
-    rows.iter().map(|r| r.try_get(0)).collect()
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }
 
 /// The INSERT that hands an event to every enabled endpoint of its tenant whose event types and
 /// project select it, once per (endpoint, subject, event type). Followed by a SELECT of
 /// `(tenant_id, project_id, event_type, run_id, invocation_id, subject, payload)`; returns the
-/// new deliveries' ids.
+/// new deliveries' ids and run ids.
 const FAN_OUT: &str = "\
     INSERT INTO deliveries (id, tenant_id, run_id, invocation_id, subject, endpoint_id, event_type, \
                             url, message_id, payload, status) \
@@ -255,7 +262,7 @@ const FAN_OUT_END: &str = ") AS ev(tenant_id, project_id, event_type, run_id, in
             ON e.tenant_id = ev.tenant_id AND e.enabled \
            AND (e.project_id IS NULL OR e.project_id = ev.project_id) \
            AND (ev.event_type = ANY (e.event_types) OR '*' = ANY (e.event_types))) f \
-    ON CONFLICT DO NOTHING RETURNING id";
+    ON CONFLICT DO NOTHING RETURNING id, run_id";
 
 /// An event that is not a run's: `invocation.dropped` or `endpoint.disabled`.
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@ pub mod egress;
 pub mod events;
 pub mod filters;
 pub mod inbound;
+pub mod metrics;
 pub mod model;
 pub mod problem;
 pub mod runs;

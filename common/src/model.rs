@@ -109,6 +109,9 @@ pub struct Run {
     /// The session the run belongs to (ChatHive's `sessionId`): its conversation is the
     /// tenant's, project's and session's.
     pub session_id: Option<String>,
+    /// The OpenTelemetry trace (32 hex digits) that follows the run through the ingress, the
+    /// worker and the notifier; `null` when tracing was off where it was accepted.
+    pub trace_id: Option<String>,
     /// The conversation's row, once a worker first claimed the run.
     #[serde(skip)]
     #[schema(ignore)]

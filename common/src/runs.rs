@@ -15,7 +15,7 @@ use crate::model::{AgentSpec, Run, RunStatus};
 const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
-    r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot";
+    r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot, r.trace_id";
 
 /// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
 /// number its first closing event takes, or NULL to follow the run's last event): `completed`
@@ -79,6 +79,8 @@ pub struct NewRun {
     pub projects: Option<Vec<String>>,
     /// Set when a trigger started the run.
     pub trigger: Option<TriggerOrigin>,
+    /// The trace of the request that accepted it, when tracing is on.
+    pub trace_id: Option<String>,
 }
 
 /// What a run started by a trigger records about its invocation.
@@ -87,6 +89,32 @@ pub struct TriggerOrigin {
     pub trigger_id: String,
     pub environment: String,
     pub missing_placeholders: Vec<String>,
+}
+
+/// Counts the runs a statement ended (`switchyard_runs_finished_total`) and times their last
+/// attempt (`switchyard_run_execution_seconds`). Counted when the statement returns: a
+/// transaction rolled back after it would count a run that did not end.
+fn observe_finished(runs: &[Run]) {
+    for run in runs.iter().filter(|r| r.status.is_terminal()) {
+        metrics::counter!(crate::metrics::RUNS_FINISHED, "status" => run.status.as_str())
+            .increment(1);
+        if let (Some(started), Some(ended)) = (run.started_at, run.completed_at) {
+            metrics::histogram!(crate::metrics::EXECUTION,
+                "tenant" => run.tenant_id.clone(), "agent" => run.agent_id.clone())
+            .record((ended - started).as_seconds_f64().max(0.0));
+        }
+    }
+}
+
+/// Times how long the runs a claim won waited since they were accepted
+/// (`switchyard_run_queue_lag_seconds`), on their first attempt.
+fn observe_claimed<'a>(runs: impl Iterator<Item = &'a Run>) {
+    for run in runs.filter(|r| r.attempt == 1) {
+        if let Some(started) = run.started_at {
+            metrics::histogram!(crate::metrics::QUEUE_LAG)
+                .record((started - run.created_at).as_seconds_f64().max(0.0));
+        }
+    }
 }
 
 /// Reads a run from a row that selected [`COLUMNS`].
@@ -124,6 +152,7 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         conversation_id: row.try_get("conversation_id")?,
         last_seq: row.try_get("last_seq").unwrap_or(0),
         holds_slot: row.try_get("holds_slot").unwrap_or(false),
+        trace_id: row.try_get("trace_id")?,
         events: crate::events::from_json(row.try_get("events").ok().flatten()),
     })
 }
@@ -168,17 +197,19 @@ pub async fn insert_batch(
         .collect();
     let ttls: Vec<Option<f64>> = runs.iter().map(|r| r.ttl.map(secs)).collect();
     let models: Vec<Option<&str>> = runs.iter().map(|r| r.chat_model_id.as_deref()).collect();
+    let traces: Vec<Option<&str>> = runs.iter().map(|r| r.trace_id.as_deref()).collect();
     let sql = format!(
         "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
-                                missing_placeholders, expires_at, chat_model_id) \
+                                missing_placeholders, expires_at, chat_model_id, trace_id) \
          SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, a.max_attempts, n.trigger_id, n.environment, n.session_id, \
-                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model \
+                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::text[]) \
+                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::text[], \
+                     $15::text[]) \
               AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects, trigger_id, \
-                   environment, session_id, missing, ttl, model) \
+                   environment, session_id, missing, ttl, model, trace) \
          JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
          WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
          RETURNING {COLUMNS}"
@@ -202,6 +233,7 @@ pub async fn insert_batch(
                 &missing,
                 &ttls,
                 &models,
+                &traces,
             ],
         )
         .await?;
@@ -218,7 +250,9 @@ pub async fn get(
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&tenant_id, &id])
         .await?;
-    row.as_ref().map(from_row).transpose()
+    let done = row.as_ref().map(from_row).transpose()?;
+    observe_finished(done.as_slice());
+    Ok(done)
 }
 
 /// The tenant's runs, newest first: in `projects` (all when `None`), of `statuses` (all when
@@ -340,7 +374,8 @@ async fn claim_statement(
             &[&ids, &owner, &secs(lease), &fresh],
         )
         .await?;
-    rows.iter()
+    let claimed = rows
+        .iter()
         .map(|row| {
             Ok((
                 from_row(row)?,
@@ -364,7 +399,9 @@ async fn claim_statement(
                 },
             ))
         })
-        .collect()
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    observe_claimed(claimed.iter().map(|(run, _)| run));
+    Ok(claimed)
 }
 
 /// Why some runs were not claimed, as far as it matters to the claimer.
@@ -518,6 +555,9 @@ pub struct Completion {
     /// Named outputs, stored on the run.
     pub artifacts: Vec<serde_json::Value>,
     pub pending: Pending,
+    /// AMQP headers carrying the span that finished the run: the messages of its deliveries
+    /// continue its trace.
+    pub trace: lapin::types::FieldTable,
 }
 
 /// `running → completed`, only while `owner` holds the lease.
@@ -533,6 +573,7 @@ pub async fn complete(
         usage: None,
         artifacts: Vec::new(),
         pending: Pending::default(),
+        trace: lapin::types::FieldTable::default(),
     };
     Ok(complete_many(client, owner, &[completion]).await?.pop())
 }
@@ -597,7 +638,9 @@ pub async fn complete_many(
             ],
         )
         .await?;
-    rows.iter().map(from_row).collect()
+    let done = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    observe_finished(&done);
+    Ok(done)
 }
 
 /// Writes the pending events (`$5`…`$8`) of the runs in `done`.
@@ -708,6 +751,7 @@ async fn end_running(
         usage: None,
         artifacts: Vec::new(),
         pending: pending.clone(),
+        trace: lapin::types::FieldTable::default(),
     };
     let (ev_runs, ev_seqs, ev_kinds, ev_data) = flatten(std::slice::from_ref(&completion));
     let sql = format!(
@@ -740,7 +784,9 @@ async fn end_running(
             ],
         )
         .await?;
-    row.as_ref().map(from_row).transpose()
+    let done = row.as_ref().map(from_row).transpose()?;
+    observe_finished(done.as_slice());
+    Ok(done)
 }
 
 /// `running → queued` without spending the attempt: a worker shutting down hands its run back so
@@ -770,7 +816,9 @@ pub async fn release(
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&id, &owner])
         .await?;
-    row.as_ref().map(from_row).transpose()
+    let done = row.as_ref().map(from_row).transpose()?;
+    observe_finished(done.as_slice());
+    Ok(done)
 }
 
 /// `queued → cancelled`, for a run of `tenant_id` that no worker has started. Returns the run
@@ -840,7 +888,9 @@ pub async fn expire_overdue(
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
         .await?;
-    rows.iter().map(from_row).collect()
+    let done = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    observe_finished(&done);
+    Ok(done)
 }
 
 /// `running → queued` (or `→ failed` once attempts are spent, or `→ cancelled` when a cancel
@@ -876,7 +926,9 @@ pub async fn reap_expired(
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
         .await?;
-    rows.iter().map(from_row).collect()
+    let done = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    observe_finished(&done);
+    Ok(done)
 }
 
 /// The next run of `run`'s session once `run` has left `running`: the earliest queued one. Its

@@ -79,15 +79,19 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
         }
         _ => None,
     };
+    // Spans are exported whatever the log level: the log filter applies to the logs only. The
+    // exporter's own stack (tonic, hyper, h2) is left out, lest exporting make spans to export.
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service))
+            .with_filter(EnvFilter::new(
+                "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,lapin=off,reqwest=off",
+            ))
             .boxed()
     });
 
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()?;
     Ok(TelemetryGuard { provider })
@@ -133,6 +137,33 @@ pub fn adopt_trace_parent(span: &tracing::Span, headers: Option<&FieldTable>) {
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
+}
+
+/// Makes `span` a child of the trace an inbound HTTP request names in `traceparent`, if any.
+pub fn adopt_http_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    struct Headers<'a>(&'a axum::http::HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(axum::http::HeaderName::as_str).collect()
+        }
+    }
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    let _ = span.set_parent(parent);
+}
+
+/// The current span's trace id (32 hex digits), or `None` when tracing is off.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| context.trace_id().to_string())
 }
 
 /// HTTP headers (`traceparent`, `tracestate`) carrying the current span, for outbound requests.

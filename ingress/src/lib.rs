@@ -152,6 +152,8 @@ pub struct AppState {
     pub max_stream: Duration,
     /// How long a rotated-out endpoint secret keeps signing.
     pub secret_rotation_overlap: Duration,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl AppState {
@@ -179,6 +181,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     api.merge(openapi::docs(doc))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
+        .route("/metrics", get(routes::health::metrics))
         .fallback(routes::runs::no_route)
         .method_not_allowed_fallback(routes::runs::no_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -220,6 +223,7 @@ pub async fn run(
         }
         Some(token) => Some(auth::digest(token)),
     };
+    let metrics = switchyard_common::metrics::install("switchyard-ingress")?;
     let pool = switchyard_common::db::pool(&config.db)?;
     // The broker outlives the HTTP server, so requests still draining can publish.
     let broker_shutdown = CancellationToken::new();
@@ -272,6 +276,7 @@ pub async fn run(
         sse_keep_alive: config.sse_keep_alive,
         max_stream: config.max_stream,
         secret_rotation_overlap: config.secret_rotation_overlap,
+        metrics,
     };
     tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
     let addr = listener

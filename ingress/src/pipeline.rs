@@ -94,7 +94,10 @@ pub async fn guard(
                             "this Idempotency-Key was used with a different request",
                         ))
                     }
-                    Some(run) => Ok(Guarded::Replay(Box::new(run))),
+                    Some(run) => {
+                        count_invocation("replayed");
+                        Ok(Guarded::Replay(Box::new(run)))
+                    }
                     None => Err(ApiError::new(
                         ErrorCode::Conflict,
                         "a request with this Idempotency-Key is still being processed; retry shortly",
@@ -152,7 +155,7 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, ApiError> {
     // leave a committed run unpublished (it would wait for the sweeper).
     let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
     let task_state = state.clone();
-    let publishing = tokio::spawn(async move {
+    let publishing = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let stored = task_state.accepter.insert(new).await;
         let _ = stored_tx.send(stored.clone());
         if let Ok(Some(run)) = stored {
@@ -162,7 +165,7 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, ApiError> {
                 task_state.backlog.push(run.id);
             }
         }
-    });
+    }));
     let stored = tokio::time::timeout(state.accept_timeout, stored_rx)
         .await
         .map_err(|_| ApiError::unavailable())?
@@ -178,7 +181,13 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, ApiError> {
         Err(err @ StoreError::Internal(_)) => return Err(ApiError::internal(err)),
     };
     let _ = publishing.await;
+    count_invocation("accepted");
     Ok(run)
+}
+
+/// Counts an invocation by its outcome: `accepted`, `dropped`, `rejected` or `replayed`.
+pub fn count_invocation(outcome: &'static str) {
+    metrics::counter!(switchyard_common::metrics::INVOCATIONS, "outcome" => outcome).increment(1);
 }
 
 /// Waits until `run` ends or `wait` passes (never longer than `SWITCHYARD_MAX_WAIT`): the

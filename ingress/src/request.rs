@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -35,7 +35,8 @@ fn acceptable(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Middleware: assigns the request id, scopes the context, logs the outcome.
+/// Middleware: assigns the request id, scopes the context, traces the request as an HTTP server
+/// span (OpenTelemetry's HTTP conventions), counts and times it, and logs the outcome.
 pub async fn context(request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -47,21 +48,42 @@ pub async fn context(request: Request, next: Next) -> Response {
         request_id: request_id.clone(),
         path: request.uri().path().to_owned(),
     };
+    let method = request.method().clone();
+    // The route template, not the path: ids would make every series and span name unique.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let span = tracing::info_span!(
         "request",
-        method = %request.method(),
-        path = %ctx.path,
-        request_id = %request_id,
+        otel.name = %format!("{method} {route}"),
         otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %ctx.path,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
     );
+    // A caller that traces sends `traceparent`: the request continues its trace.
+    switchyard_common::telemetry::adopt_http_parent(&span, request.headers());
     let started = Instant::now();
     let mut response = CONTEXT
         .scope(ctx, next.run(request))
         .instrument(span.clone())
         .await;
     let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    span.record("http.response.status_code", status);
+    let labels = [("method", method.to_string()), ("route", route)];
+    metrics::histogram!(switchyard_common::metrics::HTTP_DURATION, &labels)
+        .record(elapsed.as_secs_f64());
+    let [method, route] = labels;
+    metrics::counter!(switchyard_common::metrics::HTTP_REQUESTS,
+        "method" => method.1, "route" => route.1, "status" => status.to_string())
+    .increment(1);
     span.in_scope(|| {
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let latency_ms = elapsed.as_secs_f64() * 1e3;
         if status >= 500 {
             tracing::warn!(status, latency_ms, "request failed");
         } else {

@@ -39,6 +39,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
     pub master_key: String,
 
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (such as `0.0.0.0:9100`); unset, nowhere.
+    #[arg(long, env = "SWITCHYARD_OPS_LISTEN")]
+    pub ops_listen: Option<std::net::SocketAddr>,
+
     /// How long an endpoint may fail every attempt before a delivery that runs out of retries
     /// disables it.
     #[arg(long, env = "SWITCHYARD_ENDPOINT_DISABLE_AFTER", default_value = "5d", value_parser = parse_duration)]
@@ -178,6 +182,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let master_key = MasterKey::from_base64(&config.master_key)
         .context("SWITCHYARD_MASTER_KEY is not usable")?;
     let schedule = parse_schedule(&config.retry_schedule).map_err(anyhow::Error::msg)?;
+    let metrics = switchyard_common::metrics::install("switchyard-notifier")?;
     let pool = switchyard_common::db::pool(&config.db)?;
     let broker_shutdown = CancellationToken::new();
     let mut topology = Topology::new(&config.broker.amqp_prefix);
@@ -188,6 +193,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.broker.publish_timeout,
         broker_shutdown.clone(),
     );
+    tokio::spawn(sample_oldest_pending(pool.clone(), broker_shutdown.clone()));
+    if let Some(addr) = config.ops_listen {
+        let ops = switchyard_common::metrics::serve_ops(
+            addr,
+            metrics,
+            pool.clone(),
+            broker.clone(),
+            broker_shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = ops.await {
+                tracing::error!(error = format!("{err:#}"), "the ops listener stopped");
+            }
+        });
+    }
     let guard = Guard::parse(&config.egress_allow).map_err(anyhow::Error::msg)?;
     let http = egress::client(
         &guard,
@@ -222,14 +242,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// Sets `switchyard_deliveries_oldest_pending_seconds` every five seconds until `shutdown`.
+async fn sample_oldest_pending(pool: deadpool_postgres::Pool, shutdown: CancellationToken) {
+    loop {
+        if let Ok(client) = pool.get().await
+            && let Ok(row) = client
+                .query_one(
+                    "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 \
+                     FROM deliveries WHERE status = 'pending'",
+                    &[],
+                )
+                .await
+        {
+            metrics::gauge!(switchyard_common::metrics::OLDEST_PENDING_DELIVERY)
+                .set(row.get::<_, f64>(0));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
 async fn handle(ctx: Ctx, message: Delivery) {
     let Some(delivery_id) = amqp::parse_id(&message) else {
         tracing::warn!("malformed delivery message; dead-lettering it");
         amqp::dead_letter(&message).await;
         return;
     };
-    let span = tracing::info_span!("process deliveries", %delivery_id, otel.kind = "consumer");
-    telemetry::adopt_trace_parent(&span, message.properties.headers().as_ref());
+    let span = amqp::process_span(&message, &ctx.broker.topology().deliveries(), delivery_id);
     async move {
         let claimed = ctx
             .claims
@@ -269,9 +310,29 @@ async fn handle(ctx: Ctx, message: Delivery) {
 }
 
 async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
-    let (attempt, refused, retry_after) = send(ctx, out)
-        .instrument(tracing::info_span!("webhook attempt", attempt = out.attempt, host = %host_of(&out.url), endpoint = out.endpoint_id.as_deref(), otel.kind = "client"))
-        .await;
+    // An HTTP client span (OpenTelemetry's conventions). The URL's path and query may carry a
+    // receiver's token, so only its host is recorded.
+    let span = tracing::info_span!(
+        "webhook attempt",
+        otel.name = "POST",
+        otel.kind = "client",
+        http.request.method = "POST",
+        server.address = %host_of(&out.url),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        attempt = out.attempt,
+        endpoint = out.endpoint_id.as_deref(),
+    );
+    let (attempt, refused, retry_after) = send(ctx, out).instrument(span.clone()).await;
+    match (attempt.response_status, &attempt.error) {
+        (Some(status), _) => {
+            span.record("http.response.status_code", status);
+        }
+        (None, Some(_)) => {
+            span.record("error.type", "transport");
+        }
+        (None, None) => {}
+    }
     // A refused destination will not become allowed by waiting.
     let next = if refused {
         Next::GiveUp
@@ -288,6 +349,15 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
         next = ?next,
         "webhook attempted"
     );
+    metrics::histogram!(switchyard_common::metrics::DELIVERY_DURATION)
+        .record(attempt.latency.as_secs_f64());
+    let outcome = if next == Next::Delivered {
+        "success"
+    } else {
+        "failure"
+    };
+    metrics::counter!(switchyard_common::metrics::DELIVERY_ATTEMPTS, "outcome" => outcome)
+        .increment(1);
     let recorded = ctx
         .finishes
         .submit((out.clone(), attempt, next))
@@ -295,6 +365,15 @@ async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {
         .unwrap_or_else(|gone| Err(gone.to_string()));
     match recorded {
         Ok(true) => {
+            let ended = match next {
+                Next::Delivered => Some("delivered"),
+                Next::GiveUp => Some("failed"),
+                Next::RetryAfter(_) => None,
+            };
+            if let Some(status) = ended {
+                metrics::counter!(switchyard_common::metrics::DELIVERIES_FINISHED, "status" => status)
+                    .increment(1);
+            }
             if let Next::RetryAfter(wait) = next
                 && let Some(tier) = ctx
                     .schedule

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod fake_llm;
+pub mod otlp;
 pub mod py;
 pub mod receiver;
 pub mod sse;
@@ -162,6 +163,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V10__concurrency_limits.sql"),
     include_str!("../../migrations/V11__webhook_endpoints.sql"),
     include_str!("../../migrations/V12__runs_by_tenant.sql"),
+    include_str!("../../migrations/V13__trace_ids.sql"),
 ];
 
 /// How many migrations the repository holds.
@@ -276,6 +278,8 @@ pub struct StackOptions {
     pub ingress_env: Vec<(&'static str, String)>,
     /// More environment for the notifier, likewise.
     pub notifier_env: Vec<(&'static str, String)>,
+    /// More environment for every worker, likewise.
+    pub worker_env: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -292,6 +296,7 @@ impl Default for StackOptions {
             webhook_timeout: "5s",
             ingress_env: Vec::new(),
             notifier_env: Vec::new(),
+            worker_env: Vec::new(),
         }
     }
 }
@@ -520,6 +525,7 @@ fn worker_env(db: &TestDb, prefix: &str, options: &StackOptions) -> Vec<(&'stati
     // Fake models, tools and agents listen on loopback.
     env.push(("SWITCHYARD_EGRESS_ALLOW", options.egress_allow.into()));
     env.push(("SWITCHYARD_SHUTDOWN_GRACE", "2s".into()));
+    env.extend(options.worker_env.iter().cloned());
     env
 }
 

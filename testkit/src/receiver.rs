@@ -30,6 +30,8 @@ pub struct Received {
     /// The status the receiver answered.
     pub answered: u16,
     pub at: Instant,
+    /// The W3C `traceparent` header, if the sender traced the request.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -225,6 +227,7 @@ async fn receive(
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         let answered = inner.script.pop_front().unwrap_or(200);
         let record = Received {
+            traceparent: header(&headers, "traceparent"),
             webhook_id: id.unwrap_or_default(),
             timestamp: ts.unwrap_or_default(),
             signature: sig.unwrap_or_default(),

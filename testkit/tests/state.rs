@@ -36,6 +36,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         chat_model_id: None,
         projects: None,
         trigger: None,
+        trace_id: None,
     }
 }
 
@@ -868,6 +869,7 @@ async fn a_runs_events_are_numbered_without_gaps_through_every_transition() {
                 next_seq: Some(4),
                 events: vec![delta("c")],
             },
+            trace: Default::default(),
         }],
     )
     .await

@@ -62,6 +62,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_DELIVERY_SWEEP_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub delivery_sweep_after: Duration,
 
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (such as `0.0.0.0:9100`); unset, nowhere.
+    #[arg(long, env = "SWITCHYARD_OPS_LISTEN")]
+    pub ops_listen: Option<std::net::SocketAddr>,
+
     /// On SIGTERM, how long running runs may take to finish before they are handed back.
     #[arg(long, env = "SWITCHYARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -249,11 +253,18 @@ fn completer(
                     let mut client = pool.get().await?;
                     let tx = client.transaction().await?;
                     let done = runs::complete_many(&tx, &owner, &results).await?;
-                    let delivery_ids = deliveries::create_for_runs(&tx, &done).await?;
+                    let created = deliveries::create_for_runs(&tx, &done).await?;
                     tx.commit().await?;
-                    // Webhooks first: they are what most callers wait for.
+                    // Webhooks first: they are what most callers wait for. Each message continues
+                    // the trace of the run it reports.
+                    let traces: std::collections::HashMap<Uuid, &lapin::types::FieldTable> =
+                        results.iter().map(|c| (c.id, &c.trace)).collect();
+                    let messages: Vec<_> = created
+                        .iter()
+                        .map(|(id, run_id)| (*id, traces.get(run_id).copied()))
+                        .collect();
                     let queue = broker.topology().deliveries();
-                    if let Err(err) = broker.publish_ids(&queue, &delivery_ids).await {
+                    if let Err(err) = broker.publish_ids_traced(&queue, &messages).await {
                         tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
                     }
                     let events: Vec<_> =
@@ -295,6 +306,7 @@ fn default_worker_id() -> String {
 /// Runs the worker until `shutdown`, then drains: no new runs are taken, running ones get
 /// `shutdown_grace` to finish and are handed back otherwise.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = switchyard_common::metrics::install("switchyard-worker")?;
     let pool = switchyard_common::db::pool(&config.db)?;
     let broker_shutdown = CancellationToken::new();
     let broker = Broker::start(
@@ -303,6 +315,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.broker.publish_timeout,
         broker_shutdown.clone(),
     );
+    if let Some(addr) = config.ops_listen {
+        let ops = switchyard_common::metrics::serve_ops(
+            addr,
+            metrics,
+            pool.clone(),
+            broker.clone(),
+            broker_shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = ops.await {
+                tracing::error!(error = format!("{err:#}"), "the ops listener stopped");
+            }
+        });
+    }
     let owner = config.worker_id.clone().unwrap_or_else(default_worker_id);
     let guard = switchyard_common::egress::Guard::parse(&config.egress_allow)
         .map_err(anyhow::Error::msg)?;
@@ -371,21 +397,28 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
         amqp::dead_letter(&delivery).await;
         return;
     };
-    let span = tracing::info_span!("process runs", %run_id, tenant_id = tracing::field::Empty, otel.kind = "consumer");
-    telemetry::adopt_trace_parent(&span, delivery.properties.headers().as_ref());
+    let span = amqp::process_span(&delivery, &ctx.broker.topology().runs(), run_id);
     async move {
         let claimed = ctx
             .claims
             .submit(run_id)
+            .instrument(tracing::info_span!("claim", %run_id))
             .await
             .unwrap_or_else(|gone| Err(gone.to_string()));
         match claimed {
             Ok(Claim::Won(claimed)) => {
                 let (run, agent) = *claimed;
-                tracing::Span::current().record("tenant_id", run.tenant_id.as_str());
                 // The lease owns the run from here; a failed ack only means a duplicate later.
                 amqp::ack(&delivery).await;
-                execute(&ctx, run, agent).await;
+                let span = tracing::info_span!(
+                    "execute",
+                    otel.name = %format!("execute {}", agent.kind),
+                    run_id = %run.id,
+                    tenant_id = %run.tenant_id,
+                    agent_id = %run.agent_id,
+                    attempt = run.attempt,
+                );
+                execute(&ctx, run, agent).instrument(span).await;
             }
             Ok(Claim::Skip) => {
                 tracing::debug!(
@@ -681,6 +714,7 @@ async fn finish(ctx: &Ctx, run: &Run, agent: &AgentSpec, outcome: Outcome, pendi
                     usage: output.usage.clone(),
                     artifacts: output.artifacts.clone(),
                     pending: pending.clone(),
+                    trace: telemetry::current_trace_headers(),
                 })
                 .await
                 .unwrap_or_else(|gone| Err(gone.to_string())),
@@ -773,6 +807,23 @@ async fn record_end(
     Ok(true)
 }
 
+/// Sets `switchyard_runs{status}` for the runs queued and running now (two partial indexes).
+async fn sample_run_counts(ctx: &Ctx) -> anyhow::Result<()> {
+    let client = ctx.pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM runs WHERE status = 'queued'), \
+                    (SELECT count(*) FROM runs WHERE status = 'running')",
+            &[],
+        )
+        .await?;
+    for (i, status) in ["queued", "running"].into_iter().enumerate() {
+        let n: i64 = row.get(i);
+        metrics::gauge!(switchyard_common::metrics::RUNS, "status" => status).set(n as f64);
+    }
+    Ok(())
+}
+
 /// The maintenance loop: reaper and sweepers. Every worker runs it; `SKIP LOCKED` keeps them from
 /// doing the same row twice.
 async fn maintain(ctx: Ctx, config: Config) {
@@ -789,6 +840,7 @@ async fn maintain(ctx: Ctx, config: Config) {
 async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     const SWEEP_BATCH: i64 = 500;
     let topology = ctx.broker.topology();
+    sample_run_counts(ctx).await?;
     // Reap: expired leases go back to the queue, or fail once their attempts are spent.
     let (requeued, failed_deliveries) = {
         let mut client = ctx.pool.get().await?;

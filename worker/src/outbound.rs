@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use switchyard_common::egress::{self, Guard};
 use switchyard_common::events::EventKind;
 use switchyard_common::signing::Secret;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::executor::ExecError;
@@ -60,7 +61,22 @@ impl Env {
     {
         let mut tries = 1;
         loop {
-            match attempt().await {
+            // One HTTP client span per try (OpenTelemetry's conventions); `post` names the server
+            // and sends this span's `traceparent`.
+            let span = tracing::info_span!(
+                "call",
+                otel.name = "POST",
+                otel.kind = "client",
+                http.request.method = "POST",
+                server.address = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+                switchyard.call = what,
+            );
+            let outcome = attempt().instrument(span.clone()).await;
+            if let Err(Failure::Final(error) | Failure::Transient { error, .. }) = &outcome {
+                span.record("error.type", error.code);
+            }
+            match outcome {
                 Ok(value) => return Ok(value),
                 Err(Failure::Final(error)) => return Err(error),
                 Err(Failure::Transient { error, retry_after }) => {
@@ -98,6 +114,9 @@ impl Env {
             .map_err(|_| ExecError::new("invalid_url", format!("`{url}` is not a valid URL")))?;
         egress::check_url(&self.guard, &parsed)
             .map_err(|r| ExecError::new("egress_refused", r.to_string()))?;
+        if let Some(host) = parsed.host_str() {
+            tracing::Span::current().record("server.address", host);
+        }
         let bytes = serde_json::to_vec(body).unwrap_or_default();
         let mut request = self
             .http

@@ -197,6 +197,7 @@ pub async fn receive(
             },
         )
         .await?;
+        crate::pipeline::count_invocation("rejected");
         return Err(ApiError::unauthorized(format!(
             "the webhook was not authenticated: {reason}"
         )));

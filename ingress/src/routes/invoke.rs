@@ -445,6 +445,7 @@ pub(crate) async fn start_trigger(
             );
             invocations::record_refusal(&client, &refusal(Refusal::Rejected, reason.clone()))
                 .await?;
+            pipeline::count_invocation("rejected");
             return Err(
                 ApiError::new(ErrorCode::UnprocessableEntity, reason).with_violations(violations)
             );
@@ -507,6 +508,7 @@ pub(crate) async fn start_trigger(
             environment: envelope.environment,
             missing_placeholders,
         }),
+        trace_id: switchyard_common::telemetry::current_trace_id(),
     };
     Ok(Started::New(
         pipeline::enqueue_guarded(state, new, guarded).await?,
@@ -549,6 +551,7 @@ async fn record_drop(state: &AppState, dropped: &NewRefusal<'_>) -> Result<(), A
         switchyard_common::deliveries::fan_out(&tx, &[invocations::dropped_event(id, dropped)])
             .await?;
     tx.commit().await?;
+    pipeline::count_invocation("dropped");
     if let Err(err) = state
         .broker
         .publish_ids(&state.broker.topology().deliveries(), &created)

@@ -285,6 +285,7 @@ pub(crate) async fn create_from(
         chat_model_id: valid.chat_model_id,
         projects: key.project_ids.clone(),
         trigger: None,
+        trace_id: switchyard_common::telemetry::current_trace_id(),
     };
     let run = pipeline::enqueue_guarded(&state, new, idempotency.is_some()).await?;
     let mut response = if stream {

@@ -309,21 +309,29 @@ fn pids_named(names: &[&str]) -> Vec<u32> {
         .collect()
 }
 
-/// CPU seconds so far of Switchyard's processes, PostgreSQL and RabbitMQ.
+/// CPU seconds so far of Switchyard's processes (in all, and by binary), PostgreSQL and
+/// RabbitMQ.
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     switchyard: f64,
+    ingress: f64,
+    workers: f64,
+    notifier: f64,
     postgres: f64,
     rabbitmq: f64,
 }
 
 impl Cpu {
     fn now(stack: &Stack) -> Self {
-        let mut ours = vec![stack.ingress.pid(), stack.notifier.pid()];
-        ours.extend(stack.workers.iter().map(|w| w.pid()));
         let sum = |pids: Vec<u32>| pids.into_iter().map(cpu_seconds).sum::<f64>();
+        let ingress = cpu_seconds(stack.ingress.pid());
+        let notifier = cpu_seconds(stack.notifier.pid());
+        let workers = sum(stack.workers.iter().map(|w| w.pid()).collect());
         Self {
-            switchyard: sum(ours),
+            switchyard: ingress + notifier + workers,
+            ingress,
+            workers,
+            notifier,
             postgres: sum(pids_named(&["postgres", "postmaster"])),
             rabbitmq: sum(pids_named(&["beam.smp", "erl_child_setup"])),
         }
@@ -332,9 +340,23 @@ impl Cpu {
     fn since(self, before: Self) -> Self {
         Self {
             switchyard: self.switchyard - before.switchyard,
+            ingress: self.ingress - before.ingress,
+            workers: self.workers - before.workers,
+            notifier: self.notifier - before.notifier,
             postgres: self.postgres - before.postgres,
             rabbitmq: self.rabbitmq - before.rabbitmq,
         }
+    }
+
+    /// `ingress / workers / notifier`, in ms per run.
+    fn by_binary(self, runs: usize) -> String {
+        let per = |s: f64| s * 1e3 / runs.max(1) as f64;
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            per(self.ingress),
+            per(self.workers),
+            per(self.notifier)
+        )
     }
 
     /// `switchyard / postgres / rabbitmq | total`, in ms per run.
@@ -609,10 +631,11 @@ async fn main() -> anyhow::Result<()> {
         "Closed loop: each client sends its next run as soon as the last was accepted, so runs queue up"
     );
     println!(
-        "and latency is mostly waiting in the queue. CPU in ms per run: Switchyard / PostgreSQL / RabbitMQ | total.\n"
+        "and latency is mostly waiting in the queue. CPU in ms per run: Switchyard / PostgreSQL / RabbitMQ | total,"
     );
+    println!("and Switchyard's by binary: ingress / workers (all) / notifier.\n");
     println!(
-        "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run | total |\n|---|---|---|---|---|---|---|---|"
+        "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run | total | by binary |\n|---|---|---|---|---|---|---|---|---|"
     );
     for &c in &args.e2e_concurrency {
         eprintln!("[bench] end to end at concurrency {c}");
@@ -641,7 +664,7 @@ async fn main() -> anyhow::Result<()> {
         let cpu = Cpu::now(&stack).since(cpu_before);
         let (e2e, verified, last) = e2e_latencies(&received[base..], &run);
         println!(
-            "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {} |",
+            "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {} | {} |",
             run.sent_at.len(),
             e2e.len() as f64
                 / last
@@ -652,6 +675,7 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(&e2e, 99.0)),
             e2e.len(),
             cpu.per_run(e2e.len()),
+            cpu.by_binary(e2e.len()),
         );
         stack.shutdown().await;
     }

@@ -1,0 +1,172 @@
+//! Prometheus metrics: the `metrics` facade, rendered by `metrics-exporter-prometheus`, with the
+//! `service` label on every series. Each binary installs the recorder once and serves `/metrics`
+//! (with its pool and broker connection read at each scrape) (the ingress on its own port; the worker and the
+//! notifier on `SWITCHYARD_OPS_LISTEN`, beside `/healthz` and `/readyz`).
+//!
+//! Every metric name is here, so that the dashboard (`deploy/grafana`) and the README have one
+//! list to follow.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::Broker;
+
+/// HTTP requests served, by `method`, `route` (the matched path template) and `status`.
+pub const HTTP_REQUESTS: &str = "switchyard_http_requests_total";
+/// Their latency, by `method` and `route`.
+pub const HTTP_DURATION: &str = "switchyard_http_request_duration_seconds";
+/// Invocations by `outcome`: `accepted`, `dropped`, `rejected` or `replayed`.
+pub const INVOCATIONS: &str = "switchyard_invocations_total";
+/// Runs that reached a final status, by `status`, counted where the transition happened.
+pub const RUNS_FINISHED: &str = "switchyard_runs_finished_total";
+/// Runs now `queued` and `running` (label `status`), sampled from Postgres by the workers.
+pub const RUNS: &str = "switchyard_runs";
+/// From queued to claimed, per claim.
+pub const QUEUE_LAG: &str = "switchyard_run_queue_lag_seconds";
+/// From claimed to finished, per attempt, by `tenant` and `agent`.
+pub const EXECUTION: &str = "switchyard_run_execution_seconds";
+/// Webhook attempts by `outcome`: `success` or `failure`.
+pub const DELIVERY_ATTEMPTS: &str = "switchyard_delivery_attempts_total";
+/// Deliveries that ended, by `status`: `delivered` or `failed`.
+pub const DELIVERIES_FINISHED: &str = "switchyard_deliveries_finished_total";
+/// How long an attempt took, answer or not.
+pub const DELIVERY_DURATION: &str = "switchyard_delivery_attempt_duration_seconds";
+/// The age of the oldest delivery still pending (0 when none), sampled by the notifiers.
+pub const OLDEST_PENDING_DELIVERY: &str = "switchyard_deliveries_oldest_pending_seconds";
+/// The connection pool, by `state`: `idle` or `in_use`.
+pub const POOL_CONNECTIONS: &str = "switchyard_db_pool_connections";
+/// The pool's cap.
+pub const POOL_MAX: &str = "switchyard_db_pool_max_connections";
+/// 1 while the broker connection is up, else 0.
+pub const BROKER_CONNECTED: &str = "switchyard_broker_connected";
+
+/// Histogram buckets in seconds: from a millisecond to ten minutes.
+const BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+    600.0,
+];
+
+/// Installs the process's recorder, labelled with `service`. Call once, inside the runtime: it
+/// starts the upkeep that keeps histograms bounded.
+pub fn install(service: &'static str) -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .add_global_label("service", service)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// The body of `GET /metrics`, with the pool and the broker connection as they are now.
+pub fn exposition(
+    handle: &PrometheusHandle,
+    pool: &Pool,
+    broker: &Broker,
+) -> impl IntoResponse + use<> {
+    let status = pool.status();
+    let in_use = status.size.saturating_sub(status.available);
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
+    metrics::gauge!(POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(POOL_MAX).set(status.max_size as f64);
+    metrics::gauge!(BROKER_CONNECTED).set(if broker.is_connected() { 1.0 } else { 0.0 });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+}
+
+/// Readiness of a process that needs Postgres and RabbitMQ: 200 `ready` with both up, else 503
+/// with the state of each and the reason in `detail`.
+pub async fn readiness(pool: &Pool, broker: &Broker) -> (StatusCode, Value) {
+    let postgres = crate::db::ping(pool, Duration::from_millis(500)).await;
+    let rabbitmq = broker.is_connected();
+    let up = |b: bool| if b { "up" } else { "down" };
+    let mut detail = Vec::new();
+    if !postgres {
+        detail.push("PostgreSQL does not answer: no run can be claimed or recorded");
+    }
+    if !rabbitmq {
+        detail.push("the RabbitMQ connection is down: no message is consumed until it is back");
+    }
+    let code = if detail.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({
+        "status": if detail.is_empty() { "ready" } else { "unavailable" },
+        "postgres": up(postgres),
+        "rabbitmq": up(rabbitmq),
+    });
+    if !detail.is_empty() {
+        body["detail"] = json!(detail.join("; "));
+    }
+    (code, body)
+}
+
+#[derive(Clone)]
+struct Ops {
+    handle: PrometheusHandle,
+    pool: Pool,
+    broker: Broker,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`: the worker's and the
+/// notifier's only HTTP.
+pub async fn serve_ops(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    pool: Pool,
+    broker: Broker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app =
+        Router::new()
+            .route(
+                "/metrics",
+                get(|State(ops): State<Ops>| async move {
+                    exposition(&ops.handle, &ops.pool, &ops.broker)
+                }),
+            )
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(json!({"status": "ok"})) }),
+            )
+            .route(
+                "/readyz",
+                get(|State(ops): State<Ops>| async move {
+                    let (code, body) = readiness(&ops.pool, &ops.broker).await;
+                    (code, axum::Json(body))
+                }),
+            )
+            .with_state(Ops {
+                handle,
+                pool,
+                broker,
+            });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
