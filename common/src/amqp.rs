@@ -434,8 +434,22 @@ impl Broker {
     /// Publishes one id to `queue` and waits for the broker's confirm. Concurrent callers share
     /// one channel, so their confirms are pipelined rather than serialised.
     pub async fn publish_id(&self, queue: &str, id: Uuid) -> Result<(), PublishError> {
+        self.publish_id_in(queue, id, None).await
+    }
+
+    /// [`Broker::publish_id`] in the trace `traceparent` names (else the current span's): for a
+    /// run published again, in the trace of the request that accepted it.
+    pub async fn publish_id_in(
+        &self,
+        queue: &str,
+        id: Uuid,
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::Unavailable)?;
         let span = publish_span(queue, id);
+        if let Some(parent) = traceparent {
+            telemetry::adopt_trace_parent(&span, Some(&telemetry::amqp_headers_of(parent)));
+        }
         let headers = span.in_scope(telemetry::current_trace_headers);
         let confirm = tokio::time::timeout(self.0.publish_timeout, async {
             send_with(&live.publisher, queue, id, None, headers)

@@ -112,6 +112,10 @@ pub struct Run {
     /// The OpenTelemetry trace (32 hex digits) that follows the run through the ingress, the
     /// worker and the notifier; `null` when tracing was off where it was accepted.
     pub trace_id: Option<String>,
+    /// The accepting request's span as a W3C `traceparent`, for publishing the run again later.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub traceparent: Option<String>,
     /// The conversation's row, once a worker first claimed the run.
     #[serde(skip)]
     #[schema(ignore)]

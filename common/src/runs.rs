@@ -15,7 +15,8 @@ use crate::model::{AgentSpec, Run, RunStatus};
 const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.message, r.inputs, \
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
-    r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot, r.trace_id";
+    r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot, r.trace_id, \
+    r.traceparent";
 
 /// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
 /// number its first closing event takes, or NULL to follow the run's last event): `completed`
@@ -81,6 +82,8 @@ pub struct NewRun {
     pub trigger: Option<TriggerOrigin>,
     /// The trace of the request that accepted it, when tracing is on.
     pub trace_id: Option<String>,
+    /// That request's span, as a W3C `traceparent`.
+    pub traceparent: Option<String>,
 }
 
 /// What a run started by a trigger records about its invocation.
@@ -91,25 +94,19 @@ pub struct TriggerOrigin {
     pub missing_placeholders: Vec<String>,
 }
 
-/// Counts the runs a statement ended (`switchyard_runs_finished_total`) and times their last
-/// attempt (`switchyard_run_execution_seconds`). Counted when the statement returns: a
-/// transaction rolled back after it would count a run that did not end.
-fn observe_finished(runs: &[Run]) {
+/// Counts the runs among `runs` that have ended (`switchyard_runs_finished_total`). Callers call
+/// it once the transaction that ended them has committed.
+pub fn observe_finished(runs: &[Run]) {
     for run in runs.iter().filter(|r| r.status.is_terminal()) {
         metrics::counter!(crate::metrics::RUNS_FINISHED, "status" => run.status.as_str())
             .increment(1);
-        if let (Some(started), Some(ended)) = (run.started_at, run.completed_at) {
-            metrics::histogram!(crate::metrics::EXECUTION,
-                "tenant" => run.tenant_id.clone(), "agent" => run.agent_id.clone())
-            .record((ended - started).as_seconds_f64().max(0.0));
-        }
     }
 }
 
-/// Times how long the runs a claim won waited since they were accepted
-/// (`switchyard_run_queue_lag_seconds`), on their first attempt.
+/// Times how long runs claimed for the first time waited since they were accepted
+/// (`switchyard_run_queue_lag_seconds`).
 fn observe_claimed<'a>(runs: impl Iterator<Item = &'a Run>) {
-    for run in runs.filter(|r| r.attempt == 1) {
+    for run in runs {
         if let Some(started) = run.started_at {
             metrics::histogram!(crate::metrics::QUEUE_LAG)
                 .record((started - run.created_at).as_seconds_f64().max(0.0));
@@ -153,6 +150,7 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
         last_seq: row.try_get("last_seq").unwrap_or(0),
         holds_slot: row.try_get("holds_slot").unwrap_or(false),
         trace_id: row.try_get("trace_id")?,
+        traceparent: row.try_get("traceparent")?,
         events: crate::events::from_json(row.try_get("events").ok().flatten()),
     })
 }
@@ -198,18 +196,19 @@ pub async fn insert_batch(
     let ttls: Vec<Option<f64>> = runs.iter().map(|r| r.ttl.map(secs)).collect();
     let models: Vec<Option<&str>> = runs.iter().map(|r| r.chat_model_id.as_deref()).collect();
     let traces: Vec<Option<&str>> = runs.iter().map(|r| r.trace_id.as_deref()).collect();
+    let parents: Vec<Option<&str>> = runs.iter().map(|r| r.traceparent.as_deref()).collect();
     let sql = format!(
         "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
-                                missing_placeholders, expires_at, chat_model_id, trace_id) \
+                                missing_placeholders, expires_at, chat_model_id, trace_id, traceparent) \
          SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, a.max_attempts, n.trigger_id, n.environment, n.session_id, \
-                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace \
+                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, n.parent \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
                      $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::text[], \
-                     $15::text[]) \
+                     $15::text[], $16::text[]) \
               AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects, trigger_id, \
-                   environment, session_id, missing, ttl, model, trace) \
+                   environment, session_id, missing, ttl, model, trace, parent) \
          JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
          WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
          RETURNING {COLUMNS}"
@@ -234,6 +233,7 @@ pub async fn insert_batch(
                 &ttls,
                 &models,
                 &traces,
+                &parents,
             ],
         )
         .await?;
@@ -250,9 +250,7 @@ pub async fn get(
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&tenant_id, &id])
         .await?;
-    let done = row.as_ref().map(from_row).transpose()?;
-    observe_finished(done.as_slice());
-    Ok(done)
+    row.as_ref().map(from_row).transpose()
 }
 
 /// The tenant's runs, newest first: in `projects` (all when `None`), of `statuses` (all when
@@ -338,7 +336,8 @@ async fn claim_statement(
     let which = if limited { "" } else { "NOT" };
     let sql = format!(
         "WITH c AS ( \
-             SELECT r.id, r.tenant_id, r.project_id, r.agent_id, r.session_id, x.fresh \
+             SELECT r.id, r.tenant_id, r.project_id, r.agent_id, r.session_id, x.fresh, \
+                    r.started_at IS NULL AS first_claim \
              FROM runs r JOIN unnest($1::uuid[], $4::uuid[]) AS x(id, fresh) ON x.id = r.id \
              WHERE r.status = 'queued' AND (r.expires_at IS NULL OR r.expires_at > now()) \
                AND {which} EXISTS (SELECT 1 FROM agents l WHERE l.tenant_id = r.tenant_id \
@@ -366,7 +365,8 @@ async fn claim_statement(
          RETURNING {COLUMNS}, \
              (SELECT coalesce(max(e.seq), 0) FROM run_events e WHERE e.run_id = r.id) AS last_seq, \
              a.kind AS agent_kind, a.config AS agent_config, a.timeout_seconds AS agent_timeout, \
-             a.credential_id AS agent_credential, a.max_concurrency IS NOT NULL AS agent_limited"
+             a.credential_id AS agent_credential, a.max_concurrency IS NOT NULL AS agent_limited, \
+             c.first_claim"
     );
     let rows = client
         .query(
@@ -400,7 +400,12 @@ async fn claim_statement(
             ))
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    observe_claimed(claimed.iter().map(|(run, _)| run));
+    let firsts = rows
+        .iter()
+        .zip(&claimed)
+        .filter(|(row, _)| row.try_get::<_, bool>("first_claim").unwrap_or(false))
+        .map(|(_, (run, _))| run);
+    observe_claimed(firsts);
     Ok(claimed)
 }
 
@@ -489,12 +494,12 @@ pub async fn claim_limited(
 pub async fn next_for_agent(
     client: &impl GenericClient,
     run: &Run,
-) -> Result<Option<Uuid>, tokio_postgres::Error> {
+) -> Result<Option<Next>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT e.id FROM runs e \
+                    "SELECT e.id, e.traceparent FROM runs e \
                      WHERE e.tenant_id = $1 AND e.agent_id = $2 AND e.status = 'queued' \
                        AND (e.expires_at IS NULL OR e.expires_at > now()) \
                        AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.id = $2 \
@@ -505,7 +510,21 @@ pub async fn next_for_agent(
             &[&run.tenant_id, &run.agent_id],
         )
         .await?;
-    row.map(|r| r.try_get(0)).transpose()
+    row.map(|r| next_of(&r)).transpose()
+}
+
+/// A queued run to publish: its id, and the `traceparent` of the request that accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Next {
+    pub id: Uuid,
+    pub traceparent: Option<String>,
+}
+
+fn next_of(row: &Row) -> Result<Next, tokio_postgres::Error> {
+    Ok(Next {
+        id: row.try_get(0)?,
+        traceparent: row.try_get(1)?,
+    })
 }
 
 /// Extends the lease `owner` holds. `None` means the lease is lost (reaped, or the run ended):
@@ -638,9 +657,7 @@ pub async fn complete_many(
             ],
         )
         .await?;
-    let done = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    observe_finished(&done);
-    Ok(done)
+    rows.iter().map(from_row).collect()
 }
 
 /// Writes the pending events (`$5`…`$8`) of the runs in `done`.
@@ -784,9 +801,7 @@ async fn end_running(
             ],
         )
         .await?;
-    let done = row.as_ref().map(from_row).transpose()?;
-    observe_finished(done.as_slice());
-    Ok(done)
+    row.as_ref().map(from_row).transpose()
 }
 
 /// `running → queued` without spending the attempt: a worker shutting down hands its run back so
@@ -816,9 +831,7 @@ pub async fn release(
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&id, &owner])
         .await?;
-    let done = row.as_ref().map(from_row).transpose()?;
-    observe_finished(done.as_slice());
-    Ok(done)
+    row.as_ref().map(from_row).transpose()
 }
 
 /// `queued → cancelled`, for a run of `tenant_id` that no worker has started. Returns the run
@@ -888,9 +901,7 @@ pub async fn expire_overdue(
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
         .await?;
-    let done = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    observe_finished(&done);
-    Ok(done)
+    rows.iter().map(from_row).collect()
 }
 
 /// `running → queued` (or `→ failed` once attempts are spent, or `→ cancelled` when a cancel
@@ -926,9 +937,7 @@ pub async fn reap_expired(
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
         .await?;
-    let done = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    observe_finished(&done);
-    Ok(done)
+    rows.iter().map(from_row).collect()
 }
 
 /// The next run of `run`'s session once `run` has left `running`: the earliest queued one. Its
@@ -936,7 +945,7 @@ pub async fn reap_expired(
 pub async fn next_in_session(
     client: &impl GenericClient,
     run: &Run,
-) -> Result<Option<Uuid>, tokio_postgres::Error> {
+) -> Result<Option<Next>, tokio_postgres::Error> {
     let Some(session_id) = &run.session_id else {
         return Ok(None);
     };
@@ -944,14 +953,14 @@ pub async fn next_in_session(
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT id FROM runs WHERE tenant_id = $1 AND project_id = $2 AND session_id = $3 \
-                     AND status = 'queued' ORDER BY id LIMIT 1",
+                    "SELECT id, traceparent FROM runs WHERE tenant_id = $1 AND project_id = $2 \
+                     AND session_id = $3 AND status = 'queued' ORDER BY id LIMIT 1",
                 )
                 .await?,
             &[&run.tenant_id, &run.project_id, session_id],
         )
         .await?;
-    row.map(|r| r.try_get(0)).transpose()
+    row.map(|r| next_of(&r)).transpose()
 }
 
 /// Queued runs nobody claimed within `older_than` (their publish may have been lost): marks them

@@ -157,6 +157,24 @@ pub fn adopt_http_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) 
     let _ = span.set_parent(parent);
 }
 
+/// The current span as a W3C `traceparent`, or `None` when tracing is off.
+pub fn current_traceparent() -> Option<String> {
+    let mut headers = std::collections::HashMap::new();
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers.remove("traceparent")
+}
+
+/// AMQP headers naming `traceparent` as the parent of what reads them.
+pub fn amqp_headers_of(traceparent: &str) -> FieldTable {
+    let mut headers = BTreeMap::new();
+    headers.insert(
+        ShortString::from("traceparent"),
+        AMQPValue::LongString(traceparent.into()),
+    );
+    FieldTable::from(headers)
+}
+
 /// The current span's trace id (32 hex digits), or `None` when tracing is off.
 pub fn current_trace_id() -> Option<String> {
     use opentelemetry::trace::TraceContextExt as _;

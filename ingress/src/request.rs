@@ -48,7 +48,17 @@ pub async fn context(request: Request, next: Next) -> Response {
         request_id: request_id.clone(),
         path: request.uri().path().to_owned(),
     };
-    let method = request.method().clone();
+    // Methods outside HTTP's own are one label, so that a client cannot mint series.
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "_OTHER",
+    };
     // The route template, not the path: ids would make every series and span name unique.
     let route = request
         .extensions()
@@ -75,7 +85,7 @@ pub async fn context(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     span.record("http.response.status_code", status);
-    let labels = [("method", method.to_string()), ("route", route)];
+    let labels = [("method", method.to_owned()), ("route", route)];
     metrics::histogram!(switchyard_common::metrics::HTTP_DURATION, &labels)
         .record(elapsed.as_secs_f64());
     let [method, route] = labels;

@@ -193,8 +193,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.broker.publish_timeout,
         broker_shutdown.clone(),
     );
-    tokio::spawn(sample_oldest_pending(pool.clone(), broker_shutdown.clone()));
     if let Some(addr) = config.ops_listen {
+        tokio::spawn(sample_oldest_pending(pool.clone(), broker_shutdown.clone()));
         let ops = switchyard_common::metrics::serve_ops(
             addr,
             metrics,

@@ -150,6 +150,64 @@ async fn one_invocation_is_one_trace_from_the_ingress_through_the_worker_to_the_
     stack.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_run_published_when_its_session_frees_stays_in_its_own_trace() {
+    let collector = Collector::start().await.expect("collector");
+    let env = traced(&collector);
+    let stack = Stack::start(StackOptions {
+        workers: 1,
+        ingress_env: env.clone(),
+        worker_env: env.clone(),
+        notifier_env: env,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack.add_echo_agent("slow", 400).await.expect("agent");
+    // Two runs of one session, each from a caller with its own trace: the second waits for the
+    // first, and the first's worker publishes it when it ends.
+    let mut ids = Vec::new();
+    for (n, trace) in [
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let run: Value = stack
+            .http
+            .post(format!("{}/v1/runs", stack.base_url))
+            .bearer_auth(&stack.api_key)
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b{n}-01"))
+            .json(
+                &json!({"agentId": "slow", "message": format!("turn {n}"), "sessionId": "chat-1"}),
+            )
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("the run");
+        assert_eq!(run["traceId"], trace);
+        ids.push((run["id"].as_str().expect("id").to_owned(), trace));
+    }
+    let (second, second_trace) = &ids[1];
+    let executed = poll(Duration::from_secs(20), || async {
+        let spans = collector.spans();
+        spans
+            .iter()
+            .find(|s| s.name == "execute echo" && s.attribute("run_id") == Some(second.as_str()))
+            .cloned()
+    })
+    .await
+    .expect("the second run's execute span arrives");
+    assert_eq!(
+        executed.trace_id, *second_trace,
+        "the second run is executed in its own trace, not in the first run's"
+    );
+    stack.shutdown().await;
+}
+
 /// The value of the series `name` whose labels include every one of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()

@@ -40,9 +40,20 @@ async fn create(stack: &Stack, message: &str) -> String {
 
 #[tokio::test]
 async fn every_run_completes_and_every_webhook_arrives_across_a_broker_restart() {
-    let stack = Stack::start(StackOptions::default())
-        .await
-        .expect("stack starts");
+    let ops_port = switchyard_testkit::free_port().expect("port");
+    let stack = Stack::start(StackOptions {
+        notifier_env: vec![("SWITCHYARD_OPS_LISTEN", format!("127.0.0.1:{ops_port}"))],
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let notifier_ready = format!("http://127.0.0.1:{ops_port}/readyz");
+    // The notifier's readiness, as (HTTP status, body).
+    let readiness = || async {
+        let response = stack.http.get(&notifier_ready).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json::<Value>().await.ok()?))
+    };
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(create(&stack, &format!("before {n}")).await);
@@ -65,18 +76,55 @@ async fn every_run_completes_and_every_webhook_arrives_across_a_broker_restart()
             .json()
             .await
             .ok()?;
-        (body["status"] == "degraded").then_some(())
+        (body["status"] == "degraded").then_some(body)
     })
-    .await;
+    .await
+    .expect("readiness reports the broker outage as degraded");
     assert!(
-        degraded.is_ok(),
-        "readiness reports the broker outage as degraded"
+        degraded["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("RabbitMQ")),
+        "{degraded}"
+    );
+    // A notifier cannot work without the broker: it says it is not ready, and why.
+    let (status, body) = poll(Duration::from_secs(10), || async {
+        readiness().await.filter(|(status, _)| *status == 503)
+    })
+    .await
+    .expect("the notifier is not ready while the broker is down");
+    assert_eq!(status, 503);
+    assert_eq!(body["rabbitmq"], "down", "{body}");
+    assert_eq!(body["postgres"], "up");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("RabbitMQ"))
+    );
+    let metrics = stack
+        .http
+        .get(format!("{}/metrics", stack.base_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_broker_connected{") && l.ends_with(" 0")),
+        "{metrics}"
     );
     for n in 0..5 {
         ids.push(create(&stack, &format!("during {n}")).await);
     }
     assert!(rabbitmqctl("start_app"), "rabbitmqctl start_app");
     drop(guard);
+    poll(Duration::from_secs(30), || async {
+        readiness().await.filter(|(status, _)| *status == 200)
+    })
+    .await
+    .expect("the notifier is ready again once the broker is back");
 
     for n in 0..5 {
         ids.push(create(&stack, &format!("after {n}")).await);

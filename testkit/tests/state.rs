@@ -37,6 +37,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         projects: None,
         trigger: None,
         trace_id: None,
+        traceparent: None,
     }
 }
 
@@ -618,7 +619,10 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
         .expect("completed");
     let conversation = done.conversation_id.expect("joined a conversation");
     assert_eq!(
-        runs::next_in_session(&client, &done).await.expect("q"),
+        runs::next_in_session(&client, &done)
+            .await
+            .expect("q")
+            .map(|next| next.id),
         Some(s2)
     );
     let loner = insert(&pool, new_run("echo", None)).await;

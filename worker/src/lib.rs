@@ -255,6 +255,7 @@ fn completer(
                     let done = runs::complete_many(&tx, &owner, &results).await?;
                     let created = deliveries::create_for_runs(&tx, &done).await?;
                     tx.commit().await?;
+                    runs::observe_finished(&done);
                     // Webhooks first: they are what most callers wait for. Each message continues
                     // the trace of the run it reports.
                     let traces: std::collections::HashMap<Uuid, &lapin::types::FieldTable> =
@@ -418,7 +419,15 @@ async fn handle(ctx: Ctx, delivery: Delivery) {
                     agent_id = %run.agent_id,
                     attempt = run.attempt,
                 );
+                // Execution time per attempt, by agent: from the claim to the recorded end.
+                let labels = [
+                    ("tenant", run.tenant_id.clone()),
+                    ("agent", run.agent_id.clone()),
+                ];
+                let started = std::time::Instant::now();
                 execute(&ctx, run, agent).instrument(span).await;
+                metrics::histogram!(switchyard_common::metrics::EXECUTION, &labels)
+                    .record(started.elapsed().as_secs_f64());
             }
             Ok(Claim::Skip) => {
                 tracing::debug!(
@@ -609,6 +618,7 @@ async fn hand_back(ctx: &Ctx, run_id: Uuid) {
             Vec::new()
         };
         tx.commit().await?;
+        runs::observe_finished(std::slice::from_ref(&run));
         Ok(Some((run, deliveries)))
     };
     if let Ok(Some((run, delivery_ids))) = released.await {
@@ -637,10 +647,14 @@ async fn start_next_for_agent(ctx: &Ctx, run: &Run) {
     if let Ok(Some(next)) = next.await
         && let Err(err) = ctx
             .broker
-            .publish_id(&ctx.broker.topology().runs(), next)
+            .publish_id_in(
+                &ctx.broker.topology().runs(),
+                next.id,
+                next.traceparent.as_deref(),
+            )
             .await
     {
-        tracing::warn!(run_id = %next, error = %err, "cannot publish the agent's next run; the sweeper will");
+        tracing::warn!(run_id = %next.id, error = %err, "cannot publish the agent's next run; the sweeper will");
     }
 }
 
@@ -662,10 +676,14 @@ async fn start_next_in_session(ctx: &Ctx, run: &Run) {
         Ok(Some(next)) => {
             if let Err(err) = ctx
                 .broker
-                .publish_id(&ctx.broker.topology().runs(), next)
+                .publish_id_in(
+                    &ctx.broker.topology().runs(),
+                    next.id,
+                    next.traceparent.as_deref(),
+                )
                 .await
             {
-                tracing::warn!(run_id = %next, error = %err, "cannot publish the session's next run; the sweeper will");
+                tracing::warn!(run_id = %next.id, error = %err, "cannot publish the session's next run; the sweeper will");
             }
         }
         Ok(None) => {}
@@ -796,6 +814,7 @@ async fn record_end(
     };
     let ids = deliveries::create_for_run(&tx, &ended).await?;
     tx.commit().await?;
+    runs::observe_finished(std::slice::from_ref(&ended));
     ctx.broker.publish_events(&ended.events).await;
     if let Err(err) = ctx
         .broker
@@ -824,13 +843,24 @@ async fn sample_run_counts(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often a worker that serves metrics counts the runs queued and running.
+const SAMPLE_RUNS_EVERY: Duration = Duration::from_secs(10);
+
 /// The maintenance loop: reaper and sweepers. Every worker runs it; `SKIP LOCKED` keeps them from
-/// doing the same row twice.
+/// doing the same row twice. A worker that serves metrics also samples `switchyard_runs`.
 async fn maintain(ctx: Ctx, config: Config) {
     let mut tick = tokio::time::interval(config.maintenance_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        if config.ops_listen.is_some() && sampled.is_none_or(|at| at.elapsed() >= SAMPLE_RUNS_EVERY)
+        {
+            sampled = Some(tokio::time::Instant::now());
+            if let Err(err) = sample_run_counts(&ctx).await {
+                tracing::debug!(error = format!("{err:#}"), "cannot count the runs");
+            }
+        }
         if let Err(err) = maintain_once(&ctx, &config).await {
             tracing::debug!(error = format!("{err:#}"), "maintenance pass failed");
         }
@@ -840,7 +870,6 @@ async fn maintain(ctx: Ctx, config: Config) {
 async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     const SWEEP_BATCH: i64 = 500;
     let topology = ctx.broker.topology();
-    sample_run_counts(ctx).await?;
     // Reap: expired leases go back to the queue, or fail once their attempts are spent.
     let (requeued, failed_deliveries) = {
         let mut client = ctx.pool.get().await?;
@@ -854,10 +883,15 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
                 delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
                 ended_sessions.push(run);
             } else {
-                requeued.push(run.id);
+                // Published again in the trace of the request that accepted it.
+                requeued.push((
+                    run.id,
+                    run.traceparent.as_deref().map(telemetry::amqp_headers_of),
+                ));
             }
         }
         tx.commit().await?;
+        runs::observe_finished(&reaped);
         let events: Vec<_> = reaped
             .iter()
             .flat_map(|r| r.events.iter().cloned())
@@ -875,8 +909,12 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
         }
         (requeued, delivery_ids)
     };
+    let requeued: Vec<_> = requeued
+        .iter()
+        .map(|(id, headers)| (*id, headers.as_ref()))
+        .collect();
     ctx.broker
-        .publish_ids(&topology.runs(), &requeued)
+        .publish_ids_traced(&topology.runs(), &requeued)
         .await
         .ok();
     ctx.broker
@@ -894,6 +932,7 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
             delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
         }
         tx.commit().await?;
+        runs::observe_finished(&expired);
         if !expired.is_empty() {
             tracing::info!(expired = expired.len(), "expired runs whose ttl passed");
             let events: Vec<_> = expired

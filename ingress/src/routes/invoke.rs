@@ -509,6 +509,7 @@ pub(crate) async fn start_trigger(
             missing_placeholders,
         }),
         trace_id: switchyard_common::telemetry::current_trace_id(),
+        traceparent: switchyard_common::telemetry::current_traceparent(),
     };
     Ok(Started::New(
         pipeline::enqueue_guarded(state, new, guarded).await?,

@@ -286,6 +286,7 @@ pub(crate) async fn create_from(
         projects: key.project_ids.clone(),
         trigger: None,
         trace_id: switchyard_common::telemetry::current_trace_id(),
+        traceparent: switchyard_common::telemetry::current_traceparent(),
     };
     let run = pipeline::enqueue_guarded(&state, new, idempotency.is_some()).await?;
     let mut response = if stream {
@@ -375,6 +376,7 @@ pub async fn cancel(
         {
             let deliveries = switchyard_common::deliveries::create_for_run(&tx, &cancelled).await?;
             tx.commit().await?;
+            switchyard_common::runs::observe_finished(std::slice::from_ref(&cancelled));
             state.broker.publish_events(&cancelled.events).await;
             let topology = state.broker.topology();
             if let Err(err) = state
@@ -393,7 +395,10 @@ pub async fn cancel(
             .flatten()
             .flatten()
             {
-                let _ = state.broker.publish_id(&topology.runs(), next).await;
+                let _ = state
+                    .broker
+                    .publish_id_in(&topology.runs(), next.id, next.traceparent.as_deref())
+                    .await;
             }
             return Ok(done);
         }
