@@ -30,6 +30,9 @@ cargo build --workspace --bins --locked
 # signatures with it) and schemathesis.
 SWITCHYARD_PY_VENV=$(scripts/py-tools.sh)
 export SWITCHYARD_PY_VENV
+# The console's browser test: Debian's Chromium and playwright-core from npm.
+SWITCHYARD_NODE_DIR=$(scripts/browser-tools.sh)
+export SWITCHYARD_NODE_DIR
 
 # The restart tests stop the shared RabbitMQ and PostgreSQL, so they run alone, first, one at a
 # time; then everything else.

@@ -262,16 +262,60 @@ pub async fn list(
     statuses: &[&str],
     limit: i64,
 ) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let filter = RunFilter {
+        statuses,
+        ..RunFilter::default()
+    };
+    list_filtered(client, tenant_id, projects, &filter, limit).await
+}
+
+/// What a list of runs is narrowed to; every member is optional.
+#[derive(Debug, Default)]
+pub struct RunFilter<'a> {
+    /// Any of these statuses (none: all).
+    pub statuses: &'a [&'a str],
+    pub agent_id: Option<&'a str>,
+    pub trigger_id: Option<&'a str>,
+    pub environment: Option<&'a str>,
+    /// Created at or after.
+    pub since: Option<time::OffsetDateTime>,
+    /// Created before.
+    pub until: Option<time::OffsetDateTime>,
+}
+
+/// The tenant's runs (within `projects`) that `filter` selects, newest first, at most `limit`.
+pub async fn list_filtered(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    projects: Option<&[String]>,
+    filter: &RunFilter<'_>,
+    limit: i64,
+) -> Result<Vec<Run>, tokio_postgres::Error> {
     let sql = format!(
         "SELECT {COLUMNS} FROM runs r WHERE r.tenant_id = $1 \
            AND ($2::text[] IS NULL OR r.project_id = ANY($2)) \
            AND (cardinality($3::text[]) = 0 OR r.status = ANY($3)) \
+           AND ($5::text IS NULL OR r.agent_id = $5) \
+           AND ($6::text IS NULL OR r.trigger_id = $6) \
+           AND ($7::text IS NULL OR r.environment = $7) \
+           AND ($8::timestamptz IS NULL OR r.created_at >= $8) \
+           AND ($9::timestamptz IS NULL OR r.created_at < $9) \
          ORDER BY r.id DESC LIMIT $4"
     );
     let rows = client
         .query(
             &client.prepare_cached(&sql).await?,
-            &[&tenant_id, &projects, &statuses, &limit],
+            &[
+                &tenant_id,
+                &projects,
+                &filter.statuses,
+                &limit,
+                &filter.agent_id,
+                &filter.trigger_id,
+                &filter.environment,
+                &filter.since,
+                &filter.until,
+            ],
         )
         .await?;
     rows.iter().map(from_row).collect()

@@ -162,13 +162,16 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let presented = presented(&parts.headers)
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "send an API key as `x-api-key: <key>` or `Authorization: Bearer <key>`",
-                )
-            })?;
+        let Some(presented) = presented(&parts.headers).filter(|p| !p.is_empty()) else {
+            // The console's session cookie stands for the key it was opened with.
+            if let Some(key) = crate::console::principal_of(parts, state).await? {
+                state.auth.usage.touch(key.id);
+                return Ok(Self::Key(key));
+            }
+            return Err(ApiError::unauthorized(
+                "send an API key as `x-api-key: <key>` or `Authorization: Bearer <key>`",
+            ));
+        };
         let hash = digest(presented);
         if let Some(admin) = &state.auth.admin_digest
             && bool::from(hash.ct_eq(admin))
@@ -195,6 +198,14 @@ pub struct Auth {
 pub type KeyCache = ControlledCache<[u8; 32], ApiKey>;
 
 /// The active key with this digest: from the cache, else from Postgres (then cached).
+/// The live (unrevoked) key whose SHA-256 is `hash`, through the cache.
+pub(crate) async fn resolve_digest(
+    state: &AppState,
+    hash: &[u8; 32],
+) -> Result<Arc<ApiKey>, ApiError> {
+    resolve(&state.auth.keys, &state.pool, hash).await
+}
+
 async fn resolve(keys: &KeyCache, pool: &Pool, hash: &[u8; 32]) -> Result<Arc<ApiKey>, ApiError> {
     if let Some(key) = keys.get(hash) {
         return Ok(key);

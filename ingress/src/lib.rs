@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod auth;
 pub mod cache;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod limits;
@@ -182,6 +183,15 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
+        .route("/console", get(console::page))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
+        .route(
+            "/console/session",
+            get(console::current)
+                .post(console::sign_in)
+                .delete(console::sign_out),
+        )
         .fallback(routes::runs::no_route)
         .method_not_allowed_fallback(routes::runs::no_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -189,17 +199,20 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Deletes expired idempotency keys and duplicate marks every ten minutes.
+/// Deletes expired idempotency keys, duplicate marks and console sessions every ten minutes.
 async fn purge_expired_guards(pool: Pool, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(600)) => {}
         }
-        if let Ok(client) = pool.get().await
-            && let Err(err) = switchyard_common::dedupe::purge_expired(&client).await
-        {
-            tracing::warn!(error = %err, "could not purge expired idempotency keys");
+        if let Ok(client) = pool.get().await {
+            if let Err(err) = switchyard_common::dedupe::purge_expired(&client).await {
+                tracing::warn!(error = %err, "could not purge expired idempotency keys");
+            }
+            if let Err(err) = console::purge_expired(&client).await {
+                tracing::warn!(error = %err, "could not purge expired console sessions");
+            }
         }
     }
 }

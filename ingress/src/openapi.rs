@@ -60,7 +60,7 @@ impl Modify for Security {
 /// Every documented route.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(runs::create))
+        .routes(routes!(runs::create, runs::list))
         .routes(routes!(runs::get))
         .routes(routes!(events::follow))
         .routes(routes!(events::wait))

@@ -164,6 +164,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V11__webhook_endpoints.sql"),
     include_str!("../../migrations/V12__runs_by_tenant.sql"),
     include_str!("../../migrations/V13__trace_ids.sql"),
+    include_str!("../../migrations/V14__console_sessions.sql"),
 ];
 
 /// How many migrations the repository holds.

@@ -82,6 +82,70 @@ async fn two_hundred_invocations_complete_with_one_verified_webhook_each() {
 }
 
 #[tokio::test]
+async fn runs_are_listed_newest_first_and_narrowed_by_every_filter() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    stack.add_echo_agent("other", 0).await.expect("agent");
+    let mut ids = Vec::new();
+    for agent in ["echo", "other", "echo"] {
+        let run: Value = stack
+            .create_run(&json!({"agentId": agent, "message": agent}))
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        ids.push(run["id"].as_str().expect("id").to_owned());
+    }
+    let list = |query: &str| {
+        let url = format!("{}/v1/runs?{query}", stack.base_url);
+        let request = stack.http.get(url).bearer_auth(&stack.api_key);
+        async move {
+            let response = request.send().await.expect("sent");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let ids_of = |body: &Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let (status, all) = list("").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ids_of(&all)[..3],
+        [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
+    let (_, echo) = list("agentId=echo").await;
+    assert_eq!(ids_of(&echo), [ids[2].clone(), ids[0].clone()]);
+    let (_, queued) = list("status=queued,running&limit=1").await;
+    assert_eq!(ids_of(&queued), [ids[2].clone()]);
+    let (_, none) = list("status=completed").await;
+    assert!(ids_of(&none).is_empty());
+    let (_, future) = list("since=2999-01-01T00:00:00Z").await;
+    assert!(ids_of(&future).is_empty());
+    let (_, triggered) = list("triggerId=nope").await;
+    assert!(ids_of(&triggered).is_empty());
+    for bad in ["status=done", "since=yesterday", "limit=0", "limit=201"] {
+        let (status, body) = list(bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test]
 async fn waiting_for_a_run_answers_200_with_its_result() {
     let stack = Stack::start(StackOptions::default())
         .await

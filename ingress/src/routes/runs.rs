@@ -316,6 +316,89 @@ pub(crate) fn accepted(run: &Run) -> Response {
     (StatusCode::ACCEPTED, headers, axum::Json(run)).into_response()
 }
 
+/// The list's filters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub struct ListQuery {
+    /// Only runs with one of these statuses, comma-separated (`queued,running`).
+    status: Option<String>,
+    agent_id: Option<String>,
+    trigger_id: Option<String>,
+    /// `api`, `webhook`, `test`, or the environment a trigger call named.
+    environment: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Created before this time (RFC 3339).
+    until: Option<String>,
+    /// At most this many, 1 to 200 (default 50), newest first.
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+}
+
+/// The runs.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Runs {
+    pub data: Vec<Run>,
+}
+
+/// List runs, newest first, narrowed by status, agent, trigger, environment and creation time.
+/// Needs the `runs:read` scope.
+#[utoipa::path(get, path = "/v1/runs", tag = "Runs", params(ListQuery),
+    responses((status = 200, description = "The runs, newest first", body = Runs), Errors))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    crate::extract::QueryParams(q): crate::extract::QueryParams<ListQuery>,
+) -> Result<axum::Json<Runs>, ApiError> {
+    let key = principal.key_with(Scope::RunsRead)?;
+    let statuses: Vec<&str> = match q.status.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                switchyard_common::RunStatus::parse(s.trim())
+                    .map(|s| s.as_str())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("`status`: `{s}` is not a run status"))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let time = |name: &str, raw: &Option<String>| {
+        raw.as_deref()
+            .map(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        ApiError::bad_request(format!("`{name}` must be an RFC 3339 time"))
+                    })
+            })
+            .transpose()
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1 to 200"));
+    }
+    let filter = switchyard_common::runs::RunFilter {
+        statuses: &statuses,
+        agent_id: q.agent_id.as_deref(),
+        trigger_id: q.trigger_id.as_deref(),
+        environment: q.environment.as_deref(),
+        since: time("since", &q.since)?,
+        until: time("until", &q.until)?,
+    };
+    let client = state.pool.get().await?;
+    let data = switchyard_common::runs::list_filtered(
+        &client,
+        &key.tenant_id,
+        key.project_ids.as_deref(),
+        &filter,
+        limit,
+    )
+    .await?;
+    Ok(axum::Json(Runs { data }))
+}
+
 /// Get a run: 404 when it does not exist in the caller's tenant (or its projects). Needs the
 /// `runs:read` scope.
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "Runs",
