@@ -303,6 +303,9 @@ async function loadDeliveries(runId, box) {
 
 // ---- triggers ------------------------------------------------------------------------------
 
+// The trigger being edited in the form, if any: {project, agent, trigger}.
+let editing = null;
+
 async function renderTriggers() {
   const { data: projects } = await api('GET', tenantPath('/projects?limit=100'));
   const agents = [];
@@ -328,24 +331,52 @@ async function renderTriggers() {
     h('label', { class: 'wide' }, 'Input schema (JSON Schema)', h('textarea', { name: 'inputSchema', placeholder: '{"type": "object", "required": ["order"]}' })),
     h('label', { class: 'wide' }, 'Filters (JSON)', h('textarea', { name: 'filters', placeholder: '{"pointer": "/event", "op": "equals", "value": "push"}' })),
     h('label', { class: 'check wide' }, h('input', { name: 'waitForResponse', type: 'checkbox' }), 'Wait for the response'),
-    h('p', {}, h('button', { type: 'submit' }, 'Create trigger')));
+    h('p', { class: 'actions' },
+      h('button', { type: 'submit' }, editing ? 'Save trigger' : 'Create trigger'),
+      editing ? h('button', { type: 'button', class: 'quiet', onclick: () => { editing = null; renderTriggers(); } }, 'Cancel') : null));
+  if (editing) {
+    const t = editing.trigger;
+    const f = form.elements;
+    f.agent.value = `${editing.project}/${editing.agent}`;
+    f.agent.disabled = true;
+    f.id.value = t.id;
+    f.id.disabled = true;
+    f.name.value = t.name;
+    f.key.value = t.key;
+    f.messageTemplate.value = t.messageTemplate || '';
+    f.inputSchema.value = t.inputSchema ? JSON.stringify(t.inputSchema, null, 2) : '';
+    f.filters.value = t.filters ? JSON.stringify(t.filters, null, 2) : '';
+    f.waitForResponse.checked = t.waitForResponse;
+  }
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     try {
       const [project, agent] = form.elements.agent.value.split('/');
       const body = { name: form.elements.name.value };
-      for (const k of ['id', 'key', 'messageTemplate']) if (form.elements[k].value) body[k] = form.elements[k].value;
+      for (const k of ['id', 'key', 'messageTemplate']) {
+        if (form.elements[k].value) body[k] = form.elements[k].value;
+        else if (editing && k !== 'id') body[k] = null;
+      }
       const schema = jsonField(form, 'inputSchema');
-      if (schema !== undefined) body.inputSchema = schema;
+      body.inputSchema = schema === undefined ? (editing ? null : undefined) : schema;
       const filters = jsonField(form, 'filters');
-      if (filters !== undefined) body.filters = filters;
-      if (form.elements.waitForResponse.checked) body.waitForResponse = true;
-      await api('POST', tenantPath(`/projects/${enc(project)}/agents/${enc(agent)}/triggers`), body);
-      toast('Trigger created');
+      body.filters = filters === undefined ? (editing ? null : undefined) : filters;
+      body.waitForResponse = form.elements.waitForResponse.checked;
+      if (editing) {
+        delete body.id;
+        if (body.key === null) delete body.key;
+        const t = editing.trigger;
+        await api('PATCH', tenantPath(`/projects/${enc(editing.project)}/agents/${enc(editing.agent)}/triggers/${enc(t.id)}`), body);
+        editing = null;
+        toast('Trigger saved');
+      } else {
+        await api('POST', tenantPath(`/projects/${enc(project)}/agents/${enc(agent)}/triggers`), body);
+        toast('Trigger created');
+      }
       renderTriggers();
     } catch (err) { showProblem(form, err); }
   });
-  page('Triggers', h('h2', {}, 'New trigger'), agents.length ? form : h('p', { class: 'panel muted' }, 'Create a project and an agent first (management API).'),
+  page('Triggers', h('h2', {}, editing ? `Edit ${editing.trigger.name}` : 'New trigger'), agents.length ? form : h('p', { class: 'panel muted' }, 'Create a project and an agent first (management API).'),
     ...(sections.length ? sections : [h('p', { class: 'muted' }, 'No triggers yet.')]));
 }
 
@@ -361,6 +392,10 @@ function triggerRow(a, t) {
       h('button', { type: 'button', class: 'small quiet', onclick: () => copy(url, 'invocation URL') }, 'Copy URL'),
       h('button', { type: 'button', class: 'small quiet', onclick: () => copy(curl, 'curl') }, 'Copy curl'),
       h('a', { href: `#/invocations/${enc(a.project)}/${enc(a.agent)}/${enc(t.id)}` }, 'Invocations'),
+      h('button', { type: 'button', class: 'small quiet', onclick: () => {
+        editing = { project: a.project, agent: a.agent, trigger: t };
+        renderTriggers();
+      } }, 'Edit'),
       h('button', { type: 'button', class: 'small', onclick: async () => {
         await api('PATCH', base, { enabled: !t.enabled }); renderTriggers();
       } }, t.enabled ? 'Pause' : 'Enable'),

@@ -54,6 +54,11 @@ try {
   await form.getByRole('button', { name: 'Create trigger' }).click();
   await page.locator('tr[data-trigger="order-created"]').waitFor();
   await shot('triggers');
+  step('edit it');
+  await page.locator('tr[data-trigger="order-created"]').getByRole('button', { name: 'Edit' }).click();
+  await form.getByLabel('Name').fill('Order created (v2)');
+  await form.getByRole('button', { name: 'Save trigger' }).click();
+  await page.locator('tr[data-trigger="order-created"] strong', { hasText: 'Order created (v2)' }).waitFor();
 
   step('create a key, shown once');
   await page.getByRole('link', { name: 'API keys' }).click();
