@@ -4,6 +4,8 @@
 
 const main = document.getElementById('main');
 let session = null;
+// Which navigation is current: a page rendered for an earlier one is dropped.
+let current = 0;
 
 // ---- small helpers -------------------------------------------------------------------------
 
@@ -74,17 +76,23 @@ async function copy(text, what) {
 // Shows a problem+json under a form: the detail, and each schema violation by its pointer.
 function showProblem(form, err) {
   form.querySelectorAll('.field-error').forEach((e) => e.remove());
-  form.querySelectorAll('[aria-invalid]').forEach((e) => e.removeAttribute('aria-invalid'));
+  form.querySelectorAll('[aria-invalid]').forEach((e) => {
+    e.removeAttribute('aria-invalid');
+    e.removeAttribute('aria-describedby');
+  });
   const detail = err instanceof Problem ? err.body.detail || err.message : String(err);
   const box = h('p', { class: 'field-error wide', role: 'alert' }, detail);
-  // A message that names a member (`name`, `inputSchema`, …) marks that field.
+  // A message that names a member (`name`, `inputSchema`, …) marks that field and describes it.
   const named = /`([A-Za-z]+)`/.exec(detail || '');
   const field = named && form.querySelector(`[name="${named[1]}"]`);
   if (field) {
+    const id = `error-${named[1]}`;
     field.setAttribute('aria-invalid', 'true');
-    field.closest('label').append(h('span', { class: 'field-error' }, detail));
+    field.setAttribute('aria-describedby', id);
+    field.closest('label').after(h('span', { class: 'field-error wide', id, role: 'alert' }, detail));
+  } else {
+    form.append(box);
   }
-  form.append(box);
 }
 
 function jsonField(form, name) {
@@ -97,9 +105,20 @@ function jsonField(form, name) {
   }
 }
 
-function page(title, ...content) {
+// Shows a page, unless the user has moved on (`seq` is not the current navigation). Returns
+// whether it did.
+function page(seq, title, ...content) {
+  if (seq !== current) return false;
   main.replaceChildren(h('h1', {}, title), ...content);
-  main.focus();
+  document.title = `${typeof title === 'string' ? title : 'Run'} · Switchyard console`;
+  return true;
+}
+
+// A button's click, with any failure shown instead of lost.
+function act(fn) {
+  return async () => {
+    try { await fn(); } catch (err) { if (!(err instanceof Problem && err.status === 401)) toast(err.message); }
+  };
 }
 
 // ---- sign in and out -----------------------------------------------------------------------
@@ -167,7 +186,7 @@ function runLabel(run) {
     h('a', { href: `#/runs/${run.id}` }, run.message ? run.message.slice(0, 60) : `run ${short(run.id)}`));
 }
 
-async function renderRuns(params) {
+async function renderRuns(params, seq = current) {
   const q = new URLSearchParams(params);
   const form = h('form', { class: 'panel grid', id: 'run-filters', 'aria-label': 'Filter runs' },
     h('label', {}, 'Status', h('select', { name: 'status' },
@@ -198,12 +217,13 @@ async function renderRuns(params) {
     h('td', {}, run.environment || '—'),
     h('td', {}, when(run.createdAt))));
   const table = h('table', { id: 'runs' },
-    h('caption', { class: 'muted' }, `${data.length} most recent runs; live ones update as they go`),
+    h('caption', { class: 'muted' }, `The latest ${data.length === 1 ? 'run' : `${data.length} runs`}; runs still going update as they go`),
     h('thead', {}, h('tr', {}, ['Run', 'Status', 'Agent', 'Trigger', 'Environment', 'Created'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows));
-  page('Runs', form, data.length ? table : h('p', { class: 'panel muted' }, 'No runs match.'));
-  // Live status for the runs still going (a few streams at most).
-  for (const run of data.filter((r) => !terminal(r.status)).slice(0, 5)) {
+  if (!page(seq, 'Runs', form, data.length ? table : h('p', { class: 'panel muted' }, 'No runs match.'))) return;
+  // Live status for the runs still going: two streams at most, so that a browser's few
+  // connections to one host stay free for everything else.
+  for (const run of data.filter((r) => !terminal(r.status)).slice(0, 2)) {
     follow(run.id, (event) => {
       if (event.type !== 'status') return;
       const cell = table.querySelector(`tr[data-run="${run.id}"] td.status`);
@@ -212,9 +232,9 @@ async function renderRuns(params) {
   }
 }
 
-async function renderRun(id) {
+async function renderRun(id, seq = current) {
   const run = await api('GET', `/v1/runs/${enc(id)}`);
-  const status = h('span', { id: 'run-status' }, badge(run.status));
+  const status = h('span', { id: 'run-status', 'aria-live': 'polite' }, badge(run.status));
   const facts = h('dl', { class: 'facts' },
     h('dt', {}, 'Status'), h('dd', {}, status),
     h('dt', {}, 'Agent'), h('dd', {}, run.agentId),
@@ -225,15 +245,15 @@ async function renderRun(id) {
     h('dt', {}, 'Finished'), h('dd', { id: 'run-finished' }, when(run.completedAt)),
     h('dt', {}, 'Attempts'), h('dd', {}, String(run.attempt)),
     h('dt', {}, 'Trace id'), h('dd', { class: 'mono' }, run.traceId || '— (tracing was off)'));
-  const thread = h('ol', { class: 'thread', id: 'thread', 'aria-live': 'polite' },
+  const thread = h('ol', { class: 'thread', id: 'thread' },
     h('li', { class: 'user' }, h('div', { class: 'role' }, 'message'),
       run.message ? h('div', {}, run.message) : h('pre', {}, JSON.stringify(run.inputs, null, 2))));
   let answer = null;
   const item = (cls, role, body, at) => h('li', { class: cls },
     h('div', { class: 'role' }, h('span', {}, role), h('span', {}, at ? new Date(at).toLocaleTimeString() : '')), body);
   const deliveries = h('div', { id: 'deliveries' });
-  page(runLabel(run), h('div', { class: 'panel' }, facts), h('h2', {}, 'Thread'), thread,
-    h('h2', {}, 'Webhook deliveries'), deliveries);
+  if (!page(seq, runLabel(run), h('div', { class: 'panel' }, facts), h('h2', {}, 'Thread'), thread,
+    h('h2', {}, 'Webhook deliveries'), deliveries)) return;
   follow(run.id, (event) => {
     const d = event.data;
     switch (event.type) {
@@ -262,16 +282,19 @@ async function renderRun(id) {
         break;
       case 'status':
         status.replaceChildren(badge(d.status));
+        // A try that starts over streams its text anew.
+        answer = null;
+        if (d.status === 'running' && !run.startedAt) document.getElementById('run-started').textContent = when(event.createdAt);
         thread.append(h('li', { class: 'status' }, `${new Date(event.createdAt).toLocaleTimeString()} · ${d.status}${d.retrying ? ' (retrying)' : ''}`));
         if (terminal(d.status)) {
           document.getElementById('run-finished').textContent = when(event.createdAt);
-          setTimeout(() => loadDeliveries(run.id, deliveries), 300);
+          setTimeout(() => loadDeliveries(run.id, deliveries).catch(() => {}), 300);
         }
         break;
       default:
     }
   });
-  loadDeliveries(run.id, deliveries);
+  loadDeliveries(run.id, deliveries).catch((err) => deliveries.replaceChildren(h('p', { class: 'field-error' }, err.message)));
 }
 
 async function loadDeliveries(runId, box) {
@@ -284,20 +307,18 @@ async function loadDeliveries(runId, box) {
     const full = (await api('GET', tenantPath(`/deliveries/${enc(d.id)}`))).data;
     const attempts = (full.attempts || []).map((a) =>
       `#${a.attempt} ${a.responseStatus ?? a.error ?? ''} ${a.latencyMs ?? ''} ms`).join(', ');
-    const redeliver = h('button', { type: 'button', class: 'small', onclick: async () => {
-      try {
-        await api('POST', tenantPath(`/deliveries/${enc(d.id)}/redeliver`));
-        toast('Redelivery queued');
-        setTimeout(() => loadDeliveries(runId, box), 1200);
-      } catch (err) { toast(err.message); }
-    } }, 'Redeliver');
+    const redeliver = h('button', { type: 'button', class: 'small', 'aria-label': `Redeliver ${d.eventType}`, onclick: act(async () => {
+      await api('POST', tenantPath(`/deliveries/${enc(d.id)}/redeliver`));
+      toast('Redelivery queued');
+      setTimeout(() => loadDeliveries(runId, box).catch(() => {}), 1200);
+    }) }, 'Redeliver');
     return h('tr', { dataset: { delivery: d.id } },
       h('td', {}, d.eventType), h('td', {}, badge(d.status)),
       h('td', {}, d.endpointId || 'run webhookUrl'), h('td', { class: 'attempts' }, String(d.attemptCount)),
       h('td', { class: 'muted' }, attempts || '—'), h('td', {}, redeliver));
   }));
   box.replaceChildren(h('table', { id: 'delivery-table' },
-    h('thead', {}, h('tr', {}, ['Event', 'Status', 'To', 'Attempts', 'Answers', ''].map((c) => h('th', { scope: 'col' }, c)))),
+    h('thead', {}, h('tr', {}, ['Event', 'Status', 'To', 'Attempts', 'Answers', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows)));
 }
 
@@ -306,7 +327,7 @@ async function loadDeliveries(runId, box) {
 // The trigger being edited in the form, if any: {project, agent, trigger}.
 let editing = null;
 
-async function renderTriggers() {
+async function renderTriggers(seq = current) {
   const { data: projects } = await api('GET', tenantPath('/projects?limit=100'));
   const agents = [];
   for (const p of projects) {
@@ -318,7 +339,7 @@ async function renderTriggers() {
     const { data: triggers } = await api('GET', tenantPath(`/projects/${enc(a.project)}/agents/${enc(a.agent)}/triggers?limit=100`));
     if (!triggers.length) continue;
     sections.push(h('h2', {}, `${a.project} → ${a.name}`), h('table', {},
-      h('thead', {}, h('tr', {}, ['Trigger', 'Key', 'State', ''].map((c) => h('th', { scope: 'col' }, c)))),
+      h('thead', {}, h('tr', {}, ['Trigger', 'Key', 'State', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, triggers.map((t) => triggerRow(a, t)))));
   }
   const form = h('form', { class: 'panel grid', id: 'new-trigger', 'aria-label': 'New trigger' },
@@ -344,8 +365,9 @@ async function renderTriggers() {
     f.name.value = t.name;
     f.key.value = t.key;
     f.messageTemplate.value = t.messageTemplate || '';
-    f.inputSchema.value = t.inputSchema ? JSON.stringify(t.inputSchema, null, 2) : '';
-    f.filters.value = t.filters ? JSON.stringify(t.filters, null, 2) : '';
+    // `false` is a schema too (it refuses every body): only a missing one is empty.
+    f.inputSchema.value = t.inputSchema != null ? JSON.stringify(t.inputSchema, null, 2) : '';
+    f.filters.value = t.filters != null ? JSON.stringify(t.filters, null, 2) : '';
     f.waitForResponse.checked = t.waitForResponse;
   }
   form.addEventListener('submit', async (ev) => {
@@ -376,14 +398,15 @@ async function renderTriggers() {
       renderTriggers();
     } catch (err) { showProblem(form, err); }
   });
-  page('Triggers', h('h2', {}, editing ? `Edit ${editing.trigger.name}` : 'New trigger'), agents.length ? form : h('p', { class: 'panel muted' }, 'Create a project and an agent first (management API).'),
-    ...(sections.length ? sections : [h('p', { class: 'muted' }, 'No triggers yet.')]));
+  if (!page(seq, 'Triggers', h('h2', {}, editing ? `Edit ${editing.trigger.name}` : 'New trigger'), agents.length ? form : h('p', { class: 'panel muted' }, 'Create a project and an agent first (management API).'),
+    ...(sections.length ? sections : [h('p', { class: 'muted' }, 'No triggers yet.')]))) return;
+  if (editing) form.elements.name.focus();
 }
 
 function triggerRow(a, t) {
   const base = tenantPath(`/projects/${enc(a.project)}/agents/${enc(a.agent)}/triggers/${enc(t.id)}`);
   const url = `${location.origin}/api/v1.0/project/${enc(a.project)}/trigger/${enc(t.key)}`;
-  const curl = `curl -X POST '${url}' -H 'x-api-key: $SWITCHYARD_KEY' -H 'content-type: application/json' -d '{}'`;
+  const curl = `curl -X POST '${url}' -H "x-api-key: $SWITCHYARD_KEY" -H 'content-type: application/json' -d '{}'`;
   return h('tr', { dataset: { trigger: t.id } },
     h('td', {}, h('strong', {}, t.name), h('div', { class: 'muted mono' }, t.id)),
     h('td', { class: 'mono' }, t.key),
@@ -392,35 +415,35 @@ function triggerRow(a, t) {
       h('button', { type: 'button', class: 'small quiet', onclick: () => copy(url, 'invocation URL') }, 'Copy URL'),
       h('button', { type: 'button', class: 'small quiet', onclick: () => copy(curl, 'curl') }, 'Copy curl'),
       h('a', { href: `#/invocations/${enc(a.project)}/${enc(a.agent)}/${enc(t.id)}` }, 'Invocations'),
-      h('button', { type: 'button', class: 'small quiet', onclick: () => {
+      h('button', { type: 'button', class: 'small quiet', 'aria-label': `Edit ${t.name}`, onclick: () => {
         editing = { project: a.project, agent: a.agent, trigger: t };
         renderTriggers();
       } }, 'Edit'),
-      h('button', { type: 'button', class: 'small', onclick: async () => {
-        await api('PATCH', base, { enabled: !t.enabled }); renderTriggers();
-      } }, t.enabled ? 'Pause' : 'Enable'),
-      h('button', { type: 'button', class: 'small danger', onclick: async () => {
+      h('button', { type: 'button', class: 'small', 'aria-label': `${t.enabled ? 'Pause' : 'Enable'} ${t.name}`, onclick: act(async () => {
+        await api('PATCH', base, { enabled: !t.enabled }); await renderTriggers();
+      }) }, t.enabled ? 'Pause' : 'Enable'),
+      h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete ${t.name}`, onclick: act(async () => {
         if (!confirm(`Delete trigger ${t.name}?`)) return;
-        await api('DELETE', base); renderTriggers();
-      } }, 'Delete'))));
+        await api('DELETE', base); await renderTriggers();
+      }) }, 'Delete'))));
 }
 
-async function renderInvocations(project, agent, trigger) {
+async function renderInvocations(project, agent, trigger, seq = current) {
   const { data } = await api('GET', tenantPath(`/projects/${enc(project)}/agents/${enc(agent)}/triggers/${enc(trigger)}/invocations?limit=100`));
   const rows = data.map((i) => h('tr', {},
     h('td', {}, when(i.createdAt)),
-    h('td', {}, badge(i.outcome || i.status)),
+    h('td', {}, badge(i.outcome), ' ', badge(i.status)),
     h('td', {}, i.runId ? h('a', { href: `#/runs/${i.runId}` }, short(i.runId)) : '—'),
     h('td', {}, i.environment || '—'),
     h('td', {}, i.errorMessage || '')));
-  page(`Invocations of ${trigger}`, data.length ? h('table', {},
-    h('thead', {}, h('tr', {}, ['When', 'Outcome', 'Run', 'Environment', 'Reason'].map((c) => h('th', { scope: 'col' }, c)))),
+  page(seq, `Invocations of ${trigger}`, data.length ? h('table', {},
+    h('thead', {}, h('tr', {}, ['When', 'Outcome and status', 'Run', 'Environment', 'Reason'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows)) : h('p', { class: 'panel muted' }, 'No invocations yet.'));
 }
 
 // ---- keys, credentials, endpoints ----------------------------------------------------------
 
-async function renderKeys(shown) {
+async function renderKeys(shown, seq = current) {
   const { data } = await api('GET', tenantPath('/api-keys?limit=100'));
   const form = h('form', { class: 'panel grid', id: 'new-key', 'aria-label': 'New API key' },
     h('label', {}, 'Name', h('input', { name: 'name', required: true })),
@@ -442,16 +465,16 @@ async function renderKeys(shown) {
   const rows = data.map((k) => h('tr', {},
     h('td', {}, k.name), h('td', { class: 'mono' }, k.prefix), h('td', {}, k.scopes.join(', ')),
     h('td', {}, when(k.lastUsedAt)), h('td', {}, k.revokedAt ? badge('revoked') : badge('enabled')),
-    h('td', {}, k.revokedAt ? '' : h('button', { type: 'button', class: 'small danger', onclick: async () => {
+    h('td', {}, k.revokedAt ? '' : h('button', { type: 'button', class: 'small danger', 'aria-label': `Revoke key ${k.name}`, onclick: act(async () => {
       if (!confirm(`Revoke key ${k.name}?`)) return;
-      await api('DELETE', tenantPath(`/api-keys/${enc(k.id)}`)); renderKeys();
-    } }, 'Revoke'))));
-  page('API keys', secret, form, h('table', {},
-    h('thead', {}, h('tr', {}, ['Name', 'Prefix', 'Scopes', 'Last used', 'State', ''].map((c) => h('th', { scope: 'col' }, c)))),
+      await api('DELETE', tenantPath(`/api-keys/${enc(k.id)}`)); await renderKeys();
+    }) }, 'Revoke'))));
+  page(seq, 'API keys', secret, form, h('table', {},
+    h('thead', {}, h('tr', {}, ['Name', 'Prefix', 'Scopes', 'Last used', 'State', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows)));
 }
 
-async function renderCredentials() {
+async function renderCredentials(seq = current) {
   const { data } = await api('GET', tenantPath('/credentials?limit=100'));
   const form = h('form', { class: 'panel grid', 'aria-label': 'New credential' },
     h('label', {}, 'Id', h('input', { name: 'id', required: true })),
@@ -467,12 +490,12 @@ async function renderCredentials() {
       toast('Credential saved'); renderCredentials();
     } catch (err) { showProblem(form, err); }
   });
-  page('Credentials', form, h('table', {},
+  page(seq, 'Credentials', form, h('table', {},
     h('thead', {}, h('tr', {}, ['Id', 'Name', 'Type', 'Updated'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, data.map((c) => h('tr', {}, h('td', { class: 'mono' }, c.id), h('td', {}, c.name), h('td', {}, c.type), h('td', {}, when(c.updatedAt)))))));
 }
 
-async function renderEndpoints() {
+async function renderEndpoints(seq = current) {
   const { data } = await api('GET', tenantPath('/webhook-endpoints?limit=100'));
   const form = h('form', { class: 'panel grid', 'aria-label': 'New webhook endpoint' },
     h('label', {}, 'Id', h('input', { name: 'id' })),
@@ -485,72 +508,93 @@ async function renderEndpoints() {
       const f = form.elements;
       const body = { url: f.url.value, eventTypes: f.eventTypes.value.split(',').map((s) => s.trim()).filter(Boolean) };
       if (f.id.value) body.id = f.id.value;
-      await api('POST', tenantPath('/webhook-endpoints'), body);
-      toast('Endpoint added'); renderEndpoints();
+      const made = await api('POST', tenantPath('/webhook-endpoints'), body);
+      await renderEndpoints();
+      showSecret(made.data.id);
     } catch (err) { showProblem(form, err); }
   });
   const rows = data.map((e) => {
     const base = tenantPath(`/webhook-endpoints/${enc(e.id)}`);
-    const act = (label, fn, cls = 'small quiet') => h('button', { type: 'button', class: cls, onclick: async () => {
-      try { await fn(); renderEndpoints(); } catch (err) { toast(err.message); }
-    } }, label);
+    const button = (label, fn, cls = 'small quiet') => h('button', { type: 'button', class: cls, 'aria-label': `${label}: ${e.id}`, onclick: act(async () => {
+      await fn(); await renderEndpoints();
+    }) }, label);
     return h('tr', {},
       h('td', {}, h('div', { class: 'mono' }, e.id), h('div', { class: 'muted' }, e.url)),
       h('td', {}, e.eventTypes.join(', ')),
       h('td', {}, badge(e.enabled ? 'enabled' : 'disabled')),
       h('td', {}, h('div', { class: 'actions' },
-        act(e.enabled ? 'Disable' : 'Enable', () => api('PATCH', base, { enabled: !e.enabled })),
-        act('Rotate secret', async () => { await api('POST', `${base}/secret/rotate`); toast('Secret rotated; the old one signs for the overlap'); }),
-        act('Recover', async () => {
+        button(e.enabled ? 'Disable' : 'Enable', () => api('PATCH', base, { enabled: !e.enabled })),
+        button('Show secret', async () => showSecret(e.id)),
+        button('Rotate secret', async () => { await api('POST', `${base}/secret/rotate`); toast('Secret rotated; the old one signs for the overlap'); }),
+        button('Recover', async () => {
           const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
           const r = await api('POST', `${base}/recover`, { since });
           toast(`Recovered ${r.data.recovered} deliveries`);
         }),
         h('a', { href: `#/endpoint-deliveries/${enc(e.id)}` }, 'Deliveries'))));
   });
-  page('Webhook endpoints', form, data.length ? h('table', {},
-    h('thead', {}, h('tr', {}, ['Endpoint', 'Events', 'State', ''].map((c) => h('th', { scope: 'col' }, c)))),
+  page(seq, 'Webhook endpoints', form, data.length ? h('table', {},
+    h('thead', {}, h('tr', {}, ['Endpoint', 'Events', 'State', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows)) : h('p', { class: 'panel muted' }, 'No endpoints yet.'));
 }
 
-async function renderEndpointDeliveries(id) {
+// Shows an endpoint's signing secret (what its receiver verifies with) above the page.
+async function showSecret(id) {
+  const { data } = await api('GET', tenantPath(`/webhook-endpoints/${enc(id)}/secret`));
+  main.querySelector('.secret')?.remove();
+  main.querySelector('h1').after(h('div', { class: 'secret', role: 'alert' },
+    h('span', {}, `Signing secret of ${id}: `), h('code', {}, data.key),
+    h('button', { type: 'button', class: 'small', onclick: () => copy(data.key, 'secret') }, 'Copy')));
+}
+
+async function renderEndpointDeliveries(id, seq = current) {
   const { data } = await api('GET', tenantPath(`/deliveries?endpointId=${enc(id)}&limit=50`));
-  page(`Deliveries to ${id}`, data.length ? h('table', {},
-    h('thead', {}, h('tr', {}, ['Event', 'Status', 'Run', 'Attempts', 'Last error', ''].map((c) => h('th', { scope: 'col' }, c)))),
+  page(seq, `Deliveries to ${id}`, data.length ? h('table', {},
+    h('thead', {}, h('tr', {}, ['Event', 'Status', 'Run', 'Attempts', 'Last error', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, data.map((d) => h('tr', {},
       h('td', {}, d.eventType), h('td', {}, badge(d.status)),
       h('td', {}, d.runId ? h('a', { href: `#/runs/${d.runId}` }, short(d.runId)) : '—'),
       h('td', {}, String(d.attemptCount)), h('td', { class: 'muted' }, d.lastError || ''),
-      h('td', {}, h('button', { type: 'button', class: 'small', onclick: async () => {
-        try { await api('POST', tenantPath(`/deliveries/${enc(d.id)}/redeliver`)); toast('Redelivery queued'); } catch (err) { toast(err.message); }
-      } }, 'Redeliver')))))) : h('p', { class: 'panel muted' }, 'No deliveries yet.'));
+      h('td', {}, h('button', { type: 'button', class: 'small', 'aria-label': `Redeliver ${d.eventType}`, onclick: act(async () => {
+        await api('POST', tenantPath(`/deliveries/${enc(d.id)}/redeliver`)); toast('Redelivery queued');
+      }) }, 'Redeliver')))))) : h('p', { class: 'panel muted' }, 'No deliveries yet.'));
 }
 
 // ---- routing -------------------------------------------------------------------------------
 
 async function route() {
   if (!session) return;
+  // Only `#/…` names a page (the skip link's `#main` does not).
+  if (location.hash && !location.hash.startsWith('#/')) return;
   closeStreams();
+  editing = null;
+  const seq = ++current;
   const [path, query] = (location.hash.slice(1) || '/runs').split('?');
-  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  } catch {
+    parts = [];
+  }
   for (const a of document.querySelectorAll('#nav a')) {
     const here = a.getAttribute('href').slice(2) === parts[0] || (parts[0] === 'invocations' && a.getAttribute('href') === '#/triggers');
     if (here) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
   try {
     switch (parts[0]) {
-      case 'runs': return parts[1] ? renderRun(parts[1]) : renderRuns(query || '');
-      case 'triggers': return renderTriggers();
-      case 'invocations': return renderInvocations(parts[1], parts[2], parts[3]);
-      case 'keys': return renderKeys();
-      case 'credentials': return renderCredentials();
-      case 'endpoints': return renderEndpoints();
-      case 'endpoint-deliveries': return renderEndpointDeliveries(parts[1]);
-      default: return renderRuns('');
+      case 'runs': return await (parts[1] ? renderRun(parts[1], seq) : renderRuns(query || '', seq));
+      case 'triggers': return await renderTriggers(seq);
+      case 'invocations': return await renderInvocations(parts[1], parts[2], parts[3], seq);
+      case 'keys': return await renderKeys(undefined, seq);
+      case 'credentials': return await renderCredentials(seq);
+      case 'endpoints': return await renderEndpoints(seq);
+      case 'endpoint-deliveries': return await renderEndpointDeliveries(parts[1], seq);
+      default: return await renderRuns('', seq);
     }
   } catch (err) {
     if (err instanceof Problem && err.status === 401) return undefined;
-    return page('Something went wrong', h('p', { class: 'panel field-error', role: 'alert' }, err.message));
+    const title = err instanceof Problem && err.status === 403 ? 'Not allowed with this key' : 'Something went wrong';
+    return page(seq, title, h('p', { class: 'panel field-error', role: 'alert' }, err.message));
   }
 }
 
@@ -563,6 +607,10 @@ function start() {
 }
 
 window.addEventListener('hashchange', route);
+document.querySelector('.skip').addEventListener('click', (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
 (async () => {
   try {
     session = await api('GET', '/console/session');

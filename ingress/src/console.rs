@@ -91,23 +91,45 @@ struct Session {
     expires_at: time::OffsetDateTime,
 }
 
+/// Whether `token` has the form of a session token (32 bytes, URL-safe base64), so that garbage
+/// costs no query.
+fn well_formed(token: &str) -> bool {
+    token.len() == 43
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 async fn session(state: &AppState, token: &str) -> Result<Option<Session>, ApiError> {
-    let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT key_hash, csrf_token, expires_at FROM console_sessions \
-             WHERE digest = $1 AND expires_at > now()",
-            &[&digest(token).as_slice()],
-        )
-        .await?;
+    if !well_formed(token) {
+        return Ok(None);
+    }
+    // The connection goes back before the key is resolved, which may need one of its own.
+    let row = {
+        let client = state.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT key_hash, csrf_token, expires_at FROM console_sessions \
+                 WHERE digest = $1 AND expires_at > now()",
+            )
+            .await?;
+        client
+            .query_opt(&stmt, &[&digest(token).as_slice()])
+            .await?
+    };
     let Some(row) = row else { return Ok(None) };
     let key_hash: Vec<u8> = row.get(0);
     let Ok(key_hash) = <[u8; 32]>::try_from(key_hash.as_slice()) else {
         return Ok(None);
     };
-    // Through the key cache: a revoked key ends its sessions too.
-    let Ok(key) = crate::auth::resolve_digest(state, &key_hash).await else {
-        return Ok(None);
+    // Through the key cache: a revoked key ends its sessions too. Only "not valid or revoked"
+    // ends the session; a database that does not answer is a 503, as anywhere.
+    let key = match crate::auth::resolve_digest(state, &key_hash).await {
+        Ok(key) => key,
+        Err(err) if err.code() == switchyard_common::problem::ErrorCode::Unauthorized => {
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
     };
     Ok(Some(Session {
         key,
@@ -150,12 +172,32 @@ pub struct SignIn {
     key: String,
 }
 
-fn cookie(headers: &HeaderMap, value: &str, max_age: u64) -> HeaderValue {
-    let tls = headers
+/// Whether the request reached the proxy in front of us over TLS: `X-Forwarded-Proto: https`
+/// (its first value) or `Forwarded: proto=https`.
+fn over_tls(headers: &HeaderMap) -> bool {
+    let forwarded_proto = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    let secure = if tls { "; Secure" } else { "" };
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let forwarded = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(k, v)| {
+            k.eq_ignore_ascii_case("proto") && v.trim_matches('"').eq_ignore_ascii_case("https")
+        });
+    forwarded_proto || forwarded
+}
+
+fn cookie(headers: &HeaderMap, value: &str, max_age: u64, always_secure: bool) -> HeaderValue {
+    let secure = if always_secure || over_tls(headers) {
+        "; Secure"
+    } else {
+        ""
+    };
     HeaderValue::from_str(&format!(
         "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     ))
@@ -206,14 +248,29 @@ pub async fn sign_in(
         )
         .await?
         .get(0);
+    // A session this browser already had ends: one sign-in, one session.
+    if let Some(old) = cookie_token(&headers) {
+        client
+            .execute(
+                "DELETE FROM console_sessions WHERE digest = $1",
+                &[&digest(old).as_slice()],
+            )
+            .await?;
+    }
     let mut response = (
         StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
         Json(session_body(&key, &csrf, expires_at)),
     )
         .into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
-        cookie(&headers, &token, SESSION_TTL.as_secs()),
+        cookie(
+            &headers,
+            &token,
+            SESSION_TTL.as_secs(),
+            state.console_secure_cookie,
+        ),
     );
     Ok(response)
 }
@@ -222,17 +279,21 @@ pub async fn sign_in(
 pub async fn current(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = match cookie_token(&headers) {
         Some(token) => session(&state, token).await?,
         None => None,
     }
     .ok_or_else(|| ApiError::unauthorized("not signed in"))?;
-    Ok(Json(session_body(
-        &session.key,
-        &session.csrf,
-        session.expires_at,
-    )))
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(session_body(
+            &session.key,
+            &session.csrf,
+            session.expires_at,
+        )),
+    )
+        .into_response())
 }
 
 /// `DELETE /console/session`: signs out (CSRF token required).
@@ -268,9 +329,10 @@ pub async fn sign_out(
         }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&headers, "", 0));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&headers, "", 0, state.console_secure_cookie),
+    );
     Ok(response)
 }
 
@@ -310,17 +372,26 @@ mod tests {
 
     #[test]
     fn the_cookie_is_http_only_strict_and_secure_behind_tls() {
-        let plain = cookie(&HeaderMap::new(), "t", 60);
+        let plain = cookie(&HeaderMap::new(), "t", 60, false);
         let plain = plain.to_str().expect("ascii");
         assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
         assert!(!plain.contains("Secure"));
         let mut tls = HeaderMap::new();
         tls.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        assert!(
-            cookie(&tls, "t", 60)
+        let secure = |headers: &HeaderMap, always: bool| {
+            cookie(headers, "t", 60, always)
                 .to_str()
                 .expect("ascii")
                 .ends_with("; Secure")
+        };
+        assert!(secure(&tls, false));
+        let mut forwarded = HeaderMap::new();
+        forwarded.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=1.2.3.4;proto=https"),
         );
+        assert!(secure(&forwarded, false));
+        assert!(secure(&HeaderMap::new(), true));
+        assert!(!well_formed("short") && well_formed(&random_token()));
     }
 }

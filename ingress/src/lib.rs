@@ -115,6 +115,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_SECRET_ROTATION_OVERLAP", default_value = "24h", value_parser = parse_duration)]
     pub secret_rotation_overlap: Duration,
 
+    /// Always mark the console's session cookie `Secure`. Without it the cookie is `Secure` when
+    /// the proxy in front says the request came over TLS (`X-Forwarded-Proto` or `Forwarded`).
+    #[arg(
+        long,
+        env = "SWITCHYARD_CONSOLE_SECURE_COOKIE",
+        default_value_t = false
+    )]
+    pub console_secure_cookie: bool,
+
     #[command(flatten)]
     pub db: DatabaseArgs,
 
@@ -155,6 +164,8 @@ pub struct AppState {
     pub secret_rotation_overlap: Duration,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Mark the console's session cookie `Secure` whatever the request says.
+    pub console_secure_cookie: bool,
 }
 
 impl AppState {
@@ -290,6 +301,7 @@ pub async fn run(
         max_stream: config.max_stream,
         secret_rotation_overlap: config.secret_rotation_overlap,
         metrics,
+        console_secure_cookie: config.console_secure_cookie,
     };
     tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
     let addr = listener

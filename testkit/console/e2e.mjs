@@ -33,6 +33,7 @@ try {
   step('sign in');
   await page.goto(`${BASE_URL}/console`);
   await page.getByLabel('API key').fill(MANAGE_KEY);
+  if (await page.locator('#nav').isVisible()) throw new Error('the sections show before signing in');
   await shot('sign-in');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByRole('navigation', { name: 'Sections' }).waitFor();
@@ -53,9 +54,11 @@ try {
   await form.getByLabel('Input schema (JSON Schema)').fill('{"type": "object", "required": ["order"]}');
   await form.getByRole('button', { name: 'Create trigger' }).click();
   await page.locator('tr[data-trigger="order-created"]').waitFor();
+  await page.getByRole('heading', { name: 'New trigger' }).waitFor();
   await shot('triggers');
   step('edit it');
   await page.locator('tr[data-trigger="order-created"]').getByRole('button', { name: 'Edit' }).click();
+  await page.getByRole('heading', { name: 'Edit Order created' }).waitFor();
   await form.getByLabel('Name').fill('Order created (v2)');
   await form.getByRole('button', { name: 'Save trigger' }).click();
   await page.locator('tr[data-trigger="order-created"] strong', { hasText: 'Order created (v2)' }).waitFor();

@@ -68,6 +68,24 @@ async fn a_console_session_acts_as_its_key_with_csrf_and_ends_on_sign_out_or_rev
     let (status, set_cookie, session) = sign_in(&stack, &admin).await;
     assert_eq!(status, 201, "{session}");
     let set_cookie = set_cookie.expect("a session cookie");
+    // No CORS: another origin can neither sign in through a page of its own nor read a session.
+    let preflight = stack
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/console/session", stack.base_url),
+        )
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("sent");
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
     assert!(set_cookie.starts_with("sy_console="), "{set_cookie}");
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(set_cookie.contains(attribute), "{attribute}: {set_cookie}");
@@ -214,7 +232,7 @@ async fn in_a_browser_an_operator_creates_a_trigger_and_a_key_watches_a_run_and_
         &stack,
         &format!("/manage/tenants/{tenant}/projects/shop/agents"),
         &key,
-        json!({"id": "orders", "name": "Orders", "kind": "echo", "config": {"delayMs": 4000}}),
+        json!({"id": "orders", "name": "Orders", "kind": "echo", "config": {"delayMs": 6000}}),
     )
     .await;
     assert_eq!(made.status, 201, "{}", made.body);
