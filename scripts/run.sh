@@ -92,6 +92,7 @@ echo
 echo "Switchyard is up: ingress http://127.0.0.1:$PORT, 2 workers, notifier, inbox :$INBOX_PORT (logs in $logs)."
 echo "Tenant 'demo' has an echo agent and an API key (saved in .run/demo.key): $API_KEY"
 echo "API docs: http://127.0.0.1:$PORT/docs/  (admin token: \$SWITCHYARD_ADMIN_TOKEN)"
+echo "Console: http://127.0.0.1:$PORT/console  (sign in with the key above)"
 echo "A first run, end to end: its webhook as the inbox verifies it, then the completed run as curl shows it:"
 echo
 bash -c "$demo"
