@@ -52,10 +52,15 @@ $bin/webhook-inbox --listen "127.0.0.1:$INBOX_PORT" &
 pids+=($!)
 $bin/switchyard-ingress serve >"$logs/ingress.log" 2>&1 &
 pids+=($!)
+# The worker and the notifier serve /metrics, /healthz and /readyz on ports of their own.
+OPS_PORT=${OPS_PORT:-9101}
+SWITCHYARD_OPS_LISTEN="127.0.0.1:$OPS_PORT" \
 SWITCHYARD_WORKER_ID=worker-1 $bin/switchyard-worker serve >"$logs/worker-1.log" 2>&1 &
 pids+=($!)
+SWITCHYARD_OPS_LISTEN="127.0.0.1:$((OPS_PORT + 1))" \
 SWITCHYARD_WORKER_ID=worker-2 $bin/switchyard-worker serve >"$logs/worker-2.log" 2>&1 &
 pids+=($!)
+SWITCHYARD_OPS_LISTEN="127.0.0.1:$((OPS_PORT + 2))" \
 $bin/switchyard-notifier serve >"$logs/notifier.log" 2>&1 &
 pids+=($!)
 
@@ -93,7 +98,8 @@ echo "Switchyard is up: ingress http://127.0.0.1:$PORT, 2 workers, notifier, inb
 echo "Tenant 'demo' has an echo agent and an API key (saved in .run/demo.key): $API_KEY"
 echo "API docs: http://127.0.0.1:$PORT/docs/  (admin token: \$SWITCHYARD_ADMIN_TOKEN)"
 echo "Console: http://127.0.0.1:$PORT/console  (sign in with the key above)"
-echo "A first run, end to end: its webhook as the inbox verifies it, then the completed run as curl shows it:"
+echo "Metrics: http://127.0.0.1:$PORT/metrics, workers :$OPS_PORT and :$((OPS_PORT + 1)), notifier :$((OPS_PORT + 2))"
+echo "A first run, end to end: the completed run as curl shows it, and its webhook as the inbox verifies it (in either order):"
 echo
 bash -c "$demo"
 echo

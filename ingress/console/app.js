@@ -180,10 +180,11 @@ function follow(runId, on) {
   return source;
 }
 
-function runLabel(run) {
+function runLabel(run, link = true) {
   const viaApi = run.environment === 'api' || !run.triggerId;
+  const text = run.message ? run.message.slice(0, 60) : `run ${short(run.id)}`;
   return h('span', {}, viaApi ? h('span', { class: 'api' }, '[API]') : null,
-    h('a', { href: `#/runs/${run.id}` }, run.message ? run.message.slice(0, 60) : `run ${short(run.id)}`));
+    link ? h('a', { href: `#/runs/${run.id}` }, text) : text);
 }
 
 async function renderRuns(params, seq = current) {
@@ -252,7 +253,7 @@ async function renderRun(id, seq = current) {
   const item = (cls, role, body, at) => h('li', { class: cls },
     h('div', { class: 'role' }, h('span', {}, role), h('span', {}, at ? new Date(at).toLocaleTimeString() : '')), body);
   const deliveries = h('div', { id: 'deliveries' });
-  if (!page(seq, runLabel(run), h('div', { class: 'panel' }, facts), h('h2', {}, 'Thread'), thread,
+  if (!page(seq, runLabel(run, false), h('div', { class: 'panel' }, facts), h('h2', {}, 'Thread'), thread,
     h('h2', {}, 'Webhook deliveries'), deliveries)) return;
   follow(run.id, (event) => {
     const d = event.data;
