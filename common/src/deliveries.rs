@@ -609,6 +609,11 @@ async fn claim_for_endpoints(
         claims.push(Claim::Send(out));
     }
     tx.commit().await?;
+    // Deliveries to a disabled endpoint end here, without an attempt (rows this transaction locked).
+    if !off.is_empty() {
+        metrics::counter!(crate::metrics::DELIVERIES_FINISHED, "status" => "failed")
+            .increment(off.len() as u64);
+    }
     claims.extend(
         deferred
             .into_iter()
