@@ -314,13 +314,7 @@ pub async fn invoke(
         .await?
         .filter(|t| t.enabled)
         .ok_or_else(missing)?;
-    let standing = state.limits.admit(
-        key,
-        trigger
-            .rate_limit_per_minute
-            .and_then(|n| u32::try_from(n).ok())
-            .map(|n| (trigger.id.as_str(), n)),
-    )?;
+    let standing = admit(&state, key, &trigger)?;
     run_trigger(
         &state,
         TriggerCall {
@@ -335,6 +329,21 @@ pub async fn invoke(
         Some(standing),
     )
     .await
+}
+
+/// Admits a call by `key` to `trigger`: the key's (and tenant's) limit, and the trigger's own.
+pub(crate) fn admit(
+    state: &AppState,
+    key: &switchyard_common::catalog::api_keys::ApiKey,
+    trigger: &Trigger,
+) -> Result<Standing, ApiError> {
+    state.limits.admit(
+        key,
+        trigger
+            .rate_limit_per_minute
+            .and_then(|n| u32::try_from(n).ok())
+            .map(|n| (trigger.id.as_str(), n)),
+    )
 }
 
 /// A call that reached a trigger, authenticated and admitted.

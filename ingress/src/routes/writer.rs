@@ -161,13 +161,7 @@ async fn start(
             "the body must hold your data under `inputs`, such as {\"inputs\": {\"user_id\": \"123\"}}",
         ));
     }
-    let standing = state.limits.admit(
-        key,
-        trigger
-            .rate_limit_per_minute
-            .and_then(|n| u32::try_from(n).ok())
-            .map(|n| (trigger.id.as_str(), n)),
-    )?;
+    let standing = crate::routes::invoke::admit(state, key, &trigger)?;
     let started = start_trigger(
         state,
         TriggerCall {
