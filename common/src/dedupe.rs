@@ -70,10 +70,13 @@ pub enum Slot {
     Mismatch,
 }
 
-/// Claims `Idempotency-Key` `key` of the tenant for `run_id`, unless a live row holds it.
+/// Claims `Idempotency-Key` `key` of `principal` (who sent it: an API key, or a trigger's inbound
+/// webhooks) in the tenant for `run_id`, unless a live row holds it. Keys of different
+/// principals never meet.
 pub async fn claim_idempotency_key(
     client: &impl GenericClient,
     tenant_id: &str,
+    principal: &str,
     key: &str,
     request_hash: &[u8],
     run_id: Uuid,
@@ -82,9 +85,10 @@ pub async fn claim_idempotency_key(
     let stmt = client
         .prepare_cached(
             "WITH claim AS ( \
-                 INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, run_id, expires_at) \
-                 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-                 ON CONFLICT (tenant_id, key) DO UPDATE \
+                 INSERT INTO idempotency_keys AS k (tenant_id, key, request_hash, run_id, expires_at, \
+                                                    principal) \
+                 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6) \
+                 ON CONFLICT (tenant_id, principal, key) DO UPDATE \
                      SET request_hash = EXCLUDED.request_hash, run_id = EXCLUDED.run_id, \
                          expires_at = EXCLUDED.expires_at \
                      WHERE k.expires_at < now() \
@@ -92,13 +96,20 @@ pub async fn claim_idempotency_key(
              SELECT true, run_id, NULL::bytea FROM claim \
              UNION ALL \
              SELECT false, run_id, request_hash FROM idempotency_keys \
-             WHERE tenant_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM claim)",
+             WHERE tenant_id = $1 AND principal = $6 AND key = $2 \
+               AND NOT EXISTS (SELECT 1 FROM claim)",
         )
         .await?;
     // A row committed by a concurrent claim after this statement began is seen by ON CONFLICT but
     // not by the SELECT: then nothing comes back, and a second statement sees it.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&tenant_id, &key, &request_hash, &run_id, &ttl_secs(ttl)];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &tenant_id,
+        &key,
+        &request_hash,
+        &run_id,
+        &ttl_secs(ttl),
+        &principal,
+    ];
     let row = match client.query_opt(&stmt, &params).await? {
         Some(row) => row,
         None => client.query_one(&stmt, &params).await?,

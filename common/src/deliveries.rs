@@ -88,7 +88,8 @@ pub fn envelope(event_type: &str, data: serde_json::Value) -> serde_json::Value 
 }
 
 /// The body a webhook carries for a run: the run as the API shows it, with its artifacts'
-/// metadata only (name, media type, size) and the id of the invocation that started it.
+/// metadata only (name, media type, size) and the id of the invocation that started it, and
+/// never its `webhookUrl`.
 pub fn payload(event_type: &str, run: &Run) -> serde_json::Value {
     let mut data = serde_json::to_value(run).unwrap_or_default();
     data["artifacts"] = run
@@ -104,6 +105,11 @@ pub fn payload(event_type: &str, run: &Run) -> serde_json::Value {
             serde_json::Value::Object(meta)
         })
         .collect();
+    // A run's own delivery URL often carries a secret (a Slack hook, `?token=`): a receiver
+    // never needs it, and an endpoint receiver must not see it.
+    if let Some(data) = data.as_object_mut() {
+        data.remove("webhookUrl");
+    }
     // An accepted trigger invocation is its run: the two share the id.
     data["invocationId"] = match run.trigger_id {
         Some(_) => serde_json::json!(run.id),
@@ -197,8 +203,15 @@ pub async fn create_for_runs(
         match (transform, &run.result) {
             (Some(ot), Some(result)) => {
                 let mut shown = run.clone();
-                shown.result = Some(crate::transform::apply(ot, result));
-                payloads.push(payload(event_type, &shown));
+                let transformed = crate::transform::apply(ot, result);
+                shown.result = transformed.as_ref().ok().cloned();
+                let mut body = payload(event_type, &shown);
+                if let Err(too_large) = transformed {
+                    body["data"]["outputTransformError"] = serde_json::json!(format!(
+                        "the trigger's outputTransform was not applied: {too_large}"
+                    ));
+                }
+                payloads.push(body);
             }
             _ => payloads.push(payload(event_type, run)),
         }

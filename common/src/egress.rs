@@ -140,6 +140,36 @@ pub fn client(
         .build()
 }
 
+/// A URL as messages and logs may show it: scheme, host, port and path, without the user info,
+/// query or fragment that often hold a token.
+pub fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// An outbound request's failure as a message that may be stored in a run or an attempt and
+/// shown to its tenant: what went wrong and why, with the URL [`redacted`].
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(url.as_str(), &redacted(url));
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Refuses a URL whose host is an IP literal the guard does not permit. Hosts given by name are
 /// checked by the resolver at connect time.
 pub fn check_url(guard: &Guard, url: &reqwest::Url) -> Result<(), Refused> {
@@ -156,6 +186,28 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn redacted_urls_keep_no_secret() {
+        let url =
+            url::Url::parse("https://user:pw@hooks.example.com:8443/services/T1?token=s3cret#x")
+                .expect("url");
+        assert_eq!(redacted(&url), "https://hooks.example.com:8443/services/T1");
+    }
+
+    #[tokio::test]
+    async fn described_errors_keep_no_query() {
+        let client = reqwest::Client::new();
+        // Nothing listens on port 9 of loopback.
+        let err = client
+            .get("http://u:p@127.0.0.1:9/x?token=s3cret")
+            .send()
+            .await
+            .expect_err("refused");
+        let text = describe(&err);
+        assert!(!text.contains("s3cret") && !text.contains("u:p"), "{text}");
+        assert!(text.contains("127.0.0.1:9/x"), "{text}");
     }
 
     #[test]

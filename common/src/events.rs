@@ -152,24 +152,50 @@ pub async fn append(
     rows.iter().map(from_row).collect()
 }
 
-/// The events of `run_id` after `after`, oldest first, at most `limit`. The caller has checked
-/// that the run is the tenant's.
+/// Most bytes of event data one [`after`] page holds (past one event: a page always has at
+/// least one event when there is one to read).
+pub const PAGE_BYTES: i64 = 1024 * 1024;
+
+/// One page of a run's stored events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub events: Vec<RunEvent>,
+    /// The page stopped at its count or byte limit: read again after its last event.
+    pub more: bool,
+}
+
+/// The events of `run_id` after `after`, oldest first: at most `limit` of them, and no more
+/// than [`PAGE_BYTES`] of data past the first. The caller has checked that the run is the
+/// tenant's.
 pub async fn after(
     client: &impl GenericClient,
     run_id: Uuid,
     after: i64,
     limit: i64,
-) -> Result<Vec<RunEvent>, tokio_postgres::Error> {
+) -> Result<Page, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        "SELECT {COLUMNS}, size FROM ( \
+             SELECT {COLUMNS}, octet_length(data::text) AS size, \
+                    sum(octet_length(data::text)) OVER (ORDER BY seq) AS running \
+             FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e \
+         WHERE e.running - e.size < $4 ORDER BY seq"
     );
     let rows = client
         .query(
             &client.prepare_cached(&sql).await?,
-            &[&run_id, &after, &limit],
+            &[&run_id, &after, &limit, &PAGE_BYTES],
         )
         .await?;
-    rows.iter().map(from_row).collect()
+    let mut bytes: i64 = 0;
+    let events = rows
+        .iter()
+        .map(|row| {
+            bytes += row.try_get::<_, i32>("size").map(i64::from).unwrap_or(0);
+            from_row(row)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = i64::try_from(events.len()).unwrap_or(i64::MAX) >= limit || bytes >= PAGE_BYTES;
+    Ok(Page { events, more })
 }
 
 /// The last event number of each of `runs` that has events.

@@ -52,20 +52,64 @@ pub enum Refused {
     Mismatch,
 }
 
-fn capture<'a>(value: &'a str, regex: Option<&str>) -> Option<&'a str> {
+fn capture<'a>(value: &'a str, regex: Option<&regex::Regex>) -> Option<&'a str> {
     match regex {
         None => Some(value),
-        Some(source) => {
-            let re = regex::Regex::new(source).ok()?;
+        Some(re) => {
             let caps = re.captures(value)?;
             caps.get(1).or_else(|| caps.get(0)).map(|m| m.as_str())
         }
     }
 }
 
+/// Compiles a regex of a trigger's configuration, with the same size limit as the check on write.
+fn compile_regex(source: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(source)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A trigger's `signatureVerification` with its regexes compiled: built once per trigger
+/// version, then used for every request.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    sv: SignatureVerification,
+    signature_regex: Option<regex::Regex>,
+    /// One per signed component, in order.
+    component_regexes: Vec<Option<regex::Regex>>,
+}
+
+impl Verifier {
+    /// Compiles `sv`; an error names a regex that does not compile (checked on write already).
+    pub fn compile(sv: &SignatureVerification) -> Result<Self, String> {
+        let signature_regex = sv
+            .signature
+            .regex
+            .as_deref()
+            .map(compile_regex)
+            .transpose()?;
+        let component_regexes = sv
+            .signed_components
+            .iter()
+            .map(|c| c.regex.as_deref().map(compile_regex).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            sv: sv.clone(),
+            signature_regex,
+            component_regexes,
+        })
+    }
+
+    /// Checks `req` with `secret`, at Unix time `now`.
+    pub fn verify(&self, secret: &str, req: &Request<'_>, now: i64) -> Result<(), Refused> {
+        verify_with(self, secret, req, now)
+    }
+}
+
 /// Every candidate signature in the request (a header may carry several, e.g. during rotation).
-fn signatures(sv: &SignatureVerification, req: &Request<'_>) -> Vec<String> {
-    let loc = &sv.signature;
+fn signatures(v: &Verifier, req: &Request<'_>) -> Vec<String> {
+    let loc = &v.sv.signature;
     let raw = match loc.source {
         SignatureSource::Header => req.header(&loc.key).map(str::to_owned),
         SignatureSource::Query => req.query(&loc.key).map(str::to_owned),
@@ -86,15 +130,12 @@ fn signatures(sv: &SignatureVerification, req: &Request<'_>) -> Vec<String> {
         },
         None => raw,
     };
-    match &loc.regex {
+    match &v.signature_regex {
         None => vec![raw],
-        Some(source) => match regex::Regex::new(source) {
-            Ok(re) => re
-                .captures_iter(&raw)
-                .filter_map(|c| c.get(1).or_else(|| c.get(0)).map(|m| m.as_str().to_owned()))
-                .collect(),
-            Err(_) => Vec::new(),
-        },
+        Some(re) => re
+            .captures_iter(&raw)
+            .filter_map(|c| c.get(1).or_else(|| c.get(0)).map(|m| m.as_str().to_owned()))
+            .collect(),
     }
 }
 
@@ -145,13 +186,25 @@ pub fn key_bytes(secret: &str, encoding: SecretEncoding) -> Vec<u8> {
     }
 }
 
-/// Checks `req` against `sv` with `secret`, at Unix time `now`.
+/// Checks `req` against `sv` with `secret`, at Unix time `now`, compiling `sv` first (for
+/// one-off checks; a server keeps a [`Verifier`]). A regex that does not compile finds nothing.
 pub fn verify(
     sv: &SignatureVerification,
     secret: &str,
     req: &Request<'_>,
     now: i64,
 ) -> Result<(), Refused> {
+    let verifier = Verifier::compile(sv).map_err(|_| Refused::MissingSignature)?;
+    verifier.verify(secret, req, now)
+}
+
+fn verify_with(
+    verifier: &Verifier,
+    secret: &str,
+    req: &Request<'_>,
+    now: i64,
+) -> Result<(), Refused> {
+    let sv = &verifier.sv;
     let validation = sv.validation.clone().unwrap_or_default();
     if req.body.is_empty() && !validation.allow_empty_body {
         return Err(Refused::EmptyBody);
@@ -178,7 +231,8 @@ pub fn verify(
             ComponentSource::Body => Some(body_text.as_ref()),
             ComponentSource::Literal => c.value.as_deref(),
         };
-        let value = raw.and_then(|v| capture(v, c.regex.as_deref()));
+        let regex = verifier.component_regexes.get(i).and_then(Option::as_ref);
+        let value = raw.and_then(|v| capture(v, regex));
         let Some(value) = value else {
             if c.required {
                 let name = c.key.clone().unwrap_or_else(|| format!("#{i}"));
@@ -205,7 +259,7 @@ pub fn verify(
     };
     let key = key_bytes(secret, sv.secret_encoding.unwrap_or(SecretEncoding::Utf8));
     let expected = mac(sv.algorithm, &key, &message);
-    let candidates = signatures(sv, req);
+    let candidates = signatures(verifier, req);
     if candidates.is_empty() {
         return Err(Refused::MissingSignature);
     }

@@ -28,7 +28,7 @@ pub mod telemetry;
 pub mod template;
 pub mod transform;
 
-pub use model::{AgentSpec, Run, RunStatus};
+pub use model::{AgentSpec, Run, RunStatus, RunSummary};
 
 /// Resolves on SIGTERM or Ctrl-C, whichever comes first.
 pub async fn shutdown_signal() {

@@ -134,6 +134,39 @@ pub struct Run {
     pub events: Vec<crate::events::RunEvent>,
 }
 
+/// A run as a list shows it: what it is and where it stands, without its content (message,
+/// inputs, result, artifacts), so a page of runs stays small whatever the runs hold. The whole
+/// run is `GET /v1/runs/{id}`.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub status: RunStatus,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub agent_id: String,
+    /// The first [`RunSummary::PREVIEW_CHARS`] characters of the message, if it has one.
+    pub message_preview: Option<String>,
+    pub error_code: Option<String>,
+    pub attempt: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+    pub trigger_id: Option<String>,
+    pub environment: Option<String>,
+    pub session_id: Option<String>,
+    pub chat_model_id: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+impl RunSummary {
+    /// How much of the message a summary shows.
+    pub const PREVIEW_CHARS: i32 = 200;
+}
+
 /// The agent a claimed run executes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSpec {

@@ -253,22 +253,6 @@ pub async fn get(
     row.as_ref().map(from_row).transpose()
 }
 
-/// The tenant's runs, newest first: in `projects` (all when `None`), of `statuses` (all when
-/// empty), at most `limit`.
-pub async fn list(
-    client: &impl GenericClient,
-    tenant_id: &str,
-    projects: Option<&[String]>,
-    statuses: &[&str],
-    limit: i64,
-) -> Result<Vec<Run>, tokio_postgres::Error> {
-    let filter = RunFilter {
-        statuses,
-        ..RunFilter::default()
-    };
-    list_filtered(client, tenant_id, projects, &filter, limit).await
-}
-
 /// What a list of runs is narrowed to; every member is optional.
 #[derive(Debug, Default)]
 pub struct RunFilter<'a> {
@@ -281,30 +265,37 @@ pub struct RunFilter<'a> {
     pub since: Option<time::OffsetDateTime>,
     /// Created before.
     pub until: Option<time::OffsetDateTime>,
+    /// Older than this run (ids are time-ordered): the cursor of the next page.
+    pub before: Option<Uuid>,
 }
 
-/// The tenant's runs (within `projects`) that `filter` selects, newest first, at most `limit`.
-pub async fn list_filtered(
+/// The tenant's runs (within `projects`) that `filter` selects, newest first, at most `limit`,
+/// as summaries: the query reads no run's content, so a page costs the same whatever the runs
+/// hold.
+pub async fn list(
     client: &impl GenericClient,
     tenant_id: &str,
     projects: Option<&[String]>,
     filter: &RunFilter<'_>,
     limit: i64,
-) -> Result<Vec<Run>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM runs r WHERE r.tenant_id = $1 \
-           AND ($2::text[] IS NULL OR r.project_id = ANY($2)) \
-           AND (cardinality($3::text[]) = 0 OR r.status = ANY($3)) \
-           AND ($5::text IS NULL OR r.agent_id = $5) \
-           AND ($6::text IS NULL OR r.trigger_id = $6) \
-           AND ($7::text IS NULL OR r.environment = $7) \
-           AND ($8::timestamptz IS NULL OR r.created_at >= $8) \
-           AND ($9::timestamptz IS NULL OR r.created_at < $9) \
-         ORDER BY r.id DESC LIMIT $4"
-    );
+) -> Result<Vec<crate::model::RunSummary>, tokio_postgres::Error> {
+    let sql = "SELECT r.id, r.status, r.tenant_id, r.project_id, r.agent_id, \
+                      left(r.message, $11) AS message_preview, r.error_code, r.attempt, \
+                      r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, \
+                      r.session_id, r.chat_model_id, r.trace_id \
+               FROM runs r WHERE r.tenant_id = $1 \
+                 AND ($2::text[] IS NULL OR r.project_id = ANY($2)) \
+                 AND (cardinality($3::text[]) = 0 OR r.status = ANY($3)) \
+                 AND ($5::text IS NULL OR r.agent_id = $5) \
+                 AND ($6::text IS NULL OR r.trigger_id = $6) \
+                 AND ($7::text IS NULL OR r.environment = $7) \
+                 AND ($8::timestamptz IS NULL OR r.created_at >= $8) \
+                 AND ($9::timestamptz IS NULL OR r.created_at < $9) \
+                 AND ($10::uuid IS NULL OR r.id < $10) \
+               ORDER BY r.id DESC LIMIT $4";
     let rows = client
         .query(
-            &client.prepare_cached(&sql).await?,
+            &client.prepare_cached(sql).await?,
             &[
                 &tenant_id,
                 &projects,
@@ -315,10 +306,34 @@ pub async fn list_filtered(
                 &filter.environment,
                 &filter.since,
                 &filter.until,
+                &filter.before,
+                &crate::model::RunSummary::PREVIEW_CHARS,
             ],
         )
         .await?;
-    rows.iter().map(from_row).collect()
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(crate::model::RunSummary {
+                id: row.try_get("id")?,
+                status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+                tenant_id: row.try_get("tenant_id")?,
+                project_id: row.try_get("project_id")?,
+                agent_id: row.try_get("agent_id")?,
+                message_preview: row.try_get("message_preview")?,
+                error_code: row.try_get("error_code")?,
+                attempt: row.try_get("attempt")?,
+                created_at: row.try_get("created_at")?,
+                started_at: row.try_get("started_at")?,
+                completed_at: row.try_get("completed_at")?,
+                trigger_id: row.try_get("trigger_id")?,
+                environment: row.try_get("environment")?,
+                session_id: row.try_get("session_id")?,
+                chat_model_id: row.try_get("chat_model_id")?,
+                trace_id: row.try_get("trace_id")?,
+            })
+        })
+        .collect()
 }
 
 fn secs(d: Duration) -> f64 {

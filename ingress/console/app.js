@@ -182,7 +182,9 @@ function follow(runId, on) {
 
 function runLabel(run, link = true) {
   const viaApi = run.environment === 'api' || !run.triggerId;
-  const text = run.message ? run.message.slice(0, 60) : `run ${short(run.id)}`;
+  // A list row is a summary (`messagePreview`); a run read by id has its whole `message`.
+  const said = run.message ?? run.messagePreview;
+  const text = said ? said.slice(0, 60) : `run ${short(run.id)}`;
   return h('span', {}, viaApi ? h('span', { class: 'api' }, '[API]') : null,
     link ? h('a', { href: `#/runs/${run.id}` }, text) : text);
 }

@@ -124,6 +124,16 @@ impl Principal {
         }
     }
 
+    /// Whether the caller may see where a run's result is delivered (its `webhookUrl`, often a
+    /// Slack hook or a URL with a token): the admin and keys with the `manage` scope, who may read
+    /// the triggers those URLs come from anyway.
+    pub fn sees_destinations(&self) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Key(key) => key.scopes.contains(&Scope::Manage),
+        }
+    }
+
     /// The API key, holding `scope`, for the runs and trigger APIs.
     pub fn key_with(&self, scope: Scope) -> Result<&ApiKey, ApiError> {
         match self {

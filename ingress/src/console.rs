@@ -24,8 +24,12 @@ use crate::auth::digest;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP.
 pub const COOKIE: &str = "sy_console";
+/// Its name when it is `Secure`: the `__Host-` prefix makes browsers refuse it unless it was set
+/// over TLS, for this host only (no `Domain`) and for the whole site (`Path=/`), so a sibling
+/// subdomain or a plain-HTTP page cannot plant or shadow it.
+pub const SECURE_COOKIE: &str = "__Host-sy_console";
 /// How long a session lasts from sign-in.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
@@ -79,7 +83,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(name, _)| *name == COOKIE || *name == SECURE_COOKIE)
         .map(|(_, value)| value)
         .filter(|v| !v.is_empty())
 }
@@ -193,13 +197,13 @@ fn over_tls(headers: &HeaderMap) -> bool {
 }
 
 fn cookie(headers: &HeaderMap, value: &str, max_age: u64, always_secure: bool) -> HeaderValue {
-    let secure = if always_secure || over_tls(headers) {
-        "; Secure"
+    let (name, secure) = if always_secure || over_tls(headers) {
+        (SECURE_COOKIE, "; Secure")
     } else {
-        ""
+        (COOKIE, "")
     };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -368,6 +372,11 @@ mod tests {
         assert_eq!(cookie_token(&headers), Some("tok123"));
         headers.insert(header::COOKIE, HeaderValue::from_static("sy_console="));
         assert_eq!(cookie_token(&headers), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-sy_console=tok456"),
+        );
+        assert_eq!(cookie_token(&headers), Some("tok456"));
     }
 
     #[test]
@@ -392,6 +401,11 @@ mod tests {
         );
         assert!(secure(&forwarded, false));
         assert!(secure(&HeaderMap::new(), true));
+        assert!(plain.starts_with("sy_console="));
+        let prefixed = cookie(&HeaderMap::new(), "t", 60, true);
+        let prefixed = prefixed.to_str().expect("ascii");
+        assert!(prefixed.starts_with("__Host-sy_console=t; Path=/;"));
+        assert!(!prefixed.contains("Domain"));
         assert!(!well_formed("short") && well_formed(&random_token()));
     }
 }

@@ -61,6 +61,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_API_KEYS", default_value_t = 10)]
     pub max_api_keys: i32,
 
+    /// Most webhook endpoints per tenant, unless the tenant sets its own (`maxWebhookEndpoints`).
+    #[arg(long, env = "SWITCHYARD_MAX_WEBHOOK_ENDPOINTS", default_value_t = 20)]
+    pub max_webhook_endpoints: i32,
+
     /// Longest an API key or a trigger stays cached (changes empty the caches sooner, via RabbitMQ).
     #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub key_cache_ttl: Duration,
@@ -68,6 +72,15 @@ pub struct Config {
     /// Invocations per minute per API key, unless the key sets its own (`rateLimitPerMinute`).
     #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_KEY", default_value_t = 30)]
     pub rate_limit_per_key: u32,
+
+    /// Unauthenticated inbound webhooks recorded per trigger and minute (per replica); past it a
+    /// refused webhook is answered 429 and not recorded.
+    #[arg(
+        long,
+        env = "SWITCHYARD_HOOK_REFUSALS_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub hook_refusals_per_minute: u32,
 
     /// How long an `Idempotency-Key` is remembered.
     #[arg(long, env = "SWITCHYARD_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
@@ -151,6 +164,8 @@ pub struct AppState {
     pub limits: Arc<limits::RateLimits>,
     pub master_key: MasterKey,
     pub max_api_keys: i32,
+    /// The default cap on a tenant's webhook endpoints.
+    pub max_webhook_endpoints: i32,
     pub accept_timeout: Duration,
     pub idempotency_ttl: Duration,
     pub duplicate_window: Duration,
@@ -240,6 +255,10 @@ pub async fn run(
         (1..=1000).contains(&config.max_api_keys),
         "SWITCHYARD_MAX_API_KEYS must be from 1 to 1000"
     );
+    anyhow::ensure!(
+        (1..=1000).contains(&config.max_webhook_endpoints),
+        "SWITCHYARD_MAX_WEBHOOK_ENDPOINTS must be from 1 to 1000"
+    );
     let admin_digest = match config.admin_token.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(token) if token.len() < 16 => {
@@ -289,9 +308,13 @@ pub async fn run(
         auth,
         compiled: Arc::default(),
         triggers,
-        limits: Arc::new(limits::RateLimits::new(config.rate_limit_per_key)),
+        limits: Arc::new(limits::RateLimits::new(
+            config.rate_limit_per_key,
+            config.hook_refusals_per_minute,
+        )),
         master_key,
         max_api_keys: config.max_api_keys,
+        max_webhook_endpoints: config.max_webhook_endpoints,
         accept_timeout: config.accept_timeout,
         idempotency_ttl: config.idempotency_ttl,
         duplicate_window: config.duplicate_window,

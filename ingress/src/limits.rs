@@ -106,9 +106,12 @@ impl Standing {
 /// Every limiter of this process.
 pub struct RateLimits {
     per_key_default: u32,
+    refusals_per_minute: u32,
     keys: Family<uuid::Uuid>,
     tenants: Family<String>,
     triggers: Family<(String, String)>,
+    /// Refused inbound webhooks, per trigger.
+    refusals: Family<(String, String)>,
     clock: DefaultClock,
 }
 
@@ -121,12 +124,16 @@ enum Scope {
 }
 
 impl RateLimits {
-    pub fn new(per_key_default: u32) -> Self {
+    /// Limits with `per_key_default` calls a minute for keys that set none, and
+    /// `refusals_per_minute` refused inbound webhooks a minute per trigger.
+    pub fn new(per_key_default: u32, refusals_per_minute: u32) -> Self {
         Self {
             per_key_default: per_key_default.max(1),
+            refusals_per_minute: refusals_per_minute.max(1),
             keys: Family::new(),
             tenants: Family::new(),
             triggers: Family::new(),
+            refusals: Family::new(),
             clock: DefaultClock::default(),
         }
     }
@@ -183,9 +190,51 @@ impl RateLimits {
         }
         Ok(Standing::of(per_key, &snapshot))
     }
+
+    /// Counts one call that carries no API key (the admin token testing a trigger) against the
+    /// tenant's limit and the trigger's own, when they have them.
+    pub fn admit_unkeyed(
+        &self,
+        tenant_id: &str,
+        per_tenant: Option<i32>,
+        trigger: Option<(&str, u32)>,
+    ) -> Result<(), ApiError> {
+        if let Some(per_tenant) = per_tenant.and_then(|n| u32::try_from(n).ok()) {
+            let limiter = self.tenants.limiter(&tenant_id.to_owned(), per_tenant);
+            self.check(&limiter, per_tenant, Scope::Tenant)?;
+        }
+        if let Some((trigger_id, per_trigger)) = trigger {
+            let limiter = self
+                .triggers
+                .limiter(&(tenant_id.to_owned(), trigger_id.to_owned()), per_trigger);
+            self.check(&limiter, per_trigger, Scope::Trigger)?;
+        }
+        Ok(())
+    }
 }
 
 impl RateLimits {
+    /// Counts one refused (unauthenticated) inbound webhook against its trigger's refusal budget,
+    /// `SWITCHYARD_HOOK_REFUSALS_PER_MINUTE`: past it the caller gets 429 and nothing is recorded.
+    pub fn admit_refusal(&self, tenant_id: &str, trigger_id: &str) -> Result<(), ApiError> {
+        let per_minute = self.refusals_per_minute;
+        let limiter = self
+            .refusals
+            .limiter(&(tenant_id.to_owned(), trigger_id.to_owned()), per_minute);
+        limiter.check().map(|_| ()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "this trigger has refused {per_minute} unauthenticated webhooks a minute; \
+                     retry in {secs}s"
+                ),
+            )
+            .with_rate_limit(per_minute, secs, secs)
+        })
+    }
+
     /// Counts one call against a trigger's own limit, when it has one (inbound webhooks carry no
     /// API key to count against).
     pub fn admit_trigger(
@@ -211,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_quota_admits_its_burst_then_refuses_with_a_wait() {
-        let limits = RateLimits::new(3);
+        let limits = RateLimits::new(3, 60);
         let family: Family<u8> = Family::new();
         let limiter = family.limiter(&1, 3);
         assert_eq!(burst(3), 1);

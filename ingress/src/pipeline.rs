@@ -44,8 +44,22 @@ pub enum Guarded {
     Duplicate(Uuid),
 }
 
+/// Who an `Idempotency-Key` belongs to: the API key that sent it. Keys never meet across
+/// principals, so one key cannot pre-claim another's keys or read its runs through a replay.
+pub fn key_principal(key: &switchyard_common::catalog::api_keys::ApiKey) -> String {
+    format!("key:{}", key.id)
+}
+
+/// Who an `Idempotency-Key` sent with a trigger's inbound webhooks belongs to: the trigger (its
+/// senders share one secret, so they are one principal).
+pub fn hook_principal(trigger_id: &str) -> String {
+    format!("hook:{trigger_id}")
+}
+
 /// The once-only checks of one request.
 pub struct Guards<'a> {
+    /// Who sent the request ([`key_principal`], [`hook_principal`]).
+    pub principal: &'a str,
     /// `Idempotency-Key`, with the route it came to.
     pub idempotency: Option<(&'a str, &'a str)>,
     /// `ignoreDuplicates`: the trigger whose earlier bodies count.
@@ -71,6 +85,7 @@ pub async fn guard(
         match dedupe::claim_idempotency_key(
             &client,
             tenant_id,
+            guards.principal,
             key,
             &hash,
             run_id,

@@ -1,5 +1,6 @@
 //! Per-request context: the request id (taken from `x-request-id` or made up), the path, a span
-//! that every log line of the request carries, and the id echoed back on the response.
+//! that every log line of the request carries, and the id echoed back on the response (with
+//! `Cache-Control: no-store` unless the handler chose otherwise).
 
 use std::time::Instant;
 
@@ -103,5 +104,11 @@ pub async fn context(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    // API answers carry secrets (a new key, a webhook secret), runs' results and tenants' data:
+    // no cache on the way may keep them. Only what says otherwise (the console's assets) may be.
+    response
+        .headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     response
 }

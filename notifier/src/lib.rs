@@ -612,7 +612,7 @@ fn describe(err: &reqwest::Error) -> String {
     } else if err.is_connect() {
         "could not connect to the endpoint".into()
     } else {
-        format!("request failed: {err}")
+        format!("request failed: {}", egress::describe(err))
     }
 }
 

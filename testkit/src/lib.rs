@@ -165,6 +165,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V12__runs_by_tenant.sql"),
     include_str!("../../migrations/V13__trace_ids.sql"),
     include_str!("../../migrations/V14__console_sessions.sql"),
+    include_str!("../../migrations/V15__hostile_tenants.sql"),
 ];
 
 /// How many migrations the repository holds.

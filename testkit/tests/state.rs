@@ -889,7 +889,10 @@ async fn a_runs_events_are_numbered_without_gaps_through_every_transition() {
         ]
     );
     assert_eq!(done.events[1].data["result"]["output"], "ab");
-    let stored = events::after(&client, run.id, 0, 100).await.expect("read");
+    let stored = events::after(&client, run.id, 0, 100)
+        .await
+        .expect("read")
+        .events;
     assert_eq!(
         stored.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=6).collect::<Vec<_>>()

@@ -111,7 +111,7 @@ impl Env {
         timeout: Duration,
     ) -> Result<reqwest::RequestBuilder, ExecError> {
         let parsed = reqwest::Url::parse(url)
-            .map_err(|_| ExecError::new("invalid_url", format!("`{url}` is not a valid URL")))?;
+            .map_err(|_| ExecError::new("invalid_url", "the configured URL is not valid"))?;
         egress::check_url(&self.guard, &parsed)
             .map_err(|r| ExecError::new("egress_refused", r.to_string()))?;
         if let Some(host) = parsed.host_str() {
@@ -197,7 +197,7 @@ pub fn transport(error: &reqwest::Error, what: &str, code: &'static str) -> Fail
     let message = if error.is_timeout() {
         format!("{what} timed out")
     } else {
-        format!("{what} could not be reached: {error}")
+        format!("{what} could not be reached: {}", egress::describe(error))
     };
     Failure::Transient {
         error: ExecError::new(code, message),

@@ -137,6 +137,19 @@ fn check_tools(tools: &[ToolConfig]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether any tool in `config` names a credential (`config.tools[].credentialReferenceId`),
+/// whatever the agent's kind and whether or not the rest of `config` is valid.
+fn names_tool_credential(config: Option<&Value>) -> bool {
+    config
+        .and_then(|c| c.get("tools"))
+        .and_then(Value::as_array)
+        .is_some_and(|tools| {
+            tools
+                .iter()
+                .any(|t| t.get("credentialReferenceId").is_some_and(|c| !c.is_null()))
+        })
+}
+
 /// The `config` of an `http` agent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -323,6 +336,16 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
     if spec.credential_reference_id.is_some() && !may_use_credentials {
         return Err(Error::Forbidden(
             "a key limited to some projects cannot give an agent a credential".into(),
+        ));
+    }
+    // A tool's credential signs every call the model makes to the tool's `url`: a key that could
+    // name one (or change an agent whose tools name one) would get the tenant's secret as a
+    // signing oracle, so a limited key may not touch such an agent at all.
+    if !may_use_credentials && names_tool_credential(spec.config.as_ref()) {
+        return Err(Error::Forbidden(
+            "a key limited to some projects cannot create or change an agent whose tools name a \
+             credential"
+                .into(),
         ));
     }
     let id = id_or_new(spec.id, "agent")?;
@@ -574,6 +597,27 @@ pub async fn delete(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn spec(v: Value) -> AgentSpec {
+        serde_json::from_value(v).expect("deserialises")
+    }
+
+    #[test]
+    fn a_limited_key_cannot_name_a_credential_anywhere() {
+        let top = spec(
+            json!({"name": "a", "kind": "http", "credentialReferenceId": "c",
+            "config": {"url": "https://agent.example/run"}}),
+        );
+        assert!(matches!(validate(top, false), Err(Error::Forbidden(_))));
+        let tool = json!({"name": "a", "kind": "openai", "config": {
+            "baseUrl": "https://llm.example/v1", "model": "m",
+            "tools": [{"name": "t", "url": "https://tool.example/", "credentialReferenceId": "c"}]}});
+        assert!(matches!(
+            validate(spec(tool.clone()), false),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(validate(spec(tool), true).is_ok());
+    }
 
     #[test]
     fn config_is_checked_against_the_kind() {

@@ -194,7 +194,7 @@ pub async fn create(
     let tx = client.transaction().await?;
     let tenant = tx
         .query_opt(
-            "SELECT max_api_keys FROM tenants WHERE id = $1 FOR UPDATE",
+            "SELECT max_api_keys FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
             &[&tenant_id],
         )
         .await?

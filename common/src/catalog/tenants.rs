@@ -18,6 +18,8 @@ pub struct Tenant {
     pub max_api_keys: Option<i32>,
     /// Invocations per minute across all the tenant's keys; `null` for no tenant-wide limit.
     pub rate_limit_per_minute: Option<i32>,
+    /// The most webhook endpoints this tenant may hold; `null` means the server's default.
+    pub max_webhook_endpoints: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -37,6 +39,8 @@ pub struct NewTenant {
     pub max_api_keys: Option<i32>,
     #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i32>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_webhook_endpoints: Option<i32>,
     /// The `whsec_` secret (24 to 64 bytes) that signs deliveries to the tenant's runs' own
     /// `webhookUrl`; generated when absent. Read it with `GET …/webhook-secret`.
     pub webhook_secret: Option<String>,
@@ -56,9 +60,14 @@ pub struct TenantPatch {
     #[serde(default, deserialize_with = "super::present")]
     #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<Option<i32>>,
+    /// `null` returns to the server's default.
+    #[serde(default, deserialize_with = "super::present")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
+    pub max_webhook_endpoints: Option<Option<i32>>,
 }
 
-const COLUMNS: &str = "id, name, max_api_keys, rate_limit_per_minute, created_at, updated_at";
+const COLUMNS: &str =
+    "id, name, max_api_keys, rate_limit_per_minute, max_webhook_endpoints, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Tenant, tokio_postgres::Error> {
     Ok(Tenant {
@@ -66,6 +75,7 @@ fn from_row(row: &Row) -> Result<Tenant, tokio_postgres::Error> {
         name: row.try_get("name")?,
         max_api_keys: row.try_get("max_api_keys")?,
         rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
+        max_webhook_endpoints: row.try_get("max_webhook_endpoints")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -89,6 +99,15 @@ fn check_max_keys(max: Option<i32>) -> Result<(), Error> {
     }
 }
 
+fn check_max_endpoints(max: Option<i32>) -> Result<(), Error> {
+    match max {
+        Some(n) if !(1..=1000).contains(&n) => Err(Error::invalid(
+            "`maxWebhookEndpoints` must be from 1 to 1000",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn create(
     client: &impl GenericClient,
     key: &crate::secrets::MasterKey,
@@ -98,13 +117,15 @@ pub async fn create(
     check_name(&new.name, "tenant")?;
     check_max_keys(new.max_api_keys)?;
     check_rate(new.rate_limit_per_minute)?;
+    check_max_endpoints(new.max_webhook_endpoints)?;
     let secret =
         super::webhook_endpoints::seal_tenant_secret(key, &id, new.webhook_secret.as_deref())?;
     let row = client
         .query_one(
             &format!(
-                "INSERT INTO tenants (id, name, max_api_keys, rate_limit_per_minute, webhook_secret) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+                "INSERT INTO tenants (id, name, max_api_keys, rate_limit_per_minute, webhook_secret, \
+                                      max_webhook_endpoints) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
             ),
             &[
                 &id,
@@ -112,6 +133,7 @@ pub async fn create(
                 &new.max_api_keys,
                 &new.rate_limit_per_minute,
                 &secret,
+                &new.max_webhook_endpoints,
             ],
         )
         .await
@@ -159,12 +181,16 @@ pub async fn update(
     if let Some(rate) = patch.rate_limit_per_minute {
         check_rate(rate)?;
     }
+    if let Some(max) = patch.max_webhook_endpoints {
+        check_max_endpoints(max)?;
+    }
     let row = client
         .query_opt(
             &format!(
                 "UPDATE tenants SET name = coalesce($2, name), \
                      max_api_keys = CASE WHEN $3 THEN $4 ELSE max_api_keys END, \
                      rate_limit_per_minute = CASE WHEN $5 THEN $6 ELSE rate_limit_per_minute END, \
+                     max_webhook_endpoints = CASE WHEN $7 THEN $8 ELSE max_webhook_endpoints END, \
                      updated_at = now() \
                  WHERE id = $1 RETURNING {COLUMNS}"
             ),
@@ -175,6 +201,8 @@ pub async fn update(
                 &patch.max_api_keys.flatten(),
                 &patch.rate_limit_per_minute.is_some(),
                 &patch.rate_limit_per_minute.flatten(),
+                &patch.max_webhook_endpoints.is_some(),
+                &patch.max_webhook_endpoints.flatten(),
             ],
         )
         .await

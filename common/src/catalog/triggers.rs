@@ -20,6 +20,8 @@ use crate::template::Template;
 
 /// Longest `messageTemplate`, in bytes.
 const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+/// Longest `outputTransform.pointer`, in bytes.
+const MAX_POINTER_BYTES: usize = 2048;
 /// Largest serialised `inputSchema`, in bytes.
 const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 
@@ -228,6 +230,11 @@ pub struct Trigger {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// `authentication` as stored: the header names with the SHA-256 digests of their values,
+    /// for checking inbound webhooks. Never shown.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub stored_authentication: Option<Value>,
 }
 
 /// The writable members of a trigger: the body of a create, and what a PATCH merges into.
@@ -509,15 +516,22 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
         None => None,
         Some(ot) => {
             match (&ot.pointer, &ot.template) {
-                (Some(p), None) if p.is_empty() || p.starts_with('/') => {}
+                (Some(p), None)
+                    if p.len() <= MAX_POINTER_BYTES && (p.is_empty() || p.starts_with('/')) => {}
                 (None, Some(t)) => {
+                    if t.is_empty() || t.len() > MAX_TEMPLATE_BYTES {
+                        return Err(Error::invalid(format!(
+                            "`outputTransform.template` must be 1 to {MAX_TEMPLATE_BYTES} bytes"
+                        )));
+                    }
                     Template::parse(t)
                         .map_err(|e| Error::invalid(format!("`outputTransform.template`: {e}")))?;
                 }
                 _ => {
-                    return Err(Error::invalid(
-                        "`outputTransform` takes exactly one of `pointer` (a JSON pointer) or `template`",
-                    ));
+                    return Err(Error::invalid(format!(
+                        "`outputTransform` takes exactly one of `pointer` (a JSON pointer of at \
+                         most {MAX_POINTER_BYTES} bytes) or `template`"
+                    )));
                 }
             }
             Some(serde_json::to_value(ot).map_err(|e| Error::invalid(e.to_string()))?)
@@ -629,6 +643,7 @@ fn from_row(row: &Row) -> Result<Stored, tokio_postgres::Error> {
             version: row.try_get("version")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            stored_authentication: authentication.clone(),
         },
         authentication,
     })
@@ -717,24 +732,20 @@ pub async fn get(
     Ok(from_row(&row)?.trigger)
 }
 
-/// A trigger of the tenant by id (in any project), with its stored `authentication` (the header
-/// digests), for the inbound-webhook route.
-pub async fn find_with_authentication(
+/// A trigger of the tenant by id (in any project); its `stored_authentication` holds the header
+/// digests, for the inbound-webhook route.
+pub async fn find(
     client: &impl GenericClient,
     tenant_id: &str,
     id: &str,
-) -> Result<Option<(Trigger, Option<Value>)>, tokio_postgres::Error> {
+) -> Result<Option<Trigger>, tokio_postgres::Error> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM triggers WHERE tenant_id = $1 AND id = $2"
         ))
         .await?;
     let row = client.query_opt(&stmt, &[&tenant_id, &id]).await?;
-    Ok(row
-        .as_ref()
-        .map(from_row)
-        .transpose()?
-        .map(|s| (s.trigger, s.authentication)))
+    Ok(row.as_ref().map(from_row).transpose()?.map(|s| s.trigger))
 }
 
 /// The trigger invoked as `key` (any case) in a project of the tenant, enabled or not.
@@ -995,6 +1006,9 @@ mod tests {
                 "signature": {"source": "header", "key": "X-Sig"},
                 "signedComponents": [{"source": "literal"}]}}),
             json!({"name": "t", "outputTransform": {"template": "nul \0"}}),
+            json!({"name": "t", "outputTransform": {"template": "x".repeat(MAX_TEMPLATE_BYTES + 1)}}),
+            json!({"name": "t", "outputTransform": {"template": ""}}),
+            json!({"name": "t", "outputTransform": {"pointer": format!("/{}", "a".repeat(MAX_POINTER_BYTES))}}),
             json!({"name": "t", "webhookUrl": "https://x.example/\0"}),
         ] {
             assert!(

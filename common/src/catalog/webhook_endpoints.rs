@@ -222,26 +222,53 @@ async fn check_project(
     }
 }
 
+/// Creates an endpoint, within the tenant's cap (its `maxWebhookEndpoints`, else
+/// `default_max`): every run event fans out to every endpoint inside the worker's shared
+/// completion batch, so their number is bounded. The tenant row is locked (`FOR NO KEY UPDATE`,
+/// which lets its runs' foreign-key checks through) while the endpoints are counted, so
+/// concurrent creates cannot pass the cap together.
 pub async fn create(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     key: &MasterKey,
     tenant_id: &str,
     new: NewEndpoint,
+    default_max: i32,
 ) -> Result<Endpoint, Error> {
-    super::tenant_must_exist(client, tenant_id).await?;
     let id = id_or_new(new.id, "webhook endpoint")?;
     super::agents::check_url(&new.url, "url")?;
     check_description(new.description.as_deref())?;
     let event_types = new.event_types.unwrap_or_else(|| vec!["*".into()]);
     check_event_types(&event_types)?;
     check_limits(new.rate_limit, new.max_concurrency)?;
-    check_project(client, tenant_id, new.project_id.as_deref()).await?;
     let secret = match new.secret.as_deref() {
         Some(raw) => parse_secret(raw)?,
         None => Secret::generate(),
     };
+    let tx = client.transaction().await?;
+    let tenant = tx
+        .query_opt(
+            "SELECT max_webhook_endpoints FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
+            &[&tenant_id],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("tenant `{tenant_id}` was not found")))?;
+    check_project(&tx, tenant_id, new.project_id.as_deref()).await?;
+    let max: i32 = tenant.try_get::<_, Option<i32>>(0)?.unwrap_or(default_max);
+    let held: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM webhook_endpoints WHERE tenant_id = $1",
+            &[&tenant_id],
+        )
+        .await?
+        .get(0);
+    if held >= i64::from(max) {
+        return Err(Error::Conflict(format!(
+            "the tenant already has {held} webhook endpoints, the most it may hold ({max}); \
+             delete one first"
+        )));
+    }
     let sealed = key.seal(&endpoint_context(tenant_id, &id), secret.as_bytes());
-    let row = client
+    let row = tx
         .query_one(
             &format!(
                 "INSERT INTO webhook_endpoints (tenant_id, id, url, description, event_types, \
@@ -264,6 +291,7 @@ pub async fn create(
         )
         .await
         .map_err(|e| constraint(e, "webhook endpoint"))?;
+    tx.commit().await?;
     Ok(from_row(&row)?)
 }
 

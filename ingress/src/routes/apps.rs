@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
+use crate::routes::invoke::Started;
 use crate::routes::manage::Errors;
 use switchyard_common::catalog::api_keys::Scope;
 
@@ -140,41 +141,24 @@ pub async fn create(
     if let Some(url) = body.webhook_url {
         native["webhookUrl"] = json!(url);
     }
-    let response =
-        crate::routes::runs::create_from(state.clone(), &principal, &headers, native).await?;
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 20).await.map_err(|_| {
-        ApiError::unavailable_because("the run was accepted but could not be read back")
-    })?;
-    let unreadable =
-        || ApiError::unavailable_because("the run was accepted but could not be read back");
-    let run: Value = serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
-    let id = run["id"]
-        .as_str()
-        .and_then(|id| uuid::Uuid::parse_str(id).ok())
-        .ok_or_else(unreadable)?;
-    let status = run["status"]
-        .as_str()
-        .and_then(RunStatus::parse)
-        .ok_or_else(unreadable)?;
-    let agent_id = run["agentId"].as_str().ok_or_else(unreadable)?.to_owned();
-    let tenant = principal.key_with(Scope::Trigger)?.tenant_id.clone();
-    let accepted = AcceptedAppRun {
-        id,
-        status: app_status(status),
-        app_name: app_name(&state, &tenant, &agent_id).await?,
-        app_id: agent_id,
+    // The app API answers at once, whatever `Accept` says: a run is never awaited here.
+    let started = crate::routes::runs::start_run(&state, &principal, &headers, native).await?;
+    let (status, run) = match started.run {
+        Started::New(run) => (StatusCode::ACCEPTED, run),
+        Started::Replay(run) => (StatusCode::OK, run),
     };
-    let mut out = (parts.status, Json(accepted)).into_response();
-    if let Ok(location) = axum::http::HeaderValue::from_str(&format!("/api/v1/runs/{id}")) {
+    let accepted = AcceptedAppRun {
+        id: run.id,
+        status: app_status(run.status),
+        app_name: app_name(&state, &run.tenant_id, &run.agent_id).await?,
+        app_id: run.agent_id,
+    };
+    let mut out = (status, Json(accepted)).into_response();
+    if let Ok(location) = axum::http::HeaderValue::from_str(&format!("/api/v1/runs/{}", run.id)) {
         out.headers_mut()
             .insert(axum::http::header::LOCATION, location);
     }
-    for (name, value) in &parts.headers {
-        if name.as_str().starts_with("x-ratelimit") {
-            out.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
+    started.standing.write(out.headers_mut());
     Ok(out)
 }
 
@@ -203,13 +187,32 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
+/// A run as the list shows it: its status and timings, not its result (read the run for that).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRunSummary {
+    pub id: uuid::Uuid,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: &'static str,
+    pub app_id: String,
+    pub app_name: Option<String>,
+    pub error_code: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
 /// A page of runs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AppRuns {
-    pub data: Vec<AppRun>,
+    pub data: Vec<AppRunSummary>,
 }
 
-/// List runs, newest first, by status. Needs `runs:read`.
+/// List runs, newest first, by status: each with its status and timings (read a run for its
+/// result). Needs `runs:read`.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "Agent-app runs", params(ListQuery),
     responses((status = 200, description = "The runs", body = AppRuns), Errors))]
 pub async fn list(
@@ -231,11 +234,15 @@ pub async fn list(
         return Err(ApiError::bad_request("`limit` must be 1 to 100"));
     }
     let client = state.pool.get().await?;
+    let filter = switchyard_common::runs::RunFilter {
+        statuses,
+        ..Default::default()
+    };
     let runs = switchyard_common::runs::list(
         &client,
         &key.tenant_id,
         key.project_ids.as_deref(),
-        statuses,
+        &filter,
         limit,
     )
     .await?;
@@ -250,9 +257,15 @@ pub async fn list(
         .collect();
     let data = runs
         .into_iter()
-        .map(|run| {
-            let name = names.get(&run.agent_id).cloned();
-            app_run(run, name)
+        .map(|run| AppRunSummary {
+            id: run.id,
+            status: app_status(run.status),
+            app_name: names.get(&run.agent_id).cloned(),
+            app_id: run.agent_id,
+            error_code: run.error_code,
+            created_at: run.created_at,
+            started_at: run.started_at,
+            completed_at: run.completed_at,
         })
         .collect();
     Ok(Json(AppRuns { data }))

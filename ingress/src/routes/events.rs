@@ -25,7 +25,7 @@ use crate::extract::QueryParams;
 use crate::live::Signal;
 use crate::routes::manage::Errors;
 
-/// How many stored events one read takes.
+/// How many stored events one read takes at most (and no more than `events::PAGE_BYTES`).
 const PAGE: i64 = 500;
 
 /// The run `id`, if the key may read it: 404 for another tenant's run, one outside the key's
@@ -46,6 +46,7 @@ pub(crate) async fn visible_run(
                 .as_ref()
                 .is_none_or(|allowed| allowed.contains(&run.project_id))
         })
+        .map(|run| crate::routes::runs::shown(run, Some(principal)))
         .ok_or_else(not_found)
 }
 
@@ -148,8 +149,8 @@ pub(crate) fn follow_run(state: AppState, run: &Run, after: i64) -> mpsc::Receiv
                     () = tokio::time::sleep(Duration::from_millis(500)) => continue,
                 }
             };
-            let full = i64::try_from(page.len()).unwrap_or(0) == PAGE;
-            for event in page {
+            let full = page.more;
+            for event in page.events {
                 let seq = event.seq;
                 let ended = event.final_status().is_some();
                 if sender.send(Arc::new(event)).await.is_err() {
@@ -268,13 +269,14 @@ pub async fn wait(
     if run.status.is_terminal() {
         return Ok((StatusCode::OK, axum::Json(run)).into_response());
     }
+    let show = |run| crate::routes::runs::shown(run, Some(&principal));
     match wait_for_end(&state, &run, Duration::from_secs_f64(timeout)).await {
-        Some(done) => Ok((StatusCode::OK, axum::Json(done)).into_response()),
+        Some(done) => Ok((StatusCode::OK, axum::Json(show(done))).into_response()),
         None => {
             let client = state.pool.get().await?;
             let now = runs::get(&client, &run.tenant_id, run.id)
                 .await?
-                .unwrap_or(run);
+                .map_or(run, show);
             Ok(crate::routes::runs::accepted(&now))
         }
     }

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use switchyard_common::catalog::credentials;
 use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
-use switchyard_common::catalog::triggers::{self, Trigger};
+use switchyard_common::catalog::triggers::Trigger;
 use switchyard_common::inbound;
 use utoipa::IntoParams;
 
@@ -21,7 +21,9 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::Params;
 use crate::pipeline;
-use crate::routes::invoke::{Envelope, TriggerCall, parse_body, run_trigger};
+use crate::routes::invoke::{
+    Compiled, Envelope, TriggerCall, TriggerRef, parse_body, resolve, run_trigger,
+};
 use crate::routes::manage::Errors;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -42,13 +44,12 @@ struct Incoming<'a> {
 }
 
 /// Checks the request against the trigger's configured authentication; the error is the reason
-/// to record and show.
+/// to record and show (short, and never the request's own content).
 async fn authenticate(
     state: &AppState,
-    client: &deadpool_postgres::Client,
     tenant_id: &str,
     trigger: &Trigger,
-    stored_auth: Option<&Value>,
+    compiled: &Compiled,
     incoming: Incoming<'_>,
 ) -> Result<Result<(), String>, ApiError> {
     let Incoming {
@@ -56,6 +57,7 @@ async fn authenticate(
         query,
         body,
     } = incoming;
+    let stored_auth = trigger.stored_authentication.as_ref();
     if trigger.signature_verification.is_none() && stored_auth.is_none() {
         return Ok(Err(
             "this trigger takes no webhooks: give it signatureVerification or authentication"
@@ -66,7 +68,7 @@ async fn authenticate(
         let checks = auth
             .get("headers")
             .and_then(Value::as_array)
-            .cloned()
+            .map(Vec::as_slice)
             .unwrap_or_default();
         for check in checks {
             let name = check
@@ -86,19 +88,21 @@ async fn authenticate(
             }
         }
     }
-    if let Some(sv) = &trigger.signature_verification {
+    if let Some(verifier) = &compiled.verifier {
         let Some(credential) = &trigger.signing_secret_credential_reference_id else {
             return Ok(Err(
                 "the trigger names no signing secret (signingSecretCredentialReferenceId)".into(),
             ));
         };
         // Whatever goes wrong here, an unauthenticated sender learns nothing about it.
+        let client = state.pool.get().await?;
         let Ok(secret) =
-            credentials::reveal(client, &state.master_key, tenant_id, credential).await
+            credentials::reveal(&client, &state.master_key, tenant_id, credential).await
         else {
             tracing::warn!(trigger_id = %trigger.id, "the trigger's signing secret cannot be read");
             return Ok(Err("the signature cannot be checked".into()));
         };
+        drop(client);
         let header_list: Vec<(String, String)> = headers
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -116,7 +120,7 @@ async fn authenticate(
             body,
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if let Err(refused) = inbound::verify(sv, &secret, &request, now) {
+        if let Err(refused) = verifier.verify(&secret, &request, now) {
             return Ok(Err(refused.to_string()));
         }
     }
@@ -124,8 +128,10 @@ async fn authenticate(
 }
 
 /// Receive a webhook for a trigger. No API key: the trigger's `signatureVerification` and/or
-/// `authentication` headers authenticate the sender; a failure is a 401, recorded as a rejected
-/// invocation.
+/// `authentication` headers authenticate the sender. A failure is a 401, recorded as a rejected
+/// invocation with its reason and size but none of its content; past
+/// `SWITCHYARD_HOOK_REFUSALS_PER_MINUTE` refusals of a trigger, further failures are a 429 and
+/// are not recorded.
 #[utoipa::path(post, path = "/hooks/{tenantId}/{triggerId}", tag = "Triggers",
     params(HookPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
@@ -144,27 +150,29 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let bytes = crate::extract::body_bytes(bytes)?;
     let idempotency = pipeline::idempotency_key(&headers)?;
-    let client = state.pool.get().await?;
-    let (trigger, stored_auth) =
-        triggers::find_with_authentication(&client, &path.tenant_id, &path.trigger_id)
-            .await?
-            .filter(|(t, _)| t.enabled)
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "trigger `{}` was not found, or it is paused",
-                    path.trigger_id
-                ))
-            })?;
+    let reference = TriggerRef::Id {
+        tenant_id: path.tenant_id.clone(),
+        id: path.trigger_id.clone(),
+    };
+    let trigger = resolve(&state, reference)
+        .await?
+        .filter(|t| t.enabled)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "trigger `{}` was not found, or it is paused",
+                path.trigger_id
+            ))
+        })?;
     // Limited before authenticating: refused requests cost work too.
     state
         .limits
         .admit_trigger(&path.tenant_id, &trigger.id, trigger.rate_limit_per_minute)?;
+    let compiled = state.compiled.get(&path.tenant_id, &trigger)?;
     let verdict = authenticate(
         &state,
-        &client,
         &path.tenant_id,
         &trigger,
-        stored_auth.as_ref(),
+        &compiled,
         Incoming {
             headers: &headers,
             query: query.as_deref(),
@@ -173,14 +181,10 @@ pub async fn receive(
     )
     .await?;
     if let Err(reason) = verdict {
-        let payload = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
-            Value::String(String::from_utf8_lossy(&bytes).chars().take(4096).collect())
-        });
-        let payload = if switchyard_common::catalog::contains_nul(&payload) {
-            Value::Null
-        } else {
-            payload
-        };
+        // Past the refusal budget nothing more is written: a flood of forged webhooks costs
+        // the tenant's invocation history nothing.
+        state.limits.admit_refusal(&path.tenant_id, &trigger.id)?;
+        let client = state.pool.get().await?;
         invocations::record_refusal(
             &client,
             &NewRefusal {
@@ -189,10 +193,14 @@ pub async fn receive(
                 agent_id: &trigger.agent_id,
                 trigger_id: &trigger.id,
                 refusal: Refusal::Rejected,
-                reason: format!("the webhook was not authenticated: {reason}"),
+                reason: format!(
+                    "the webhook was not authenticated: {reason} ({} bytes, not stored)",
+                    bytes.len()
+                ),
                 environment: Some("webhook"),
                 session_id: None,
-                request_payload: &payload,
+                // An unauthenticated sender's content is never stored.
+                request_payload: &Value::Null,
                 duplicate_of: None,
             },
         )
@@ -202,14 +210,15 @@ pub async fn receive(
             "the webhook was not authenticated: {reason}"
         )));
     }
-    drop(client);
     let body = parse_body(&bytes)?;
     run_trigger(
         &state,
         TriggerCall {
             tenant_id: &path.tenant_id,
+            principal: pipeline::hook_principal(&trigger.id),
+            viewer: None,
             projects: None,
-            trigger: std::sync::Arc::new(trigger),
+            trigger,
             body,
             envelope: Envelope {
                 instruction: None,

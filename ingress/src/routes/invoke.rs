@@ -13,14 +13,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::Value;
+use switchyard_common::Run;
 use switchyard_common::catalog::api_keys::Scope;
 use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
 use switchyard_common::catalog::triggers::{self, Trigger};
 use switchyard_common::filters::Filter;
+use switchyard_common::inbound::Verifier;
 use switchyard_common::problem::{ErrorCode, Violation};
 use switchyard_common::runs::{NewRun, TriggerOrigin};
-use switchyard_common::template::Template;
-use switchyard_common::{Run, transform};
+use switchyard_common::template::{MAX_RENDERED_BYTES, Template, TooLarge};
+use switchyard_common::transform::Transform;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -31,6 +33,7 @@ use crate::extract::Params;
 use crate::limits::Standing;
 use crate::pipeline::{self, Guarded, Guards};
 use crate::routes::manage::Errors;
+use crate::routes::runs::shown;
 
 /// Most compiled triggers kept per process.
 const CACHE_CAPACITY: usize = 4_096;
@@ -50,6 +53,30 @@ pub struct Compiled {
     schema: Option<jsonschema::Validator>,
     filter: Option<Filter>,
     template: Option<Template>,
+    /// The trigger's `outputTransform`, parsed.
+    pub(crate) transform: Option<Transform>,
+    /// Its `signatureVerification`, with the regexes compiled.
+    pub(crate) verifier: Option<Verifier>,
+}
+
+impl Compiled {
+    /// The trigger's `outputTransform` applied to `result` (as it is without one), or 422 naming
+    /// the run when the transform would render more than its limit.
+    pub(crate) fn shown_result(&self, run_id: Uuid, result: &Value) -> Result<Value, ApiError> {
+        match &self.transform {
+            None => Ok(result.clone()),
+            Some(t) => t.apply(result).map_err(|too_large| {
+                ApiError::new(
+                    ErrorCode::UnprocessableEntity,
+                    format!(
+                        "the run finished, but the trigger's outputTransform cannot be applied: \
+                         {too_large}; read the untransformed result at /v1/runs/{run_id}"
+                    ),
+                )
+                .with_run(run_id)
+            }),
+        }
+    }
 }
 
 /// How a door names a trigger.
@@ -84,11 +111,7 @@ pub(crate) async fn resolve(
             project_id,
             key,
         } => triggers::resolve(&client, tenant_id, project_id, key).await?,
-        TriggerRef::Id { tenant_id, id } => {
-            triggers::find_with_authentication(&client, tenant_id, id)
-                .await?
-                .map(|(trigger, _)| trigger)
-        }
+        TriggerRef::Id { tenant_id, id } => triggers::find(&client, tenant_id, id).await?,
     };
     let Some(trigger) = found else {
         return Ok(None);
@@ -110,7 +133,11 @@ pub struct CompiledTriggers {
 
 impl CompiledTriggers {
     /// The compiled form of `trigger`, compiling it when its version is new.
-    fn get(&self, tenant_id: &str, trigger: &Trigger) -> Result<Arc<Compiled>, ApiError> {
+    pub(crate) fn get(
+        &self,
+        tenant_id: &str,
+        trigger: &Trigger,
+    ) -> Result<Arc<Compiled>, ApiError> {
         let key = (tenant_id.to_owned(), trigger.id.clone());
         if let Ok(entries) = self.entries.lock()
             && let Some((version, compiled)) = entries.get(&key)
@@ -137,6 +164,13 @@ impl CompiledTriggers {
                 .map(Template::parse)
                 .transpose()
                 .map_err(|e| ApiError::internal(format!("stored messageTemplate: {e}")))?,
+            transform: trigger.output_transform.as_ref().map(Transform::compile),
+            verifier: trigger
+                .signature_verification
+                .as_ref()
+                .map(Verifier::compile)
+                .transpose()
+                .map_err(|e| ApiError::internal(format!("stored signatureVerification: {e}")))?,
         });
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= CACHE_CAPACITY {
@@ -250,21 +284,22 @@ pub(crate) fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// The message the agent receives: the rendered template, else the instruction, else nothing
-/// (the agent gets the body as `inputs`).
+/// (the agent gets the body as `inputs`). A template that would render more than
+/// [`MAX_RENDERED_BYTES`] is refused before it is built.
 fn message(
     compiled: &Compiled,
     envelope: &Envelope,
     body: &Value,
-) -> (Option<String>, Vec<String>) {
-    match (&compiled.template, &envelope.instruction) {
+) -> Result<(Option<String>, Vec<String>), TooLarge> {
+    Ok(match (&compiled.template, &envelope.instruction) {
         (Some(template), _) => {
-            let rendered = template.render_request(body);
+            let rendered = template.render_request(body, MAX_RENDERED_BYTES)?;
             (Some(rendered.text), rendered.missing)
         }
         (None, Some(Value::String(s))) => (Some(s.clone()), Vec::new()),
         (None, Some(other)) => (Some(other.to_string()), Vec::new()),
         (None, None) => (None, Vec::new()),
-    }
+    })
 }
 
 /// Invoke a trigger (ChatHive's route). The body is optional; `instruction`, `sessionId`,
@@ -319,6 +354,8 @@ pub async fn invoke(
         &state,
         TriggerCall {
             tenant_id: &key.tenant_id,
+            principal: pipeline::key_principal(key),
+            viewer: Some(&principal),
             projects: key.project_ids.clone(),
             trigger,
             body,
@@ -349,6 +386,12 @@ pub(crate) fn admit(
 /// A call that reached a trigger, authenticated and admitted.
 pub(crate) struct TriggerCall<'a> {
     pub tenant_id: &'a str,
+    /// Who is calling, for `Idempotency-Key` ([`pipeline::key_principal`] or
+    /// [`pipeline::hook_principal`]).
+    pub principal: String,
+    /// Who sees the run in the answer (`None`: an inbound webhook's sender); see
+    /// [`crate::routes::runs::shown`].
+    pub viewer: Option<&'a Principal>,
     /// The caller's project limits (an API key's), checked again by the INSERT.
     pub projects: Option<Vec<String>>,
     pub trigger: Arc<Trigger>,
@@ -377,9 +420,10 @@ pub(crate) async fn run_trigger(
     standing: Option<Standing>,
 ) -> Result<Response, ApiError> {
     let trigger = call.trigger.clone();
+    let viewer = call.viewer;
     let mut response = match start_trigger(state, call).await? {
         Started::Replay(run) => (StatusCode::OK, axum::Json(run)).into_response(),
-        Started::New(run) => answer(state, &trigger, run).await?,
+        Started::New(run) => answer(state, &trigger, run, viewer).await?,
     };
     if let Some(standing) = standing {
         standing.write(response.headers_mut());
@@ -395,6 +439,8 @@ pub(crate) async fn start_trigger(
 ) -> Result<Started, ApiError> {
     let TriggerCall {
         tenant_id,
+        principal,
+        viewer,
         projects,
         trigger,
         body,
@@ -460,10 +506,22 @@ pub(crate) async fn start_trigger(
             );
         }
     }
+    // Rendered before the once-only guards, so that a refused render holds no slot.
+    let (message, missing_placeholders) = match message(&compiled, &envelope, &body) {
+        Ok(rendered) => rendered,
+        Err(too_large) => {
+            let reason = format!("the trigger's messageTemplate cannot be rendered: {too_large}");
+            invocations::record_refusal(&client, &refusal(Refusal::Rejected, reason.clone()))
+                .await?;
+            pipeline::count_invocation("rejected");
+            return Err(ApiError::new(ErrorCode::UnprocessableEntity, reason));
+        }
+    };
     drop(client);
     let run_id = Uuid::now_v7();
     let route = format!("trigger {}", trigger.id);
     let guards = Guards {
+        principal: &principal,
         idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
         duplicates_of: (trigger.ignore_duplicates && !test).then_some(trigger.id.as_str()),
     };
@@ -478,7 +536,7 @@ pub(crate) async fn start_trigger(
     .await?
     {
         Guarded::Proceed => {}
-        Guarded::Replay(run) => return Ok(Started::Replay(*run)),
+        Guarded::Replay(run) => return Ok(Started::Replay(shown(*run, viewer))),
         Guarded::Duplicate(original) => {
             let mut dropped = refusal(
                 Refusal::Dropped,
@@ -494,7 +552,6 @@ pub(crate) async fn start_trigger(
         }
     }
 
-    let (message, missing_placeholders) = message(&compiled, &envelope, &body);
     let guarded = idempotency.is_some() || (trigger.ignore_duplicates && !test);
     let new = NewRun {
         id: run_id,
@@ -520,23 +577,31 @@ pub(crate) async fn start_trigger(
         trace_id: switchyard_common::telemetry::current_trace_id(),
         traceparent: switchyard_common::telemetry::current_traceparent(),
     };
-    Ok(Started::New(
+    Ok(Started::New(shown(
         pipeline::enqueue_guarded(state, new, guarded).await?,
-    ))
+        viewer,
+    )))
 }
 
 /// 202 with the run; or, when the trigger waits for the response, 200 with the finished run
 /// (its result after `outputTransform`) or 408 naming the run, which continues.
-async fn answer(state: &AppState, trigger: &Trigger, run: Run) -> Result<Response, ApiError> {
+async fn answer(
+    state: &AppState,
+    trigger: &Trigger,
+    run: Run,
+    viewer: Option<&Principal>,
+) -> Result<Response, ApiError> {
     if !trigger.wait_for_response {
         return Ok(crate::routes::runs::accepted(&run));
     }
     let wait = Duration::from_secs(u64::try_from(trigger.wait_timeout_seconds).unwrap_or(30))
         .min(state.max_wait);
     match pipeline::wait_for_end(state, &run, wait).await {
-        Some(mut done) => {
-            if let (Some(ot), Some(result)) = (&trigger.output_transform, &done.result) {
-                done.result = Some(transform::apply(ot, result));
+        Some(done) => {
+            let mut done = shown(done, viewer);
+            if let Some(result) = &done.result {
+                let compiled = state.compiled.get(&run.tenant_id, trigger)?;
+                done.result = Some(compiled.shown_result(done.id, result)?);
             }
             Ok((StatusCode::OK, axum::Json(done)).into_response())
         }

@@ -4,9 +4,10 @@
 //! work too). As in Relevance, the answer carries no result: it goes to the tenant's webhook
 //! endpoints (the agent's "destination"), and the run can be read at its `Location`.
 
+use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -15,6 +16,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::routes::invoke::Started;
 use crate::routes::manage::Errors;
 
 /// The message that starts the agent.
@@ -65,5 +67,11 @@ pub async fn trigger(
         return Err(ApiError::bad_request("`message.content` may not be empty"));
     }
     let native = json!({"agentId": body.agent_id, "message": body.message.content});
-    crate::routes::runs::create_from(state, &principal, &headers, native).await
+    let started = crate::routes::runs::start_run(&state, &principal, &headers, native).await?;
+    let mut response = match started.run {
+        Started::New(run) => crate::routes::runs::accepted(&run),
+        Started::Replay(run) => (StatusCode::OK, Json(run)).into_response(),
+    };
+    started.standing.write(response.headers_mut());
+    Ok(response)
 }

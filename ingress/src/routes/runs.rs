@@ -16,7 +16,9 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::limits::Standing;
 use crate::pipeline::{self, Guarded, Guards};
+use crate::routes::invoke::Started;
 use crate::routes::manage::Errors;
 use switchyard_common::catalog::api_keys::Scope;
 
@@ -226,36 +228,76 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(raw): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    create_from(state, &principal, &headers, raw).await
+    let started = start_run(&state, &principal, &headers, raw).await?;
+    let stream = started.stream
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+    let mut response = match started.run {
+        Started::Replay(run) if stream => {
+            crate::routes::events::stream(state.clone(), &run, 0).into_response()
+        }
+        Started::Replay(run) => (StatusCode::OK, axum::Json(run)).into_response(),
+        Started::New(run) if stream => {
+            let mut response =
+                crate::routes::events::stream(state.clone(), &run, 0).into_response();
+            if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Started::New(run) => match started.wait.filter(|w| !w.is_zero()) {
+            Some(wait) => match pipeline::wait_for_end(&state, &run, wait).await {
+                Some(done) => {
+                    (StatusCode::OK, axum::Json(shown(done, Some(&principal)))).into_response()
+                }
+                None => accepted(&run),
+            },
+            None => accepted(&run),
+        },
+    };
+    started.standing.write(response.headers_mut());
+    Ok(response)
 }
 
-/// `POST /v1/runs` from its body: the one path every run-creating route ends in (the vendors'
-/// routes translate their bodies into this one).
-pub(crate) async fn create_from(
-    state: AppState,
+/// A run started from a body of `POST /v1/runs`'s shape, and what its caller asked for beyond it.
+pub(crate) struct RunStart {
+    pub run: Started,
+    /// The key's rate-limit standing, for the response headers.
+    pub standing: Standing,
+    /// `wait` of the body.
+    pub wait: Option<Duration>,
+    /// `stream` of the body (`Accept` is the native route's to read).
+    pub stream: bool,
+}
+
+/// The pipeline of `POST /v1/runs` from its body to a recorded and published run (or the replay
+/// of an `Idempotency-Key`): scope, rate limit, validation, once-only guard, record, publish.
+/// Every run-creating door ends here and renders the run its own way (the vendors' doors
+/// translate their bodies into this one).
+pub(crate) async fn start_run(
+    state: &AppState,
     principal: &Principal,
     headers: &HeaderMap,
     raw: Value,
-) -> Result<Response, ApiError> {
+) -> Result<RunStart, ApiError> {
     let key = principal.key_with(Scope::Trigger)?;
     let standing = state.limits.admit(key, None)?;
     let body: CreateRun = serde_json::from_value(raw.clone())
         .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))?;
     let valid = validate(body)?;
     let idempotency = pipeline::idempotency_key(headers)?;
-    let wait = valid.wait;
-    let stream = valid.stream
-        || headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"));
+    let (wait, stream) = (valid.wait, valid.stream);
     let run_id = Uuid::now_v7();
+    let owner = pipeline::key_principal(key);
     let guards = Guards {
+        principal: &owner,
         idempotency: idempotency.as_deref().map(|k| (k, "POST /v1/runs")),
         duplicates_of: None,
     };
     if let Guarded::Replay(run) = pipeline::guard(
-        &state,
+        state,
         &key.tenant_id,
         key.project_ids.as_deref(),
         run_id,
@@ -264,13 +306,12 @@ pub(crate) async fn create_from(
     )
     .await?
     {
-        let mut response = if stream {
-            crate::routes::events::stream(state.clone(), &run, 0).into_response()
-        } else {
-            (StatusCode::OK, axum::Json(run)).into_response()
-        };
-        standing.write(response.headers_mut());
-        return Ok(response);
+        return Ok(RunStart {
+            run: Started::Replay(shown(*run, Some(principal))),
+            standing,
+            wait,
+            stream,
+        });
     }
     let new = NewRun {
         id: run_id,
@@ -288,24 +329,22 @@ pub(crate) async fn create_from(
         trace_id: switchyard_common::telemetry::current_trace_id(),
         traceparent: switchyard_common::telemetry::current_traceparent(),
     };
-    let run = pipeline::enqueue_guarded(&state, new, idempotency.is_some()).await?;
-    let mut response = if stream {
-        let mut response = crate::routes::events::stream(state.clone(), &run, 0).into_response();
-        if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        response
-    } else {
-        match wait.filter(|w| !w.is_zero()) {
-            Some(wait) => match pipeline::wait_for_end(&state, &run, wait).await {
-                Some(done) => (StatusCode::OK, axum::Json(done)).into_response(),
-                None => accepted(&run),
-            },
-            None => accepted(&run),
-        }
-    };
-    standing.write(response.headers_mut());
-    Ok(response)
+    let run = pipeline::enqueue_guarded(state, new, idempotency.is_some()).await?;
+    Ok(RunStart {
+        run: Started::New(shown(run, Some(principal))),
+        standing,
+        wait,
+        stream,
+    })
+}
+
+/// `run` as its viewer may see it: the `webhookUrl` only for a viewer that
+/// [`Principal::sees_destinations`]; `None` (an inbound webhook's sender) sees none.
+pub(crate) fn shown(mut run: Run, viewer: Option<&Principal>) -> Run {
+    if !viewer.is_some_and(Principal::sees_destinations) {
+        run.webhook_url = None;
+    }
+    run
 }
 
 pub(crate) fn accepted(run: &Run) -> Response {
@@ -334,15 +373,22 @@ pub struct ListQuery {
     /// At most this many, 1 to 200 (default 50), newest first.
     #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// The `nextCursor` of the previous page: runs older than it.
+    cursor: Option<String>,
 }
 
-/// The runs.
+/// A page of runs, as summaries (no message, inputs, result or artifacts: read a run by its id
+/// for those).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Runs {
-    pub data: Vec<Run>,
+    pub data: Vec<switchyard_common::RunSummary>,
+    /// Pass as `cursor` for the next page; `null` when this page holds the last runs.
+    pub next_cursor: Option<Uuid>,
 }
 
-/// List runs, newest first, narrowed by status, agent, trigger, environment and creation time.
+/// List runs, newest first, narrowed by status, agent, trigger, environment and creation time,
+/// a page at a time (`cursor`). Each run is a summary; `GET /v1/runs/{id}` has the whole run.
 /// Needs the `runs:read` scope.
 #[utoipa::path(get, path = "/v1/runs", tag = "Runs", params(ListQuery),
     responses((status = 200, description = "The runs, newest first", body = Runs), Errors))]
@@ -379,6 +425,14 @@ pub async fn list(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be 1 to 200"));
     }
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::bad_request("`cursor` must be a `nextCursor` of this list"))
+        })
+        .transpose()?;
     let filter = switchyard_common::runs::RunFilter {
         statuses: &statuses,
         agent_id: q.agent_id.as_deref(),
@@ -386,9 +440,10 @@ pub async fn list(
         environment: q.environment.as_deref(),
         since: time("since", &q.since)?,
         until: time("until", &q.until)?,
+        before,
     };
     let client = state.pool.get().await?;
-    let data = switchyard_common::runs::list_filtered(
+    let data = switchyard_common::runs::list(
         &client,
         &key.tenant_id,
         key.project_ids.as_deref(),
@@ -396,7 +451,10 @@ pub async fn list(
         limit,
     )
     .await?;
-    Ok(axum::Json(Runs { data }))
+    let next_cursor = (i64::try_from(data.len()).unwrap_or(0) == limit)
+        .then(|| data.last().map(|r| r.id))
+        .flatten();
+    Ok(axum::Json(Runs { data, next_cursor }))
 }
 
 /// Get a run: 404 when it does not exist in the caller's tenant (or its projects). Needs the

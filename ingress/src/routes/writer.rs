@@ -20,9 +20,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_common::catalog::api_keys::Scope;
-use switchyard_common::catalog::triggers::{OutputTransform, Trigger};
+use switchyard_common::catalog::triggers::Trigger;
 use switchyard_common::events::{EventKind, RunEvent};
-use switchyard_common::{Run, RunStatus, transform};
+use switchyard_common::transform::Transform;
+use switchyard_common::{Run, RunStatus};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -94,21 +95,32 @@ pub struct Job {
     pub completed_at: Option<OffsetDateTime>,
 }
 
-fn job(run: Run, output_transform: Option<&OutputTransform>) -> Job {
-    let artifact = match (run.status, run.result) {
-        (RunStatus::Completed, Some(result)) => Some(match output_transform {
-            Some(ot) => transform::apply(ot, &result),
-            None => result,
-        }),
-        _ => None,
+fn job(run: Run, output_transform: Option<&Transform>) -> Job {
+    let (artifact, transform_error) = match (run.status, run.result) {
+        (RunStatus::Completed, Some(result)) => match output_transform.map(|t| t.apply(&result)) {
+            None => (Some(result), None),
+            Some(Ok(shown)) => (Some(shown), None),
+            Some(Err(too_large)) => (
+                None,
+                Some(json!({
+                    "code": "output_transform_too_large",
+                    "message": format!(
+                        "the blueprint's outputTransform cannot be applied: {too_large}; read the \
+                         untransformed result at /v1/runs/{}", run.id),
+                })),
+            ),
+        },
+        _ => (None, None),
     };
-    let error = (run.status.is_terminal() && run.status != RunStatus::Completed).then(|| {
-        json!({
-            "code": run.error_code.as_deref().unwrap_or(run.status.as_str()),
-            "message": run.error_message.clone()
-                .unwrap_or_else(|| format!("the run ended {}", run.status.as_str())),
+    let error = (run.status.is_terminal() && run.status != RunStatus::Completed)
+        .then(|| {
+            json!({
+                "code": run.error_code.as_deref().unwrap_or(run.status.as_str()),
+                "message": run.error_message.clone()
+                    .unwrap_or_else(|| format!("the run ended {}", run.status.as_str())),
+            })
         })
-    });
+        .or(transform_error);
     Job {
         id: run.id,
         job_id: run.id,
@@ -166,6 +178,8 @@ async fn start(
         state,
         TriggerCall {
             tenant_id: &key.tenant_id,
+            principal: pipeline::key_principal(key),
+            viewer: Some(principal),
             projects: key.project_ids.clone(),
             trigger: trigger.clone(),
             body,
@@ -214,7 +228,12 @@ pub async fn run(
         Started::New(run) | Started::Replay(run) => run,
     };
     let keep_alive = state.sse_keep_alive;
-    let frames = Frames::new(trigger.output_transform.clone(), run.id);
+    let transform = state
+        .compiled
+        .get(&run.tenant_id, &trigger)?
+        .transform
+        .clone();
+    let frames = Frames::new(transform, run.id);
     let opening = futures::stream::iter(vec![frames.opening()]);
     let events = crate::routes::events::follow_run(state, &run, 0);
     let following = futures::stream::unfold(Some((events, frames)), |state| async {
@@ -262,7 +281,8 @@ pub async fn create_job(
         Started::Replay(run) => (StatusCode::OK, run),
     };
     let id = run.id;
-    let mut response = (status, Json(job(run, trigger.output_transform.as_ref()))).into_response();
+    let compiled = state.compiled.get(&run.tenant_id, &trigger)?;
+    let mut response = (status, Json(job(run, compiled.transform.as_ref()))).into_response();
     with_job_location(&mut response, id, standing);
     Ok(response)
 }
@@ -287,8 +307,12 @@ pub async fn get_job(
         }
         None => None,
     };
-    let output_transform = trigger.and_then(|t| t.output_transform.clone());
-    Ok(Json(job(run, output_transform.as_ref())))
+    let compiled = match trigger {
+        Some(trigger) => Some(state.compiled.get(&run.tenant_id, &trigger)?),
+        None => None,
+    };
+    let transform = compiled.as_ref().and_then(|c| c.transform.as_ref());
+    Ok(Json(job(run, transform)))
 }
 
 /// `{"status":…,"message":…}`, in that order, as Writer writes it.
@@ -303,7 +327,7 @@ fn status_frame(status: &str, message: Option<&str>) -> String {
 
 /// Turns a run's events into Writer's frames.
 struct Frames {
-    output_transform: Option<OutputTransform>,
+    output_transform: Option<Transform>,
     run_id: Uuid,
     executing: bool,
     /// Text went out since the (last) try started.
@@ -313,7 +337,7 @@ struct Frames {
 }
 
 impl Frames {
-    fn new(output_transform: Option<OutputTransform>, run_id: Uuid) -> Self {
+    fn new(output_transform: Option<Transform>, run_id: Uuid) -> Self {
         Self {
             output_transform,
             run_id,
@@ -384,7 +408,18 @@ impl Frames {
             EventKind::Completed => {
                 let result = &event.data["result"];
                 let value = match &self.output_transform {
-                    Some(ot) => Some(transform::apply(ot, result)),
+                    Some(t) => match t.apply(result) {
+                        Ok(shown) => Some(shown),
+                        Err(too_large) => {
+                            let message = format!(
+                                "the blueprint's outputTransform cannot be applied: {too_large}; \
+                                 read the untransformed result at /v1/runs/{}",
+                                self.run_id
+                            );
+                            out.push(status_frame("failed", Some(&message)));
+                            None
+                        }
+                    },
                     None if !self.streamed && !result.is_null() => Some(result.clone()),
                     None => None,
                 };
@@ -421,7 +456,7 @@ mod tests {
         }
     }
 
-    fn frames(output_transform: Option<OutputTransform>) -> Frames {
+    fn frames(output_transform: Option<Transform>) -> Frames {
         Frames::new(output_transform, Uuid::nil())
     }
 
@@ -462,10 +497,7 @@ mod tests {
                 "[DONE]",
             ]
         );
-        let mut picked = frames(Some(OutputTransform {
-            pointer: Some("/output".into()),
-            template: None,
-        }));
+        let mut picked = frames(Some(Transform::Pointer("/output".into())));
         assert_eq!(
             frames_of(&mut picked, &events)[2..],
             [r#"{"delta":"We have placed the order"}"#, "[DONE]"],

@@ -223,8 +223,9 @@ pub async fn get_invocation(
 }
 
 /// Test a trigger: runs it on the body given, or on the first of its `inputSchema`'s `examples`,
-/// or on `{}`. Filters, the schema and the template apply as to a real call; the run is marked
-/// `{"test": true}` in its metadata, does not count against rate limits, and is never taken for a
+/// or on `{}`. Filters, the schema and the template apply as to a real call, and so do the rate
+/// limits (the key's, its tenant's and the trigger's; for the admin token, the tenant's and the
+/// trigger's). The run is marked `{"test": true}` in its metadata and is never taken for a
 /// duplicate. Paused triggers can be tested.
 #[utoipa::path(post,
     path = "/manage/tenants/{tenantId}/projects/{projectId}/agents/{agentId}/triggers/{id}/test",
@@ -247,6 +248,22 @@ pub async fn test(
     let bytes = crate::extract::body_bytes(bytes)?;
     let client = state.pool.get().await?;
     let trigger = triggers::get(&client, item_owner(&p), &p.id).await?;
+    // A test run costs what a real one does: it counts against the same limits.
+    let standing = match &principal {
+        Principal::Key(key) => Some(crate::routes::invoke::admit(&state, key, &trigger)?),
+        Principal::Admin => {
+            let tenant = switchyard_common::catalog::tenants::get(&client, &p.tenant_id).await?;
+            state.limits.admit_unkeyed(
+                &p.tenant_id,
+                tenant.rate_limit_per_minute,
+                trigger
+                    .rate_limit_per_minute
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map(|n| (trigger.id.as_str(), n)),
+            )?;
+            None
+        }
+    };
     drop(client);
     let supplied = crate::routes::invoke::parse_body(&bytes)?;
     let body = if supplied.as_object().is_some_and(|m| !m.is_empty()) {
@@ -269,6 +286,12 @@ pub async fn test(
         &state,
         crate::routes::invoke::TriggerCall {
             tenant_id: &p.tenant_id,
+            // Test calls take no `Idempotency-Key`.
+            principal: match &principal {
+                Principal::Key(key) => crate::pipeline::key_principal(key),
+                Principal::Admin => "admin".to_owned(),
+            },
+            viewer: Some(&principal),
             projects: access.projects().map(<[String]>::to_vec),
             trigger: std::sync::Arc::new(trigger),
             body,
@@ -276,7 +299,7 @@ pub async fn test(
             idempotency: None,
             test: true,
         },
-        None,
+        standing,
     )
     .await
 }

@@ -37,7 +37,8 @@ pub async fn list(
 }
 
 /// Create a webhook endpoint. Its secret is generated unless one is supplied; read it with
-/// `GET …/secret`.
+/// `GET …/secret`. A tenant holds at most 20 endpoints unless configured otherwise (the
+/// tenant's `maxWebhookEndpoints`, or `SWITCHYARD_MAX_WEBHOOK_ENDPOINTS`); one more is a 409.
 #[utoipa::path(post, path = "/manage/tenants/{tenantId}/webhook-endpoints", tag = "Webhook endpoints",
     params(TenantPath), request_body = NewEndpoint,
     responses((status = 201, description = "The endpoint", body = Data<Endpoint>), Errors))]
@@ -48,8 +49,15 @@ pub async fn create(
     JsonBody(body): JsonBody<NewEndpoint>,
 ) -> Result<(StatusCode, Json<Data<Endpoint>>), ApiError> {
     principal.manage(&p.tenant_id)?.tenant_wide()?;
-    let client = state.pool.get().await?;
-    let created = webhook_endpoints::create(&client, &state.master_key, &p.tenant_id, body).await?;
+    let mut client = state.pool.get().await?;
+    let created = webhook_endpoints::create(
+        &mut client,
+        &state.master_key,
+        &p.tenant_id,
+        body,
+        state.max_webhook_endpoints,
+    )
+    .await?;
     Ok((StatusCode::CREATED, data(created)))
 }
 
