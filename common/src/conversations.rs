@@ -8,6 +8,9 @@ use uuid::Uuid;
 
 /// Most messages of a conversation handed to a run: the latest ones.
 pub const HISTORY_LIMIT: i64 = 200;
+/// Most bytes of messages handed to a run (past the newest message, which always goes): a
+/// session's history cannot make a worker hold more than this for one run.
+pub const HISTORY_BYTES: i64 = 2 * 1024 * 1024;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -17,7 +20,8 @@ pub struct Message {
     pub content: String,
 }
 
-/// The conversation's latest [`HISTORY_LIMIT`] messages, oldest first. Scoped by tenant.
+/// The conversation's latest messages, oldest first: at most [`HISTORY_LIMIT`] of them and
+/// [`HISTORY_BYTES`] of text. Scoped by tenant.
 pub async fn history(
     client: &impl GenericClient,
     tenant_id: &str,
@@ -28,13 +32,16 @@ pub async fn history(
             &client
                 .prepare_cached(
                     "SELECT role, content FROM ( \
-                         SELECT seq, role, content FROM messages \
+                         SELECT seq, role, content, octet_length(content) AS size, \
+                                sum(octet_length(content)) OVER (ORDER BY seq DESC) AS running \
+                         FROM messages \
                          WHERE tenant_id = $1 AND conversation_id = $2 \
                          ORDER BY seq DESC LIMIT $3) latest \
+                     WHERE running - size < $4 \
                      ORDER BY seq",
                 )
                 .await?,
-            &[&tenant_id, &conversation_id, &HISTORY_LIMIT],
+            &[&tenant_id, &conversation_id, &HISTORY_LIMIT, &HISTORY_BYTES],
         )
         .await?;
     rows.iter()

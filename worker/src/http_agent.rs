@@ -14,7 +14,7 @@ use switchyard_common::events::EventKind;
 use crate::executor::{ExecError, Output, artifact};
 use crate::outbound::{Env, Failure, classify, read_sse, text_within, transport};
 
-/// The largest JSON answer an agent may give.
+/// The largest JSON answer an agent may give, and the most text it may stream.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 use crate::sink::Emitter;
 
@@ -76,7 +76,7 @@ async fn call(
             .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?
             .ok_or_else(|| {
                 Failure::Final(ExecError::new(
-                    "agent_error",
+                    "output_too_large",
                     format!("the agent's answer is over {MAX_ANSWER_BYTES} bytes"),
                 ))
             })?;
@@ -105,8 +105,18 @@ async fn call(
             return false;
         };
         if let Some(delta) = item["delta"].as_str() {
+            if text.len() + delta.len() > MAX_ANSWER_BYTES {
+                refused = Some(ExecError::new(
+                    "output_too_large",
+                    format!("the agent streamed more than {MAX_ANSWER_BYTES} bytes of text"),
+                ));
+                return false;
+            }
             text.push_str(delta);
             emit.delta(delta);
+            if emit.spent() {
+                return false;
+            }
         }
         if let Some(raw) = item.get("artifact") {
             match artifact(raw, &artifacts) {

@@ -75,6 +75,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
 
+    /// Most bytes of events one run may emit (text, tool calls and results, artifacts); past it
+    /// the run ends `failed` with `errorCode: "output_too_large"`.
+    #[arg(long, env = "SWITCHYARD_MAX_RUN_OUTPUT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_run_output_bytes: usize,
+
+    /// Most events one run may emit besides pieces of text (tool calls and results, artifacts,
+    /// retries); past it the run ends `failed` with `errorCode: "output_too_large"`.
+    #[arg(long, env = "SWITCHYARD_MAX_RUN_EVENTS", default_value_t = 10_000)]
+    pub max_run_events: usize,
+
     /// Networks agents, models and tools may reach besides public addresses, comma-separated
     /// CIDRs (e.g. `127.0.0.0/8` for a model on this host). Everything else non-public is refused.
     #[arg(long, env = "SWITCHYARD_EGRESS_ALLOW", default_value = "")]
@@ -124,6 +134,8 @@ struct Ctx {
     master_key: Option<switchyard_common::secrets::MasterKey>,
     /// Completions, batched into one transaction (runs and their deliveries).
     completions: Batcher<Completion, Result<bool, String>>,
+    /// What one run may emit.
+    caps: sink::Caps,
 }
 
 /// The cancel tokens of the runs this worker executes, and cancels heard for runs it has not
@@ -359,6 +371,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown: shutdown.clone(),
         grace: config.shutdown_grace,
         cancels: std::sync::Arc::default(),
+        caps: sink::Caps {
+            max_bytes: config.max_run_output_bytes,
+            max_events: config.max_run_events,
+        },
     };
     // Cancels reach the worker holding a run through the control exchange.
     let cancels = std::sync::Arc::clone(&ctx.cancels);
@@ -502,6 +518,7 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
             kind: EventKind::Status,
             data: serde_json::json!({"status": "running", "attempt": run.attempt}),
         }],
+        ctx.caps,
     );
     let env = outbound::Env {
         http: ctx.http.clone(),
@@ -513,8 +530,16 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
         agent.timeout,
         executor::execute(&agent, &run, &history, &sink.emitter, &env),
     );
+    let budget = std::sync::Arc::clone(&sink.budget);
     // Leaving the `select!` drops the executor, which aborts its requests to the provider.
     let outcome = tokio::select! {
+        // A run past its output caps ends at once, whatever its executor was doing: what a
+        // tenant's agent, model or tool sends cannot grow a worker's memory without bound.
+        biased;
+        error = budget.exceeded() => {
+            tracing::warn!(run_id = %run.id, "output past its limits; ending the run");
+            Some(Outcome::Done(Err(error)))
+        }
         outcome = executing => Some(outcome.map_or(Outcome::TimedOut, Outcome::Done)),
         () = cancel.cancelled() => {
             tracing::info!(run_id = %run.id, "cancelled");

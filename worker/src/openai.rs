@@ -26,6 +26,17 @@ const MAX_TOOL_ANSWER_BYTES: usize = 1024 * 1024;
 const MAX_CALLS: usize = 64;
 /// The most text one answer may hold.
 const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
+/// The most bytes of tool-call names and arguments one answer may hold.
+const MAX_CALL_BYTES: usize = 1024 * 1024;
+/// The longest tool name a model may ask for (a declared tool's name is at most 64 bytes).
+const MAX_TOOL_NAME_BYTES: usize = 64;
+/// The most bytes of tool answers one step may feed back to the model.
+const MAX_STEP_TOOL_BYTES: usize = 4 * 1024 * 1024;
+
+/// The error of a run whose model or tools sent more than a cap allows.
+fn too_large(message: String) -> ExecError {
+    ExecError::new("output_too_large", message)
+}
 
 /// One tool call the model asked for.
 #[derive(Debug, Default, Clone)]
@@ -126,6 +137,7 @@ pub async fn execute(
                 "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments},
             })).collect::<Vec<_>>(),
         }));
+        let mut step_bytes = 0usize;
         for call in &answer.calls {
             let arguments: Value =
                 serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!(call.arguments));
@@ -134,6 +146,13 @@ pub async fn execute(
                 json!({"id": call.id, "name": call.name, "arguments": arguments}),
             );
             let result = call_tool(declared, call, &arguments, emit, env).await?;
+            step_bytes += switchyard_common::template::json_len_within(&result, usize::MAX)
+                .unwrap_or(usize::MAX);
+            if step_bytes > MAX_STEP_TOOL_BYTES {
+                return Err(too_large(format!(
+                    "the tools of one step answered more than {MAX_STEP_TOOL_BYTES} bytes"
+                )));
+            }
             emit.emit(
                 EventKind::ToolResult,
                 json!({"id": call.id, "name": call.name, "result": result}),
@@ -179,6 +198,7 @@ async fn ask(
         ));
     }
     let mut answer = Answer::default();
+    let mut call_bytes = 0usize;
     let mut finished = false;
     let mut malformed = None;
     let mut oversized = None;
@@ -197,6 +217,9 @@ async fn ask(
         if let Some(text) = delta["content"].as_str() {
             if answer.text.len() + text.len() > MAX_TEXT_BYTES {
                 oversized = Some(format!("the model's answer is over {MAX_TEXT_BYTES} bytes"));
+                return false;
+            }
+            if emit.spent() {
                 return false;
             }
             answer.text.push_str(text);
@@ -218,15 +241,27 @@ async fn ask(
                     answer.calls.resize(index + 1, Call::default());
                 }
                 let call = &mut answer.calls[index];
-                if let Some(id) = piece["id"].as_str() {
+                let id = piece["id"].as_str().unwrap_or_default();
+                let name = piece["function"]["name"].as_str().unwrap_or_default();
+                let args = piece["function"]["arguments"].as_str().unwrap_or_default();
+                call_bytes += id.len() + name.len() + args.len();
+                if call_bytes > MAX_CALL_BYTES {
+                    oversized = Some(format!(
+                        "the model's tool calls are over {MAX_CALL_BYTES} bytes"
+                    ));
+                    return false;
+                }
+                if call.name.len() + name.len() > MAX_TOOL_NAME_BYTES {
+                    oversized = Some(format!(
+                        "the model asked for a tool whose name is over {MAX_TOOL_NAME_BYTES} bytes"
+                    ));
+                    return false;
+                }
+                if !id.is_empty() {
                     call.id = id.to_owned();
                 }
-                if let Some(name) = piece["function"]["name"].as_str() {
-                    call.name.push_str(name);
-                }
-                if let Some(args) = piece["function"]["arguments"].as_str() {
-                    call.arguments.push_str(args);
-                }
+                call.name.push_str(name);
+                call.arguments.push_str(args);
             }
         }
         if choice["finish_reason"].is_string() {
@@ -237,7 +272,7 @@ async fn ask(
     .await
     .map_err(|e| transport(&e, "the model", "provider_error"))?;
     if let Some(message) = oversized {
-        return Err(Failure::Final(ExecError::new("provider_error", message)));
+        return Err(Failure::Final(too_large(message)));
     }
     if let Some(data) = malformed {
         return Err(Failure::Final(ExecError::new(
