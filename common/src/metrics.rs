@@ -49,6 +49,8 @@ pub const POOL_CONNECTIONS: &str = "switchyard_db_pool_connections";
 pub const POOL_MAX: &str = "switchyard_db_pool_max_connections";
 /// 1 while the broker connection is up, else 0.
 pub const BROKER_CONNECTED: &str = "switchyard_broker_connected";
+/// Event streams (SSE) and waits for a run's end open on an ingress replica.
+pub const OPEN_STREAMS: &str = "switchyard_open_streams";
 
 /// Histogram buckets in seconds: from a millisecond to ten minutes.
 const BUCKETS: [f64; 16] = [

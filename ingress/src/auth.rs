@@ -232,12 +232,14 @@ async fn resolve(keys: &KeyCache, pool: &Pool, hash: &[u8; 32]) -> Result<Arc<Ap
 }
 
 /// Follows the control exchange until `shutdown`, switching `caches` on and off with the
-/// subscription and emptying them on every message.
+/// subscription and emptying them on every message; a revoked key's (or deleted tenant's) open
+/// streams and waits end.
 pub async fn follow_control(
     broker: Broker,
     shutdown: CancellationToken,
     keys: Arc<KeyCache>,
     triggers: Arc<crate::routes::invoke::TriggerCache>,
+    streams: Arc<crate::streams::Streams>,
 ) {
     broker
         .subscribe_control(shutdown, |event| match event {
@@ -252,9 +254,11 @@ pub async fn follow_control(
             // A cancel is for workers; every other message is a catalog change.
             ControlEvent::Message(body)
                 if switchyard_common::runs::cancelled_by(body).is_some() => {}
-            ControlEvent::Message(_) => {
+            ControlEvent::Message(body) => {
                 keys.invalidate();
                 triggers.invalidate();
+                // A revoked key's streams and waits end here too.
+                crate::streams::apply_control(&streams, body);
             }
         })
         .await;

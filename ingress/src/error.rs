@@ -95,6 +95,12 @@ impl ApiError {
         )
     }
 
+    /// Adds `Retry-After: secs`.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
     /// Lists every schema violation in the body.
     pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
         self.violations = Some(violations);

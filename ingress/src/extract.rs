@@ -54,7 +54,20 @@ where
     }
 }
 
+/// 408 for a body that did not arrive within `SWITCHYARD_BODY_READ_TIMEOUT`.
+fn body_timed_out(text: &str) -> Option<ApiError> {
+    text.contains(crate::serve::BODY_TIMEOUT).then(|| {
+        ApiError::new(
+            ErrorCode::RequestTimeout,
+            "the request body did not arrive in time (SWITCHYARD_BODY_READ_TIMEOUT)",
+        )
+    })
+}
+
 fn reject(rejection: &JsonRejection) -> ApiError {
+    if let Some(timeout) = body_timed_out(&rejection.body_text()) {
+        return timeout;
+    }
     match rejection.status().as_u16() {
         413 => ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large"),
         415 => ApiError::new(
@@ -121,6 +134,9 @@ pub fn body_bytes(
     bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::body::Bytes, ApiError> {
     bytes.map_err(|e| {
+        if let Some(timeout) = body_timed_out(&e.body_text()) {
+            return timeout;
+        }
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
         } else {

@@ -16,6 +16,8 @@ pub mod openapi;
 pub mod pipeline;
 pub mod request;
 pub mod routes;
+pub mod serve;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,6 +96,20 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_KEY_USAGE_FLUSH", default_value = "10s", value_parser = parse_duration)]
     pub key_usage_flush: Duration,
 
+    /// How long a client may take to send a request's headers; a kept-alive connection with no
+    /// next request is closed after it too.
+    #[arg(long, env = "SWITCHYARD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a client may take to send a request's body, from its headers; past it, 408.
+    #[arg(long, env = "SWITCHYARD_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Most connections open at once; at the cap no more are accepted until one closes. Keep it
+    /// below the process's file limit (`ulimit -n`).
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     pub max_body_bytes: usize,
@@ -115,6 +131,19 @@ pub struct Config {
     /// front of the ingress.
     #[arg(long, env = "SWITCHYARD_MAX_WAIT", default_value = "300s", value_parser = parse_duration)]
     pub max_wait: Duration,
+
+    /// Most event streams (SSE) and waits one API key holds open at once, per replica; one more
+    /// is a 429 (a wait or stream asked for with a new run answers as if it were not asked for).
+    #[arg(long, env = "SWITCHYARD_MAX_STREAMS_PER_KEY", default_value_t = 100)]
+    pub max_streams_per_key: usize,
+
+    /// Most event streams and waits one tenant holds open at once, per replica.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_STREAMS_PER_TENANT",
+        default_value_t = 1000
+    )]
+    pub max_streams_per_tenant: usize,
 
     /// How often an idle event stream (SSE) gets a keep-alive comment.
     #[arg(long, env = "SWITCHYARD_SSE_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
@@ -173,6 +202,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// Live run events on this replica.
     pub hub: Arc<live::Hub>,
+    /// The event streams and waits open on this replica, per key and tenant.
+    pub streams: Arc<streams::Streams>,
     pub sse_keep_alive: Duration,
     pub max_stream: Duration,
     /// How long a rotated-out endpoint secret keeps signing.
@@ -192,6 +223,7 @@ impl AppState {
     pub async fn announce_change(&self, message: &[u8]) -> Result<(), ApiError> {
         self.auth.keys.invalidate();
         self.triggers.invalidate();
+        streams::apply_control(&self.streams, message);
         self.broker.publish_control(message).await.map_err(|err| {
             tracing::warn!(error = %err, "could not announce an API key change");
             ApiError::unavailable_because(
@@ -283,11 +315,14 @@ pub async fn run(
     let usage = Arc::new(Usage::default());
     let background = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
+    let open_streams =
+        streams::Streams::new(config.max_streams_per_key, config.max_streams_per_tenant);
     tasks.spawn(auth::follow_control(
         broker.clone(),
         background.clone(),
         Arc::clone(&keys),
         Arc::clone(&triggers),
+        Arc::clone(&open_streams),
     ));
     tasks.spawn(Arc::clone(&usage).flush_every(
         pool.clone(),
@@ -320,6 +355,7 @@ pub async fn run(
         duplicate_window: config.duplicate_window,
         max_wait: config.max_wait,
         hub,
+        streams: open_streams,
         sse_keep_alive: config.sse_keep_alive,
         max_stream: config.max_stream,
         secret_rotation_overlap: config.secret_rotation_overlap,
@@ -331,13 +367,21 @@ pub async fn run(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "ingress listening");
-    let served = axum::serve(listener, app(state, config.max_body_bytes))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serving HTTP");
+    let limits = serve::Limits {
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+        max_connections: config.max_connections,
+    };
+    serve::serve(
+        listener,
+        app(state, config.max_body_bytes),
+        limits,
+        shutdown,
+    )
+    .await;
     background.cancel();
     tasks.close();
     tasks.wait().await;
     broker_shutdown.cancel();
-    served
+    Ok(())
 }

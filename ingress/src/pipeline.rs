@@ -206,8 +206,13 @@ pub fn count_invocation(outcome: &'static str) {
 }
 
 /// Waits until `run` ends or `wait` passes (never longer than `SWITCHYARD_MAX_WAIT`): the
-/// finished run, or `None`. Follows the run's events on this replica's hub; see
-/// [`crate::routes::events::wait_for_end`].
-pub async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run> {
-    crate::routes::events::wait_for_end(state, run, wait).await
+/// finished run, or `None`; 401 if the key of `permit` is revoked meanwhile. Follows the run's
+/// events on this replica's hub; see [`crate::routes::events::wait_for_end`].
+pub async fn wait_for_end(
+    state: &AppState,
+    run: &Run,
+    wait: Duration,
+    permit: &crate::streams::Permit,
+) -> Result<Option<Run>, ApiError> {
+    crate::routes::events::wait_for_end(state, run, wait, permit).await
 }

@@ -6,7 +6,7 @@
 //!
 //! The same server plays a tool endpoint (`POST /tools/{name}`, answering `{"tool": name,
 //! "arguments": …}`, or 500 for `/tools/broken`) and a user's HTTP agent (`POST /agent/json`,
-//! `POST /agent/sse`).
+//! `POST /agent/sse`, and a hostile one that floods its answer: `POST /agent/flood`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -330,6 +330,17 @@ async fn agent(
             ));
             frames.push("data: [DONE]\n\n".to_owned());
             sse(frames, false)
+        }
+        // A hostile agent: 64 KiB deltas, 64 MiB of them, as fast as they are read.
+        "flood" => {
+            let piece = format!("data: {}\n\n", json!({ "delta": "x".repeat(64 * 1024) }));
+            let stream = futures::stream::iter(
+                std::iter::repeat_n(piece, 1024).map(|f| Ok::<_, std::io::Error>(Bytes::from(f))),
+            );
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(stream))
+                .unwrap_or_default()
         }
         _ => (StatusCode::BAD_REQUEST, "no such mode").into_response(),
     }

@@ -645,7 +645,7 @@ async fn rate_limits_answer_429_with_retry_after_per_key_and_per_trigger() {
 #[tokio::test]
 async fn a_test_run_uses_the_schema_example_and_is_marked_as_a_test() {
     let f = Fixture::new().await;
-    f.trigger("echo", json!({"id": "tried", "name": "Tried", "enabled": false, "rateLimitPerMinute": 1,
+    f.trigger("echo", json!({"id": "tried", "name": "Tried", "enabled": false, "rateLimitPerMinute": 12,
         "messageTemplate": "about {{q}}",
         "inputSchema": {"type": "object", "required": ["q"], "properties": {"q": {"type": "string"}},
                         "examples": [{"q": "sample"}]}})).await;
@@ -670,17 +670,17 @@ async fn a_test_run_uses_the_schema_example_and_is_marked_as_a_test() {
         f.finished(run["id"].as_str().expect("id")).await["result"]["output"],
         "about sample"
     );
-    // Tests do not count against the trigger's one call a minute.
     let second = post(&f.stack, &test, &f.key, json!({"q": "given"})).await;
     assert_eq!(second.status, 202, "{}", second.body);
     assert_eq!(
         f.finished(second.body["id"].as_str().expect("id")).await["result"]["output"],
         "about given"
     );
+    // A test costs what a call does: the trigger's burst (two of its 12 a minute) is spent.
     assert_problem(
         &post(&f.stack, &test, &f.key, json!({"q": 3})).await,
-        422,
-        "unprocessable_entity",
+        429,
+        "too_many_requests",
     );
     assert_eq!(
         f.invoke("tried", json!({"q": "real"})).await.0,

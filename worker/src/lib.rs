@@ -554,6 +554,14 @@ async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
             Some(Outcome::HandBack)
         }
     };
+    // An executor that noticed the caps itself may have ended before the budget's branch was
+    // polled: the caps decide, whatever it answered.
+    let outcome = match outcome {
+        Some(Outcome::Done(Ok(_))) if budget.is_spent() => {
+            Some(Outcome::Done(Err(budget.exceeded().await)))
+        }
+        other => other,
+    };
     // Whatever the sink has not written goes in with the outcome; it writes nothing after this.
     let pending = sink.finish().await;
     match outcome {

@@ -72,6 +72,11 @@ impl Budget {
         true
     }
 
+    /// Whether the run has emitted more than its caps allow.
+    pub fn is_spent(&self) -> bool {
+        self.spent.is_cancelled()
+    }
+
     /// Resolves once the run has emitted more than its caps allow, with the run's error.
     pub async fn exceeded(&self) -> ExecError {
         self.spent.cancelled().await;
@@ -262,7 +267,10 @@ mod tests {
         });
         assert!(events.take(EventKind::Status, 1));
         assert!(events.take(EventKind::ToolCall, 1));
-        assert!(events.take(EventKind::Delta, 1), "text deltas are not counted as events");
+        assert!(
+            events.take(EventKind::Delta, 1),
+            "text deltas are not counted as events"
+        );
         assert!(!events.take(EventKind::ToolResult, 1));
     }
 

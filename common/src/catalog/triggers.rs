@@ -354,7 +354,40 @@ pub fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
-/// Checks an `inputSchema`: valid JSON Schema that compiles with no remote references.
+/// Deepest nesting of objects and arrays in an `inputSchema`.
+const MAX_SCHEMA_DEPTH: usize = 32;
+/// The most memory one compiled `pattern` (or `patternProperties` key) may take, in bytes.
+const MAX_PATTERN_BYTES: usize = 1 << 20;
+
+/// How deeply `value` nests objects and arrays (a scalar is 0), counting no further than `stop`.
+fn depth(value: &Value, stop: usize) -> usize {
+    if stop == 0 {
+        return 0;
+    }
+    match value {
+        Value::Object(map) => 1 + map.values().map(|v| depth(v, stop - 1)).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(|v| depth(v, stop - 1)).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Compiles a tenant's `inputSchema` the one way every process does: `pattern` and
+/// `patternProperties` on the `regex` crate (linear time, no backtracking, so no pattern can
+/// stall a request; look-around and back-references are refused), each regex within
+/// [`MAX_PATTERN_BYTES`], and no remote `$ref`.
+pub fn compile_input_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .with_pattern_options(
+            jsonschema::PatternOptions::regex()
+                .size_limit(MAX_PATTERN_BYTES)
+                .dfa_size_limit(MAX_PATTERN_BYTES),
+        )
+        .build(schema)
+        .map_err(|e| e.to_string())
+}
+
+/// Checks an `inputSchema`: valid JSON Schema, at most [`MAX_SCHEMA_BYTES`] and
+/// [`MAX_SCHEMA_DEPTH`] deep, that compiles as [`compile_input_schema`] does.
 pub fn check_input_schema(schema: &Value) -> Result<(), Error> {
     if !(schema.is_object() || schema.is_boolean()) {
         return Err(Error::invalid(
@@ -366,9 +399,14 @@ pub fn check_input_schema(schema: &Value) -> Result<(), Error> {
             "`inputSchema` is larger than {MAX_SCHEMA_BYTES} bytes"
         )));
     }
+    if depth(schema, MAX_SCHEMA_DEPTH + 1) > MAX_SCHEMA_DEPTH {
+        return Err(Error::invalid(format!(
+            "`inputSchema` nests objects and arrays more than {MAX_SCHEMA_DEPTH} deep"
+        )));
+    }
     jsonschema::meta::validate(schema)
         .map_err(|e| Error::invalid(format!("`inputSchema` is not valid JSON Schema: {e}")))?;
-    jsonschema::validator_for(schema)
+    compile_input_schema(schema)
         .map_err(|e| Error::invalid(format!("`inputSchema` does not compile: {e}")))?;
     Ok(())
 }
@@ -983,6 +1021,32 @@ mod tests {
         ))
         .expect("valid");
         assert_eq!(ok.input_schema, Some(json!({"type": "object"})));
+    }
+
+    #[test]
+    fn schemas_are_bounded_and_patterns_never_backtrack() {
+        let mut deep = json!({"type": "string"});
+        for _ in 0..40 {
+            deep = json!({"type": "object", "properties": {"a": deep}});
+        }
+        assert!(matches!(
+            validate_all(spec(json!({"name": "t", "inputSchema": deep}))),
+            Err(Error::Invalid(m)) if m.contains("deep")
+        ));
+        // Look-around needs a backtracking engine: refused on write.
+        let lookahead =
+            json!({"name": "t", "inputSchema": {"type": "string", "pattern": "^(?=a)a+$"}});
+        assert!(matches!(
+            validate_all(spec(lookahead)),
+            Err(Error::Invalid(_))
+        ));
+        // The classic catastrophic pattern runs in linear time.
+        let schema = json!({"type": "string", "pattern": "^(a+)+$"});
+        let validator = compile_input_schema(&schema).expect("compiles");
+        let hostile = Value::String(format!("{}b", "a".repeat(200_000)));
+        let started = std::time::Instant::now();
+        assert!(!validator.is_valid(&hostile));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

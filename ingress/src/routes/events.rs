@@ -16,6 +16,7 @@ use switchyard_common::catalog::api_keys::Scope;
 use switchyard_common::events::{self, RunEvent};
 use switchyard_common::runs;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -24,6 +25,7 @@ use crate::error::ApiError;
 use crate::extract::QueryParams;
 use crate::live::Signal;
 use crate::routes::manage::Errors;
+use crate::streams::Permit;
 
 /// How many stored events one read takes at most (and no more than `events::PAGE_BYTES`).
 const PAGE: i64 = 500;
@@ -108,27 +110,35 @@ pub async fn follow(
         },
     };
     let run = visible_run(&state, &principal, &id).await?;
-    Ok(stream(state, &run, after).into_response())
+    let permit = state.streams.open(Some(&principal), &run.tenant_id)?;
+    Ok(stream(state, &run, after, permit).into_response())
 }
 
-/// The SSE response that follows `run` from after event `after` to its end.
-pub(crate) fn stream(state: AppState, run: &Run, after: i64) -> impl IntoResponse {
+/// The SSE response that follows `run` from after event `after` to its end, holding `permit`
+/// (it ends when the permit's key is revoked).
+pub(crate) fn stream(state: AppState, run: &Run, after: i64, permit: Permit) -> impl IntoResponse {
     let keep_alive = state.sse_keep_alive;
-    let events =
-        futures::stream::unfold(follow_run(state, run, after), |mut receiver| async move {
-            receiver
-                .recv()
-                .await
-                .map(|event| (Ok::<_, Infallible>(sse(&event)), receiver))
-        });
+    let receiver = follow_run(state, run, after, permit.revocation());
+    let events = futures::stream::unfold((receiver, permit), |(mut receiver, permit)| async move {
+        receiver
+            .recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(sse(&event)), (receiver, permit)))
+    });
     Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive))
 }
 
 /// `run`'s events after number `after`, in order with no gap: replayed from the database, then
 /// followed live until the final `status` event. The receiver closes after that event, when the
-/// run had ended before the call and its events are all read, or after `SWITCHYARD_MAX_STREAM`
-/// (a client resumes). Dropping the receiver stops the follower.
-pub(crate) fn follow_run(state: AppState, run: &Run, after: i64) -> mpsc::Receiver<Arc<RunEvent>> {
+/// run had ended before the call and its events are all read, after `SWITCHYARD_MAX_STREAM`
+/// (a client resumes), or when `revoked` is cancelled (its key was revoked). Dropping the
+/// receiver stops the follower.
+pub(crate) fn follow_run(
+    state: AppState,
+    run: &Run,
+    after: i64,
+    revoked: CancellationToken,
+) -> mpsc::Receiver<Arc<RunEvent>> {
     let (sender, receiver) = mpsc::channel::<Arc<RunEvent>>(64);
     let ended_before = run.status.is_terminal();
     let run_id = run.id;
@@ -188,15 +198,20 @@ pub(crate) fn follow_run(state: AppState, run: &Run, after: i64) -> mpsc::Receiv
             }
         }
     });
-    // The follower ends at the run's end, or after `SWITCHYARD_MAX_STREAM`.
+    // The follower ends at the run's end, after `SWITCHYARD_MAX_STREAM`, or at its key's
+    // revocation.
     tokio::spawn(async move {
         let mut producer = producer;
-        if tokio::time::timeout(max_stream, &mut producer)
-            .await
-            .is_err()
-        {
-            producer.abort();
-            tracing::debug!(%run_id, "event stream reached SWITCHYARD_MAX_STREAM; ending it");
+        tokio::select! {
+            _ = &mut producer => {}
+            () = tokio::time::sleep(max_stream) => {
+                producer.abort();
+                tracing::debug!(%run_id, "event stream reached SWITCHYARD_MAX_STREAM; ending it");
+            }
+            () = revoked.cancelled() => {
+                producer.abort();
+                tracing::info!(%run_id, "the stream's API key was revoked; ending it");
+            }
         }
     });
     receiver
@@ -211,24 +226,39 @@ fn sse(event: &RunEvent) -> Event {
 
 /// Waits until `run` ends or `wait` passes (never longer than `SWITCHYARD_MAX_WAIT`), and returns
 /// it finished, or `None`. It reads the run when it starts and again only when the hub hears
-/// the run's final event (or says events may have been missed).
-pub async fn wait_for_end(state: &AppState, run: &Run, wait: Duration) -> Option<Run> {
+/// the run's final event (or says events may have been missed). The wait holds `permit`: a
+/// revoked key ends it at once with 401.
+pub async fn wait_for_end(
+    state: &AppState,
+    run: &Run,
+    wait: Duration,
+    permit: &Permit,
+) -> Result<Option<Run>, ApiError> {
     let deadline = tokio::time::Instant::now() + wait.min(state.max_wait);
-    let mut watcher = state.hub.watch(run.id).await;
-    loop {
-        if let Ok(client) = state.pool.get().await
-            && let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await
-            && now.status.is_terminal()
-        {
-            return Some(now);
-        }
+    let waiting = async {
+        let mut watcher = state.hub.watch(run.id).await;
         loop {
-            match tokio::time::timeout_at(deadline, watcher.next()).await {
-                Err(_) => return None,
-                Ok(Signal::Event(event)) if event.final_status().is_none() => {}
-                Ok(_) => break,
+            if let Ok(client) = state.pool.get().await
+                && let Ok(Some(now)) = runs::get(&client, &run.tenant_id, run.id).await
+                && now.status.is_terminal()
+            {
+                return Some(now);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, watcher.next()).await {
+                    Err(_) => return None,
+                    Ok(Signal::Event(event)) if event.final_status().is_none() => {}
+                    Ok(_) => break,
+                }
             }
         }
+    };
+    tokio::select! {
+        ended = waiting => Ok(ended),
+        () = permit.revoked() => Err(ApiError::unauthorized(
+            "the API key was revoked while this request waited; the run goes on",
+        )
+        .with_run(run.id)),
     }
 }
 
@@ -269,8 +299,9 @@ pub async fn wait(
     if run.status.is_terminal() {
         return Ok((StatusCode::OK, axum::Json(run)).into_response());
     }
+    let permit = state.streams.open(Some(&principal), &run.tenant_id)?;
     let show = |run| crate::routes::runs::shown(run, Some(&principal));
-    match wait_for_end(&state, &run, Duration::from_secs_f64(timeout)).await {
+    match wait_for_end(&state, &run, Duration::from_secs_f64(timeout), &permit).await? {
         Some(done) => Ok((StatusCode::OK, axum::Json(show(done))).into_response()),
         None => {
             let client = state.pool.get().await?;

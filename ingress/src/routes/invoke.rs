@@ -149,9 +149,19 @@ impl CompiledTriggers {
             schema: trigger
                 .input_schema
                 .as_ref()
-                .map(jsonschema::validator_for)
+                .map(triggers::compile_input_schema)
                 .transpose()
-                .map_err(|e| ApiError::internal(format!("stored inputSchema: {e}")))?,
+                // A schema stored before patterns were compiled without backtracking may use
+                // look-around: the trigger must be updated, and its callers are told so.
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::UnprocessableEntity,
+                        format!(
+                            "the trigger's inputSchema no longer compiles ({e}); update the \
+                             trigger"
+                        ),
+                    )
+                })?,
             filter: trigger
                 .filters
                 .as_ref()
@@ -596,7 +606,16 @@ async fn answer(
     }
     let wait = Duration::from_secs(u64::try_from(trigger.wait_timeout_seconds).unwrap_or(30))
         .min(state.max_wait);
-    match pipeline::wait_for_end(state, &run, wait).await {
+    // The run is recorded: past the wait cap the caller gets the 408 that names it.
+    let Ok(permit) = state.streams.open(viewer, &run.tenant_id) else {
+        return Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            "the run was accepted, but too many waits are open for this key or tenant to wait \
+             for it; it continues",
+        )
+        .with_run(run.id));
+    };
+    match pipeline::wait_for_end(state, &run, wait, &permit).await? {
         Some(done) => {
             let mut done = shown(done, viewer);
             if let Some(result) = &done.result {

@@ -236,23 +236,31 @@ pub async fn create(
             .is_some_and(|v| v.contains("text/event-stream"));
     let mut response = match started.run {
         Started::Replay(run) if stream => {
-            crate::routes::events::stream(state.clone(), &run, 0).into_response()
+            let permit = state.streams.open(Some(&principal), &run.tenant_id)?;
+            crate::routes::events::stream(state.clone(), &run, 0, permit).into_response()
         }
         Started::Replay(run) => (StatusCode::OK, axum::Json(run)).into_response(),
-        Started::New(run) if stream => {
-            let mut response =
-                crate::routes::events::stream(state.clone(), &run, 0).into_response();
-            if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
-        }
-        Started::New(run) => match started.wait.filter(|w| !w.is_zero()) {
-            Some(wait) => match pipeline::wait_for_end(&state, &run, wait).await {
-                Some(done) => {
-                    (StatusCode::OK, axum::Json(shown(done, Some(&principal)))).into_response()
+        // The run is recorded: past the stream cap the caller still gets its 202.
+        Started::New(run) if stream => match state.streams.open(Some(&principal), &run.tenant_id) {
+            Ok(permit) => {
+                let mut response =
+                    crate::routes::events::stream(state.clone(), &run, 0, permit).into_response();
+                if let Ok(location) = HeaderValue::from_str(&run_location(run.id)) {
+                    response.headers_mut().insert(header::LOCATION, location);
                 }
-                None => accepted(&run),
+                response
+            }
+            Err(_) => accepted(&run),
+        },
+        Started::New(run) => match started.wait.filter(|w| !w.is_zero()) {
+            Some(wait) => match state.streams.open(Some(&principal), &run.tenant_id) {
+                Ok(permit) => match pipeline::wait_for_end(&state, &run, wait, &permit).await? {
+                    Some(done) => {
+                        (StatusCode::OK, axum::Json(shown(done, Some(&principal)))).into_response()
+                    }
+                    None => accepted(&run),
+                },
+                Err(_) => accepted(&run),
             },
             None => accepted(&run),
         },

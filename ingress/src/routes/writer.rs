@@ -207,7 +207,9 @@ fn with_job_location(response: &mut Response, run_id: Uuid, standing: Standing) 
 /// "message":null}`, `data: {"status":"executing","message":"Executing blueprint..."}`, then
 /// `data: {"delta":…}` frames, then `data: [DONE]`. A run that fails sends `{"status":"failed",
 /// "message":…}` before `[DONE]`; one retried after it streamed text says so, and its text starts
-/// over. `Location` names the job, for reading the run later. Needs the `trigger` scope.
+/// over. `Location` names the job, for reading the run later. Past the caller's cap on open
+/// streams (`SWITCHYARD_MAX_STREAMS_PER_KEY`) the answer is the job, 202, to poll. Needs the
+/// `trigger` scope.
 #[utoipa::path(post, path = "/v1/agents/{agent_id}/blueprints/{blueprint_id}", tag = "Writer",
     params(BlueprintPath,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the call idempotent for 24 hours")),
@@ -227,23 +229,31 @@ pub async fn run(
     let run = match started {
         Started::New(run) | Started::Replay(run) => run,
     };
+    let compiled = state.compiled.get(&run.tenant_id, &trigger)?;
+    // The run is recorded: past the stream cap the caller gets the job to poll instead.
+    let permit = match state.streams.open(Some(&principal), &run.tenant_id) {
+        Ok(permit) => permit,
+        Err(_) => {
+            let id = run.id;
+            let job = job(run, compiled.transform.as_ref());
+            let mut response = (StatusCode::ACCEPTED, Json(job)).into_response();
+            with_job_location(&mut response, id, standing);
+            return Ok(response);
+        }
+    };
     let keep_alive = state.sse_keep_alive;
-    let transform = state
-        .compiled
-        .get(&run.tenant_id, &trigger)?
-        .transform
-        .clone();
-    let frames = Frames::new(transform, run.id);
+    let frames = Frames::new(compiled.transform.clone(), run.id);
     let opening = futures::stream::iter(vec![frames.opening()]);
-    let events = crate::routes::events::follow_run(state, &run, 0);
-    let following = futures::stream::unfold(Some((events, frames)), |state| async {
-        let (mut events, mut frames) = state?;
+    let events = crate::routes::events::follow_run(state, &run, 0, permit.revocation());
+    let following = futures::stream::unfold(Some((events, frames, permit)), |state| async {
+        let (mut events, mut frames, permit) = state?;
         match events.recv().await {
             Some(event) => {
                 let out = frames.of(&event);
-                Some((futures::stream::iter(out), Some((events, frames))))
+                Some((futures::stream::iter(out), Some((events, frames, permit))))
             }
-            // The follower stopped before the run ended (`SWITCHYARD_MAX_STREAM`).
+            // The follower stopped before the run ended (`SWITCHYARD_MAX_STREAM`, or the key
+            // was revoked).
             None => Some((futures::stream::iter(frames.cut_short()), None)),
         }
     });

@@ -88,8 +88,9 @@ pub async fn delete(
     let client = state.pool.get().await?;
     tenants::delete(&client, &p.tenant_id).await?;
     // Its keys are gone: drop them from every replica's cache.
+    let message = serde_json::json!({"type": "tenant.deleted", "tenantId": p.tenant_id});
     state
-        .announce_change(b"{\"type\":\"tenant.deleted\"}")
+        .announce_change(message.to_string().as_bytes())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
