@@ -144,12 +144,18 @@ async fn delivery_drain(
 }
 
 /// One row of the SSE fan-out table: `clients` streams of one echo run (40 words over 4 s), half
-/// from each of two ingress replicas. Latency is from the event's `createdAt` (its INSERT, on the
+/// from each of two ingress replicas (with the per-key stream cap lifted above `clients`). Latency is from the event's `createdAt` (its INSERT, on the
 /// database's clock) to its arrival at a client, for events created after every client was
 /// listening.
 async fn sse_fanout(clients: usize) -> anyhow::Result<String> {
+    // Every client streams with the one key: lift the per-key cap on open streams above them.
+    let cap = (clients + 10).to_string();
     let stack = Stack::start(StackOptions {
         workers: 1,
+        ingress_env: vec![
+            ("SWITCHYARD_MAX_STREAMS_PER_KEY", cap.clone()),
+            ("SWITCHYARD_MAX_STREAMS_PER_TENANT", cap),
+        ],
         ..StackOptions::default()
     })
     .await?;
