@@ -76,16 +76,30 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 }
 
 /// The session cookie's token, if the request carries one.
-fn cookie_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE || *name == SECURE_COOKIE)
-        .map(|(_, value)| value)
-        .filter(|v| !v.is_empty())
+/// Over TLS (`secure`) only the `__Host-` cookie counts: a plain one may have been planted by a
+/// sibling subdomain or a plain-HTTP page.
+fn cookie_token(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    let named = |wanted: &str| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, value)| value)
+            .filter(|v| !v.is_empty())
+    };
+    match named(SECURE_COOKIE) {
+        Some(token) => Some(token),
+        None if secure => None,
+        None => named(COOKIE),
+    }
+}
+
+/// The session token of a request, as [`cookie_token`] reads it for this deployment.
+fn session_token<'a>(headers: &'a HeaderMap, state: &AppState) -> Option<&'a str> {
+    cookie_token(headers, state.console_secure_cookie || over_tls(headers))
 }
 
 /// A live session: the key it acts as, its CSRF token and its tenant.
@@ -148,7 +162,7 @@ pub(crate) async fn principal_of(
     parts: &Parts,
     state: &AppState,
 ) -> Result<Option<Arc<ApiKey>>, ApiError> {
-    let Some(token) = cookie_token(&parts.headers) else {
+    let Some(token) = session_token(&parts.headers, state) else {
         return Ok(None);
     };
     let Some(session) = session(state, token).await? else {
@@ -253,7 +267,7 @@ pub async fn sign_in(
         .await?
         .get(0);
     // A session this browser already had ends: one sign-in, one session.
-    if let Some(old) = cookie_token(&headers) {
+    if let Some(old) = session_token(&headers, &state) {
         client
             .execute(
                 "DELETE FROM console_sessions WHERE digest = $1",
@@ -284,7 +298,7 @@ pub async fn current(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = match cookie_token(&headers) {
+    let session = match session_token(&headers, &state) {
         Some(token) => session(&state, token).await?,
         None => None,
     }
@@ -305,7 +319,7 @@ pub async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = cookie_token(&headers) {
+    if let Some(token) = session_token(&headers, &state) {
         let client = state.pool.get().await?;
         let csrf: Option<String> = client
             .query_opt(
@@ -333,9 +347,14 @@ pub async fn sign_out(
         }
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
+    // Both names are cleared: whichever this browser holds.
     response.headers_mut().insert(
         header::SET_COOKIE,
         cookie(&headers, "", 0, state.console_secure_cookie),
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static("sy_console=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     );
     Ok(response)
 }
@@ -369,14 +388,20 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; sy_console=tok123; b=2"),
         );
-        assert_eq!(cookie_token(&headers), Some("tok123"));
+        assert_eq!(cookie_token(&headers, false), Some("tok123"));
+        assert_eq!(
+            cookie_token(&headers, true),
+            None,
+            "over TLS a plain cookie does not count"
+        );
         headers.insert(header::COOKIE, HeaderValue::from_static("sy_console="));
-        assert_eq!(cookie_token(&headers), None);
+        assert_eq!(cookie_token(&headers, false), None);
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_static("__Host-sy_console=tok456"),
+            HeaderValue::from_static("sy_console=planted; __Host-sy_console=tok456"),
         );
-        assert_eq!(cookie_token(&headers), Some("tok456"));
+        assert_eq!(cookie_token(&headers, false), Some("tok456"));
+        assert_eq!(cookie_token(&headers, true), Some("tok456"));
     }
 
     #[test]

@@ -105,10 +105,25 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
 
+    /// How long a write to a client may wait for the client to read; past it the connection
+    /// closes.
+    #[arg(long, env = "SWITCHYARD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Most connections open at once; at the cap no more are accepted until one closes. Keep it
     /// below the process's file limit (`ulimit -n`).
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+
+    /// Most connections open at once from one peer address, past which a new one is closed at
+    /// once; 0 for no such cap (behind a proxy, whose address every connection has, use 0 and
+    /// limit clients at the proxy).
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_peer: usize,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
@@ -363,6 +378,15 @@ pub async fn run(
         console_secure_cookie: config.console_secure_cookie,
     };
     tasks.spawn(purge_expired_guards(state.pool.clone(), background.clone()));
+    tasks.spawn(Arc::clone(&state.streams).check_revoked(state.pool.clone(), background.clone()));
+    // On shutdown, open event streams and waits end at once: their clients resume or ask again
+    // on another replica, instead of holding this one for up to `SWITCHYARD_MAX_STREAM`.
+    let closing = Arc::clone(&state.streams);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        closing.close_all();
+    });
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -370,7 +394,9 @@ pub async fn run(
     let limits = serve::Limits {
         header_read_timeout: config.header_read_timeout,
         body_read_timeout: config.body_read_timeout,
+        write_timeout: config.write_timeout,
         max_connections: config.max_connections,
+        max_connections_per_peer: config.max_connections_per_peer,
     };
     serve::serve(
         listener,

@@ -106,9 +106,20 @@ pub async fn context(request: Request, next: Next) -> Response {
     }
     // API answers carry secrets (a new key, a webhook secret), runs' results and tenants' data:
     // no cache on the way may keep them. Only what says otherwise (the console's assets) may be.
-    response
-        .headers_mut()
-        .entry(axum::http::header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    // Event streams (axum says `no-cache`) carry results and tool output: `no-store` too.
+    let streamed = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if streamed
+        || !response
+            .headers()
+            .contains_key(axum::http::header::CACHE_CONTROL)
+    {
+        response.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+    }
     response
 }

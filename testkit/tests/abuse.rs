@@ -671,6 +671,30 @@ async fn a_revoked_keys_streams_and_waits_end_at_once_and_streams_are_capped() {
         .expect("joined");
     assert_eq!(waited.status(), 401);
     assert!(started.elapsed() < Duration::from_secs(20));
+    // A revocation whose control message never arrives (here: written straight to the table)
+    // still ends the key's streams, at the replica's next check.
+    let (quiet_id, quiet) = key(&stack, &t, &owner, &["runs:read"], None).await;
+    let stream = stack
+        .http
+        .get(&events)
+        .bearer_auth(&quiet)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(stream.status(), 200);
+    let mut reader = switchyard_testkit::sse::Reader::new(stream);
+    let db = stack.db.client().await.expect("db");
+    db.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1::text::uuid",
+        &[&quiet_id],
+    )
+    .await
+    .expect("revoked behind the ingress's back");
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while reader.next(Duration::from_secs(20)).await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok() && reader.closed(), "the stream ended");
     stack.shutdown().await;
 }
 
@@ -960,7 +984,7 @@ async fn hostile_json_schemas_cannot_stall_or_crash_the_ingress() {
 }
 
 /// 12. Slow clients: headers a byte at a time, a body that never finishes, and connections that
-///     are opened and left.
+///     are opened and left, from one address or several.
 #[tokio::test]
 async fn slow_clients_cannot_hold_the_ingress() {
     let stack = Stack::start(StackOptions {
@@ -969,6 +993,7 @@ async fn slow_clients_cannot_hold_the_ingress() {
             ("SWITCHYARD_HEADER_READ_TIMEOUT", "1s".into()),
             ("SWITCHYARD_BODY_READ_TIMEOUT", "2s".into()),
             ("SWITCHYARD_MAX_CONNECTIONS", "8".into()),
+            ("SWITCHYARD_MAX_CONNECTIONS_PER_PEER", "4".into()),
         ],
         ..StackOptions::default()
     })
@@ -1015,24 +1040,44 @@ async fn slow_clients_cannot_hold_the_ingress() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
-    // Connections opened and left: at the cap, no more are accepted until they time out.
+    // Connections opened and left. One address holds at most four; past that a new one is
+    // closed at once.
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{ip}:0").parse().expect("address"))
+            .expect("bind");
+        let addr = addr.parse().expect("address");
+        async move { socket.connect(addr).await.expect("connect") }
+    };
     let mut idle = Vec::new();
-    for _ in 0..8 {
-        idle.push(
-            tokio::net::TcpStream::connect(&addr)
-                .await
-                .expect("connect"),
-        );
+    for _ in 0..4 {
+        idle.push(from("127.0.0.1").await);
     }
+    let mut fifth = from("127.0.0.1").await;
+    let mut byte = [0u8; 1];
+    let refused = tokio::time::timeout(Duration::from_millis(500), fifth.read(&mut byte)).await;
+    assert!(
+        matches!(refused, Ok(Ok(0) | Err(_))),
+        "a fifth connection from one address is closed at once"
+    );
+    // At the cap of eight in all, no more are accepted until the idle ones time out.
+    for _ in 0..4 {
+        idle.push(from("127.0.0.2").await);
+    }
+    let elsewhere = reqwest::Client::builder()
+        .local_address("127.0.0.3".parse::<std::net::IpAddr>().expect("ip"))
+        .build()
+        .expect("client");
     let blocked = tokio::time::timeout(
         Duration::from_millis(300),
-        stack.http.get(format!("{}/healthz", stack.base_url)).send(),
+        elsewhere.get(format!("{}/healthz", stack.base_url)).send(),
     )
     .await;
     assert!(blocked.is_err(), "at the cap, a new connection waits");
     let served = tokio::time::timeout(
         Duration::from_secs(10),
-        stack.http.get(format!("{}/healthz", stack.base_url)).send(),
+        elsewhere.get(format!("{}/healthz", stack.base_url)).send(),
     )
     .await
     .expect("served once the idle connections time out")

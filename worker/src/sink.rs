@@ -90,6 +90,10 @@ impl Budget {
     }
 }
 
+/// What every event is charged beyond its data: what holding it costs, so that a flood of tiny
+/// deltas cannot grow the queue far past the budget.
+const EVENT_OVERHEAD: usize = 32;
+
 /// Where an executor sends its events. Cheap to clone; sending never waits.
 #[derive(Clone)]
 pub struct Emitter {
@@ -100,7 +104,11 @@ pub struct Emitter {
 impl Emitter {
     /// A piece of the answer's text.
     pub fn delta(&self, text: &str) {
-        if !text.is_empty() && self.budget.take(EventKind::Delta, text.len()) {
+        if !text.is_empty()
+            && self
+                .budget
+                .take(EventKind::Delta, text.len() + EVENT_OVERHEAD)
+        {
             let _ = self.sender.send(NewEvent {
                 kind: EventKind::Delta,
                 data: json!({ "text": text }),
@@ -116,7 +124,7 @@ impl Emitter {
             .saturating_sub(self.budget.bytes.load(Ordering::Relaxed));
         // Measured without building the text, and no further than the room left.
         let size = switchyard_common::template::json_len_within(&data, room).unwrap_or(room + 1);
-        if self.budget.take(kind, size) {
+        if self.budget.take(kind, size.saturating_add(EVENT_OVERHEAD)) {
             let _ = self.sender.send(NewEvent { kind, data });
         }
     }

@@ -371,6 +371,27 @@ fn depth(value: &Value, stop: usize) -> usize {
     }
 }
 
+/// The most `pattern`s and `patternProperties` keys one `inputSchema` may hold.
+const MAX_SCHEMA_PATTERNS: usize = 64;
+
+/// How many regexes `schema` asks to compile: `pattern` strings and `patternProperties` keys.
+fn patterns(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v) {
+                ("pattern", Value::String(_)) => 1,
+                ("patternProperties", Value::Object(props)) => {
+                    props.len() + props.values().map(patterns).sum::<usize>()
+                }
+                _ => patterns(v),
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(patterns).sum(),
+        _ => 0,
+    }
+}
+
 /// Compiles a tenant's `inputSchema` the one way every process does: `pattern` and
 /// `patternProperties` on the `regex` crate (linear time, no backtracking, so no pattern can
 /// stall a request; look-around and back-references are refused), each regex within
@@ -386,8 +407,8 @@ pub fn compile_input_schema(schema: &Value) -> Result<jsonschema::Validator, Str
         .map_err(|e| e.to_string())
 }
 
-/// Checks an `inputSchema`: valid JSON Schema, at most [`MAX_SCHEMA_BYTES`] and
-/// [`MAX_SCHEMA_DEPTH`] deep, that compiles as [`compile_input_schema`] does.
+/// Checks an `inputSchema`: valid JSON Schema, at most [`MAX_SCHEMA_BYTES`], [`MAX_SCHEMA_DEPTH`]
+/// deep and [`MAX_SCHEMA_PATTERNS`] regexes, that compiles as [`compile_input_schema`] does.
 pub fn check_input_schema(schema: &Value) -> Result<(), Error> {
     if !(schema.is_object() || schema.is_boolean()) {
         return Err(Error::invalid(
@@ -402,6 +423,11 @@ pub fn check_input_schema(schema: &Value) -> Result<(), Error> {
     if depth(schema, MAX_SCHEMA_DEPTH + 1) > MAX_SCHEMA_DEPTH {
         return Err(Error::invalid(format!(
             "`inputSchema` nests objects and arrays more than {MAX_SCHEMA_DEPTH} deep"
+        )));
+    }
+    if patterns(schema) > MAX_SCHEMA_PATTERNS {
+        return Err(Error::invalid(format!(
+            "`inputSchema` holds more than {MAX_SCHEMA_PATTERNS} patterns"
         )));
     }
     jsonschema::meta::validate(schema)
@@ -1039,6 +1065,13 @@ mod tests {
         assert!(matches!(
             validate_all(spec(lookahead)),
             Err(Error::Invalid(_))
+        ));
+        let many: serde_json::Map<String, Value> = (0..65)
+            .map(|n| (format!("p{n}"), json!({"type": "string", "pattern": "^a"})))
+            .collect();
+        assert!(matches!(
+            validate_all(spec(json!({"name": "t", "inputSchema": {"properties": many}}))),
+            Err(Error::Invalid(m)) if m.contains("patterns")
         ));
         // The classic catastrophic pattern runs in linear time.
         let schema = json!({"type": "string", "pattern": "^(a+)+$"});

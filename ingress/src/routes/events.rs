@@ -139,7 +139,8 @@ pub(crate) fn follow_run(
     after: i64,
     revoked: CancellationToken,
 ) -> mpsc::Receiver<Arc<RunEvent>> {
-    let (sender, receiver) = mpsc::channel::<Arc<RunEvent>>(64);
+    // A few events at most wait for a slow client: an event may be megabytes.
+    let (sender, receiver) = mpsc::channel::<Arc<RunEvent>>(4);
     let ended_before = run.status.is_terminal();
     let run_id = run.id;
     let max_stream = state.max_stream;
@@ -255,10 +256,17 @@ pub async fn wait_for_end(
     };
     tokio::select! {
         ended = waiting => Ok(ended),
-        () = permit.revoked() => Err(ApiError::unauthorized(
-            "the API key was revoked while this request waited; the run goes on",
-        )
-        .with_run(run.id)),
+        () = permit.revoked() => {
+            if permit.closing() {
+                // The replica is shutting down: answer as if the wait ran out (the run goes on).
+                Ok(None)
+            } else {
+                Err(ApiError::unauthorized(
+                    "the API key was revoked while this request waited; the run goes on",
+                )
+                .with_run(run.id))
+            }
+        }
     }
 }
 

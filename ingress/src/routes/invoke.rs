@@ -21,7 +21,7 @@ use switchyard_common::filters::Filter;
 use switchyard_common::inbound::Verifier;
 use switchyard_common::problem::{ErrorCode, Violation};
 use switchyard_common::runs::{NewRun, TriggerOrigin};
-use switchyard_common::template::{MAX_RENDERED_BYTES, Template, TooLarge};
+use switchyard_common::template::{Template, TooLarge, limit_for};
 use switchyard_common::transform::Transform;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -50,7 +50,9 @@ pub struct InvokePath {
 
 /// What a trigger's checks compile to, once per trigger version.
 pub struct Compiled {
-    schema: Option<jsonschema::Validator>,
+    /// `Err` for a schema stored by an earlier version that no longer compiles (look-around):
+    /// only calls that need the schema fail, with 422.
+    schema: Result<Option<jsonschema::Validator>, String>,
     filter: Option<Filter>,
     template: Option<Template>,
     /// The trigger's `outputTransform`, parsed.
@@ -150,18 +152,7 @@ impl CompiledTriggers {
                 .input_schema
                 .as_ref()
                 .map(triggers::compile_input_schema)
-                .transpose()
-                // A schema stored before patterns were compiled without backtracking may use
-                // look-around: the trigger must be updated, and its callers are told so.
-                .map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::UnprocessableEntity,
-                        format!(
-                            "the trigger's inputSchema no longer compiles ({e}); update the \
-                             trigger"
-                        ),
-                    )
-                })?,
+                .transpose(),
             filter: trigger
                 .filters
                 .as_ref()
@@ -183,8 +174,12 @@ impl CompiledTriggers {
                 .map_err(|e| ApiError::internal(format!("stored signatureVerification: {e}")))?,
         });
         if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= CACHE_CAPACITY {
-                entries.clear();
+            // Full: one entry makes room (not all of them, so a tenant cycling through many
+            // triggers cannot make every other trigger compile again).
+            if entries.len() >= CACHE_CAPACITY
+                && let Some(evicted) = entries.keys().next().cloned()
+            {
+                entries.remove(&evicted);
             }
             entries.insert(
                 key,
@@ -294,8 +289,8 @@ pub(crate) fn parse_body(bytes: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// The message the agent receives: the rendered template, else the instruction, else nothing
-/// (the agent gets the body as `inputs`). A template that would render more than
-/// [`MAX_RENDERED_BYTES`] is refused before it is built.
+/// (the agent gets the body as `inputs`). A template that would render more than 256 KiB (or
+/// the body's own size, when larger) is refused before it is built.
 fn message(
     compiled: &Compiled,
     envelope: &Envelope,
@@ -303,7 +298,9 @@ fn message(
 ) -> Result<(Option<String>, Vec<String>), TooLarge> {
     Ok(match (&compiled.template, &envelope.instruction) {
         (Some(template), _) => {
-            let rendered = template.render_request(body, MAX_RENDERED_BYTES)?;
+            // A template may copy the body, whatever `SWITCHYARD_MAX_BODY_BYTES` allows.
+            let own = switchyard_common::template::json_len_within(body, usize::MAX).unwrap_or(0);
+            let rendered = template.render_request(body, limit_for(own))?;
             (Some(rendered.text), rendered.missing)
         }
         (None, Some(Value::String(s))) => (Some(s.clone()), Vec::new()),
@@ -483,7 +480,15 @@ pub(crate) async fn start_trigger(
             "the event was dropped: {reason}"
         )));
     }
-    if let Some(schema) = &compiled.schema {
+    // A schema stored before patterns were compiled without backtracking may use look-around:
+    // the trigger must be updated, and its callers are told so.
+    let schema = compiled.schema.as_ref().map_err(|e| {
+        ApiError::new(
+            ErrorCode::UnprocessableEntity,
+            format!("the trigger's inputSchema no longer compiles ({e}); update the trigger"),
+        )
+    })?;
+    if let Some(schema) = schema {
         let violations: Vec<Violation> = schema
             .iter_errors(&body)
             .map(|e| Violation {
