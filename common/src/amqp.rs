@@ -532,7 +532,11 @@ impl Broker {
 
     /// Publishes a control message to every subscribed process, and waits for the confirm. Nobody
     /// listening is not an error.
-    pub async fn publish_control(&self, body: &[u8]) -> Result<(), PublishError> {
+    pub async fn publish_control(
+        &self,
+        message: &crate::control::Control,
+    ) -> Result<(), PublishError> {
+        let body = message.encode();
         let live = self.live().ok_or(PublishError::Unavailable)?;
         let exchange = self.0.topology.control();
         let confirm = tokio::time::timeout(self.0.publish_timeout, async {
@@ -541,7 +545,7 @@ impl Broker {
                     exchange.as_str().into(),
                     "".into(),
                     BasicPublishOptions::default(),
-                    body,
+                    &body,
                     BasicProperties::default().with_content_type("application/json".into()),
                 )
                 .await?
@@ -579,7 +583,7 @@ impl Broker {
     /// Publishes run events on the `events` exchange, each under `run.<id>`, without waiting for
     /// confirms: they are for live listeners, and every one of them is already in `run_events`,
     /// where a listener that missed one finds it.
-    pub async fn publish_events(&self, events: &[crate::events::RunEvent]) {
+    pub async fn publish_events(&self, events: &[crate::model::RunEvent]) {
         if events.is_empty() {
             return;
         }
@@ -591,7 +595,7 @@ impl Broker {
             .iter()
             .filter_map(|event| {
                 let body = serde_json::to_vec(event).ok()?;
-                Some((crate::events::routing_key(event.run_id), body))
+                Some((run_routing_key(event.run_id), body))
             })
             .collect();
         // Sent together, not one after another; confirms are not awaited.
@@ -948,4 +952,9 @@ pub fn parse_id(delivery: &Delivery) -> Option<Uuid> {
     serde_json::from_slice::<IdMessage>(&delivery.data)
         .ok()
         .map(|m| m.id)
+}
+
+/// The routing key of a run's events on the `events` exchange.
+pub fn run_routing_key(run_id: Uuid) -> String {
+    format!("run.{run_id}")
 }

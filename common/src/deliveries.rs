@@ -878,7 +878,7 @@ async fn endpoint_health(
         events.push(Event {
             tenant_id: tenant,
             project_id: None,
-            event_type: "endpoint.disabled",
+            event_type: crate::model::WebhookEvent::EndpointDisabled.as_str(),
             invocation_id: None,
             subject: event_id.to_string(),
             data: serde_json::json!({"endpointId": endpoint, "reason": reason, "eventId": event_id}),

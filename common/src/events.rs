@@ -8,94 +8,10 @@
 //! naming the final status.
 
 use deadpool_postgres::GenericClient;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::OffsetDateTime;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::model::RunStatus;
-
-/// What an event says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// The run's status changed: `{status, attempt}`.
-    Status,
-    /// Text the agent produced: `{text}`. Consecutive deltas are coalesced.
-    Delta,
-    /// The agent called a tool: `{id, name, arguments}`.
-    ToolCall,
-    /// What the tool answered: `{id, name, result}` or `{id, name, error}`.
-    ToolResult,
-    /// A named output: `{name, mediaType, text | json | base64, size}`.
-    Artifact,
-    /// The run failed or timed out: `{errorCode, message}`.
-    Error,
-    /// The run completed: `{result}`.
-    Completed,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Delta => "delta",
-            Self::ToolCall => "tool_call",
-            Self::ToolResult => "tool_result",
-            Self::Artifact => "artifact",
-            Self::Error => "error",
-            Self::Completed => "completed",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "status" => Self::Status,
-            "delta" => Self::Delta,
-            "tool_call" => Self::ToolCall,
-            "tool_result" => Self::ToolResult,
-            "artifact" => Self::Artifact,
-            "error" => Self::Error,
-            "completed" => Self::Completed,
-            _ => return None,
-        })
-    }
-}
-
-/// One event of one run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RunEvent {
-    pub run_id: Uuid,
-    /// 1, 2, 3, … per run, with no gaps: the SSE `id`, and what `Last-Event-ID` resumes after.
-    pub seq: i64,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    #[schema(value_type = Object)]
-    pub data: Value,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-}
-
-impl RunEvent {
-    /// The status a `status` event reports as final, if it does: the stream ends after it.
-    pub fn final_status(&self) -> Option<RunStatus> {
-        if self.kind != EventKind::Status {
-            return None;
-        }
-        self.data
-            .get("status")
-            .and_then(Value::as_str)
-            .and_then(RunStatus::parse)
-            .filter(|s| s.is_terminal())
-    }
-}
-
-/// The routing key of a run's events on the `events` exchange.
-pub fn routing_key(run_id: Uuid) -> String {
-    format!("run.{run_id}")
-}
+pub use crate::model::{EventKind, NewEvent, RunEvent};
 
 /// The columns [`from_row`] reads.
 pub(crate) const COLUMNS: &str = "run_id, seq, kind, data, created_at";
@@ -110,13 +26,6 @@ pub(crate) fn from_row(row: &tokio_postgres::Row) -> Result<RunEvent, tokio_post
         data: row.try_get("data")?,
         created_at: row.try_get("created_at")?,
     })
-}
-
-/// An event the lease holder is about to append (its number is given when it is written).
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub kind: EventKind,
-    pub data: Value,
 }
 
 /// Appends `events` to `run_id` as seq `first`, `first + 1`, …, in one statement, only while
@@ -219,7 +128,7 @@ pub async fn last_seqs(
 }
 
 /// Reads the events a transition appended from the `events` column of its statement (a JSON
-/// array built by [`crate::runs`]).
+/// array built by the `runs` transitions).
 pub(crate) fn from_json(value: Option<Value>) -> Vec<RunEvent> {
     value
         .and_then(|v| serde_json::from_value(v).ok())
@@ -229,7 +138,9 @@ pub(crate) fn from_json(value: Option<Value>) -> Vec<RunEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RunStatus;
     use serde_json::json;
+    use time::OffsetDateTime;
 
     #[test]
     fn only_terminal_status_events_end_a_stream() {

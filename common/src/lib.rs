@@ -2,14 +2,15 @@
 //! topology and connection, telemetry, Standard Webhooks signing, the run and delivery state
 //! machines, and the problem+json error body.
 //!
-//! Architecture invariant: this crate knows nothing about HTTP servers. The binaries depend on it;
-//! it depends on none of them.
+//! Architecture invariant: only `ops` serves HTTP (the operations endpoints); nothing else here
+//! names an HTTP server type. The binaries depend on this crate; it depends on none of them.
 
 pub mod amqp;
 pub mod batch;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod conversations;
 pub mod db;
 pub mod dedupe;
@@ -18,8 +19,10 @@ pub mod egress;
 pub mod events;
 pub mod filters;
 pub mod inbound;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod problem;
 pub mod runs;
 pub mod secrets;

@@ -1,11 +1,12 @@
 //! Domain types shared by every binary: run statuses and the public view of a run.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Where a run is in its lifecycle. Transitions happen only through [`crate::runs`].
+/// Where a run is in its lifecycle. Transitions happen only through the `runs` module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -53,14 +54,60 @@ impl RunStatus {
 
     /// The webhook event type announced when a run reaches this status.
     pub fn event_type(self) -> Option<&'static str> {
+        let event = match self {
+            Self::Completed => WebhookEvent::RunCompleted,
+            Self::Failed => WebhookEvent::RunFailed,
+            Self::Cancelled => WebhookEvent::RunCancelled,
+            Self::TimedOut => WebhookEvent::RunTimedOut,
+            Self::Expired => WebhookEvent::RunExpired,
+            Self::Queued | Self::Running => return None,
+        };
+        Some(event.as_str())
+    }
+}
+
+/// Every webhook event type: the one list that endpoints select from and deliveries carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookEvent {
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    RunTimedOut,
+    RunExpired,
+    /// A trigger dropped a body (filters, or a duplicate).
+    InvocationDropped,
+    /// An endpoint was disabled (410, or failing too long).
+    EndpointDisabled,
+}
+
+impl WebhookEvent {
+    /// Every type, in the order the documentation lists them.
+    pub const ALL: [Self; 7] = [
+        Self::RunCompleted,
+        Self::RunFailed,
+        Self::RunCancelled,
+        Self::RunTimedOut,
+        Self::RunExpired,
+        Self::InvocationDropped,
+        Self::EndpointDisabled,
+    ];
+
+    /// The name on the wire (`type` of the payload, and what an endpoint's `eventTypes` lists).
+    pub fn as_str(self) -> &'static str {
         match self {
-            Self::Completed => Some("run.completed"),
-            Self::Failed => Some("run.failed"),
-            Self::Cancelled => Some("run.cancelled"),
-            Self::TimedOut => Some("run.timed_out"),
-            Self::Expired => Some("run.expired"),
-            Self::Queued | Self::Running => None,
+            Self::RunCompleted => "run.completed",
+            Self::RunFailed => "run.failed",
+            Self::RunCancelled => "run.cancelled",
+            Self::RunTimedOut => "run.timed_out",
+            Self::RunExpired => "run.expired",
+            Self::InvocationDropped => "invocation.dropped",
+            Self::EndpointDisabled => "endpoint.disabled",
         }
+    }
+
+    /// The type named `raw`, if there is one.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == raw)
     }
 }
 
@@ -131,7 +178,7 @@ pub struct Run {
     /// The events the statement that returned this run appended (to publish them live).
     #[serde(skip)]
     #[schema(ignore)]
-    pub events: Vec<crate::events::RunEvent>,
+    pub events: Vec<RunEvent>,
 }
 
 /// A run as a list shows it: what it is and where it stands, without its content (message,
@@ -183,6 +230,91 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// The kind of a run's agent that no longer exists.
     pub const DELETED: &'static str = "deleted";
+}
+
+// Run events: the domain types; `events` stores and reads them.
+
+/// What an event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The run's status changed: `{status, attempt}`.
+    Status,
+    /// Text the agent produced: `{text}`. Consecutive deltas are coalesced.
+    Delta,
+    /// The agent called a tool: `{id, name, arguments}`.
+    ToolCall,
+    /// What the tool answered: `{id, name, result}` or `{id, name, error}`.
+    ToolResult,
+    /// A named output: `{name, mediaType, text | json | base64, size}`.
+    Artifact,
+    /// The run failed or timed out: `{errorCode, message}`.
+    Error,
+    /// The run completed: `{result}`.
+    Completed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Delta => "delta",
+            Self::ToolCall => "tool_call",
+            Self::ToolResult => "tool_result",
+            Self::Artifact => "artifact",
+            Self::Error => "error",
+            Self::Completed => "completed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "status" => Self::Status,
+            "delta" => Self::Delta,
+            "tool_call" => Self::ToolCall,
+            "tool_result" => Self::ToolResult,
+            "artifact" => Self::Artifact,
+            "error" => Self::Error,
+            "completed" => Self::Completed,
+            _ => return None,
+        })
+    }
+}
+
+/// One event of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunEvent {
+    pub run_id: Uuid,
+    /// 1, 2, 3, … per run, with no gaps: the SSE `id`, and what `Last-Event-ID` resumes after.
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl RunEvent {
+    /// The status a `status` event reports as final, if it does: the stream ends after it.
+    pub fn final_status(&self) -> Option<RunStatus> {
+        if self.kind != EventKind::Status {
+            return None;
+        }
+        self.data
+            .get("status")
+            .and_then(Value::as_str)
+            .and_then(RunStatus::parse)
+            .filter(|s| s.is_terminal())
+    }
+}
+
+/// An event the lease holder is about to append (its number is given when it is written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub data: Value,
 }
 
 #[cfg(test)]

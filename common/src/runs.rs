@@ -1084,34 +1084,3 @@ async fn sweep(
         .await?;
     rows.iter().map(|r| r.try_get(0)).collect()
 }
-
-/// The control message that asks the worker holding `run_id` to stop it.
-pub fn cancel_message(run_id: Uuid) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"type": "run.cancel", "runId": run_id}))
-        .unwrap_or_default()
-}
-
-/// The run a control message asks to cancel, if it is such a message.
-pub fn cancelled_by(message: &[u8]) -> Option<Uuid> {
-    let value: serde_json::Value = serde_json::from_slice(message).ok()?;
-    if value.get("type")?.as_str()? != "run.cancel" {
-        return None;
-    }
-    value.get("runId")?.as_str()?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cancel_messages_round_trip_and_others_are_not_cancels() {
-        let id = Uuid::now_v7();
-        assert_eq!(cancelled_by(&cancel_message(id)), Some(id));
-        assert_eq!(
-            cancelled_by(br#"{"type":"api_key.revoked","keyId":"x"}"#),
-            None
-        );
-        assert_eq!(cancelled_by(b"not json"), None);
-    }
-}

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 use switchyard_common::amqp::{Broker, ControlEvent};
 use switchyard_common::catalog::api_keys::{self, ApiKey, Scope};
+use switchyard_common::control::Control;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -251,27 +252,29 @@ pub async fn follow_control(
                 keys.set_live(false);
                 triggers.set_live(false);
             }
-            // A cancel is for workers; every other message is a catalog change.
-            ControlEvent::Message(body)
-                if switchyard_common::runs::cancelled_by(body).is_some() => {}
-            ControlEvent::Message(body) => {
-                keys.invalidate();
-                triggers.invalidate();
-                // A revoked key's streams and waits end here too.
-                crate::streams::apply_control(&streams, body);
-            }
+            // A cancel is for workers; every other message is a catalog change (one this
+            // version cannot read too).
+            ControlEvent::Message(body) => match Control::decode(body) {
+                Some(Control::RunCancel { .. }) => {}
+                message => {
+                    keys.invalidate();
+                    triggers.invalidate();
+                    // A revoked key's streams and waits end here too.
+                    if let Some(message) = message {
+                        crate::streams::apply_control(&streams, &message);
+                    }
+                }
+            },
         })
         .await;
 }
 
 /// The control message sent when a key is revoked.
-pub fn revoked_message(key: &ApiKey) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "type": "api_key.revoked",
-        "tenantId": key.tenant_id,
-        "keyId": key.id,
-    }))
-    .unwrap_or_default()
+pub fn revoked_message(key: &ApiKey) -> Control {
+    Control::ApiKeyRevoked {
+        tenant_id: key.tenant_id.clone(),
+        key_id: key.id,
+    }
 }
 
 /// When each key was last used, held in memory and written in batches.

@@ -31,6 +31,7 @@ use switchyard_common::amqp::{Broker, Topology};
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, RuntimeArgs, TelemetryArgs, parse_duration,
 };
+use switchyard_common::control::Control;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -235,7 +236,7 @@ impl AppState {
     /// When the broker does not confirm the message, the change is already committed but other
     /// replicas may still hold the key for up to the cache TTL: the caller answers 503 so that
     /// the client retries (revoking is idempotent).
-    pub async fn announce_change(&self, message: &[u8]) -> Result<(), ApiError> {
+    pub async fn announce_change(&self, message: &Control) -> Result<(), ApiError> {
         self.auth.keys.invalidate();
         self.triggers.invalidate();
         streams::apply_control(&self.streams, message);

@@ -102,7 +102,10 @@ impl Hub {
         let (reply, bound) = oneshot::channel();
         if self
             .commands
-            .send(TopicCommand::Bind(events::routing_key(run_id), reply))
+            .send(TopicCommand::Bind(
+                switchyard_common::amqp::run_routing_key(run_id),
+                reply,
+            ))
             .is_ok()
         {
             let _ = tokio::time::timeout(BIND_TIMEOUT, bound).await;
@@ -121,9 +124,9 @@ impl Hub {
             entry.watchers -= 1;
             if entry.watchers == 0 {
                 watched.remove(&run_id);
-                let _ = self
-                    .commands
-                    .send(TopicCommand::Unbind(events::routing_key(run_id)));
+                let _ = self.commands.send(TopicCommand::Unbind(
+                    switchyard_common::amqp::run_routing_key(run_id),
+                ));
             }
         }
     }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use switchyard_common::control::Control;
 use switchyard_common::problem::ErrorCode;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -298,24 +299,10 @@ fn too_many(detail: String) -> ApiError {
 
 /// What a control message asks of the open streams, if anything: its key revoked, or its
 /// tenant deleted.
-pub fn apply_control(streams: &Streams, body: &[u8]) {
-    let Ok(message) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return;
-    };
-    match message["type"].as_str() {
-        Some("api_key.revoked") => {
-            if let Some(id) = message["keyId"]
-                .as_str()
-                .and_then(|k| Uuid::parse_str(k).ok())
-            {
-                streams.revoke_key(id);
-            }
-        }
-        Some("tenant.deleted") => {
-            if let Some(tenant) = message["tenantId"].as_str() {
-                streams.revoke_tenant(tenant);
-            }
-        }
+pub fn apply_control(streams: &Streams, message: &Control) {
+    match message {
+        Control::ApiKeyRevoked { key_id, .. } => streams.revoke_key(*key_id),
+        Control::TenantDeleted { tenant_id } => streams.revoke_tenant(tenant_id),
         _ => {}
     }
 }
@@ -376,11 +363,10 @@ mod tests {
         let pb = streams.open(Some(&b), "t").expect("b");
         apply_control(
             &streams,
-            format!(
-                r#"{{"type":"api_key.revoked","tenantId":"t","keyId":"{}"}}"#,
-                id(&a)
-            )
-            .as_bytes(),
+            &Control::ApiKeyRevoked {
+                tenant_id: "t".into(),
+                key_id: id(&a),
+            },
         );
         tokio::time::timeout(Duration::from_secs(1), pa.revoked())
             .await
@@ -391,7 +377,12 @@ mod tests {
             streams.open(Some(&a), "t").err().map(|e| e.code()),
             Some(ErrorCode::Unauthorized)
         );
-        apply_control(&streams, br#"{"type":"tenant.deleted","tenantId":"t"}"#);
+        apply_control(
+            &streams,
+            &Control::TenantDeleted {
+                tenant_id: "t".into(),
+            },
+        );
         tokio::time::timeout(Duration::from_secs(1), pb.revoked())
             .await
             .expect("the tenant's permits end");

@@ -195,7 +195,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     if let Some(addr) = config.ops_listen {
         tokio::spawn(sample_oldest_pending(pool.clone(), broker_shutdown.clone()));
-        let ops = switchyard_common::metrics::serve_ops(
+        let ops = switchyard_common::ops::serve_ops(
             addr,
             metrics,
             pool.clone(),

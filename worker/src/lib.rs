@@ -22,7 +22,9 @@ use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, RuntimeArgs, TelemetryArgs, parse_duration,
 };
+use switchyard_common::control::Control;
 use switchyard_common::events::{EventKind, NewEvent};
+use switchyard_common::lifecycle::{self, Left};
 use switchyard_common::runs::{Completion, Pending};
 use switchyard_common::{AgentSpec, Run, RunStatus, deliveries, runs, telemetry};
 
@@ -265,25 +267,13 @@ fn completer(
                     let mut client = pool.get().await?;
                     let tx = client.transaction().await?;
                     let done = runs::complete_many(&tx, &owner, &results).await?;
-                    let created = deliveries::create_for_runs(&tx, &done).await?;
+                    // Each delivery message continues the trace of the run it reports.
+                    let recorded = lifecycle::record(&tx, done, Left::Running)
+                        .await?
+                        .traced(results.iter().map(|c| (c.id, c.trace.clone())));
                     tx.commit().await?;
-                    runs::observe_finished(&done);
-                    // Webhooks first: they are what most callers wait for. Each message continues
-                    // the trace of the run it reports.
-                    let traces: std::collections::HashMap<Uuid, &lapin::types::FieldTable> =
-                        results.iter().map(|c| (c.id, &c.trace)).collect();
-                    let messages: Vec<_> = created
-                        .iter()
-                        .map(|(id, run_id)| (*id, traces.get(run_id).copied()))
-                        .collect();
-                    let queue = broker.topology().deliveries();
-                    if let Err(err) = broker.publish_ids_traced(&queue, &messages).await {
-                        tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
-                    }
-                    let events: Vec<_> =
-                        done.iter().flat_map(|r| r.events.iter().cloned()).collect();
-                    broker.publish_events(&events).await;
-                    Ok::<_, anyhow::Error>(done)
+                    lifecycle::announce(&pool, &broker, &recorded).await;
+                    Ok::<_, anyhow::Error>(recorded.runs)
                 }
             };
             let mut completed = complete(results.clone()).await;
@@ -329,7 +319,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         broker_shutdown.clone(),
     );
     if let Some(addr) = config.ops_listen {
-        let ops = switchyard_common::metrics::serve_ops(
+        let ops = switchyard_common::ops::serve_ops(
             addr,
             metrics,
             pool.clone(),
@@ -384,7 +374,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         control_broker
             .subscribe_control(control_shutdown, |event| {
                 if let amqp::ControlEvent::Message(body) = event
-                    && let Some(run_id) = runs::cancelled_by(body)
+                    && let Some(Control::RunCancel { run_id }) = Control::decode(body)
                 {
                     cancels.cancel(run_id);
                 }
@@ -483,7 +473,7 @@ enum Outcome {
 async fn execute(ctx: &Ctx, run: Run, agent: AgentSpec) {
     if agent.limited {
         // More slots may be free than messages came: start the agent's next run too.
-        start_next_for_agent(ctx, &run).await;
+        lifecycle::start_next_for_agent(&ctx.pool, &ctx.broker, &run).await;
     }
     let lost = CancellationToken::new();
     let cancel = ctx.cancels.register(run.id);
@@ -642,87 +632,15 @@ async fn hand_back(ctx: &Ctx, run_id: Uuid) {
     let released = async {
         let mut client = ctx.pool.get().await?;
         let tx = client.transaction().await?;
-        let Some(run) = runs::release(&tx, run_id, &ctx.owner).await? else {
-            return anyhow::Ok(None);
-        };
-        let deliveries = if run.status.is_terminal() {
-            deliveries::create_for_run(&tx, &run).await?
-        } else {
-            Vec::new()
-        };
+        let released = runs::release(&tx, run_id, &ctx.owner).await?;
+        let recorded =
+            lifecycle::record(&tx, released.into_iter().collect(), Left::Running).await?;
         tx.commit().await?;
-        runs::observe_finished(std::slice::from_ref(&run));
-        Ok(Some((run, deliveries)))
+        anyhow::Ok(recorded)
     };
-    if let Ok(Some((run, delivery_ids))) = released.await {
-        ctx.broker.publish_events(&run.events).await;
-        let topology = ctx.broker.topology();
-        if run.status.is_terminal() {
-            let _ = ctx
-                .broker
-                .publish_ids(&topology.deliveries(), &delivery_ids)
-                .await;
-            start_next_in_session(ctx, &run).await;
-        } else {
-            // The broker outlives the consumers, so another worker can start it now.
-            let _ = ctx.broker.publish_id(&topology.runs(), run_id).await;
-        }
-    }
-}
-
-/// Publishes the next run of `run`'s agent if the agent has a concurrency limit and a free
-/// slot: its message was refused while it was not first. Lost, the sweeper publishes it.
-async fn start_next_for_agent(ctx: &Ctx, run: &Run) {
-    let next = async {
-        let client = ctx.pool.get().await?;
-        anyhow::Ok(runs::next_for_agent(&client, run).await?)
-    };
-    if let Ok(Some(next)) = next.await
-        && let Err(err) = ctx
-            .broker
-            .publish_id_in(
-                &ctx.broker.topology().runs(),
-                next.id,
-                next.traceparent.as_deref(),
-            )
-            .await
-    {
-        tracing::warn!(run_id = %next.id, error = %err, "cannot publish the agent's next run; the sweeper will");
-    }
-}
-
-/// Publishes what may start now that `run` has left `running`: the next run of its session
-/// (refused while the session was busy), and the next of its agent (if the agent is limited).
-async fn start_next_in_session(ctx: &Ctx, run: &Run) {
-    // Only a run that held a slot frees one; asking for every run would cost a query each.
-    if run.holds_slot {
-        start_next_for_agent(ctx, run).await;
-    }
-    if run.session_id.is_none() {
-        return;
-    }
-    let next = async {
-        let client = ctx.pool.get().await?;
-        anyhow::Ok(runs::next_in_session(&client, run).await?)
-    };
-    match next.await {
-        Ok(Some(next)) => {
-            if let Err(err) = ctx
-                .broker
-                .publish_id_in(
-                    &ctx.broker.topology().runs(),
-                    next.id,
-                    next.traceparent.as_deref(),
-                )
-                .await
-            {
-                tracing::warn!(run_id = %next.id, error = %err, "cannot publish the session's next run; the sweeper will");
-            }
-        }
-        Ok(None) => {}
-        Err(err) => {
-            tracing::warn!(run_id = %run.id, error = format!("{err:#}"), "cannot find the session's next run; the sweeper will");
-        }
+    // The broker outlives the consumers, so another worker can start it now.
+    if let Ok(recorded) = released.await {
+        lifecycle::announce(&ctx.pool, &ctx.broker, &recorded).await;
     }
 }
 
@@ -776,14 +694,13 @@ async fn finish(ctx: &Ctx, run: &Run, agent: &AgentSpec, outcome: Outcome, pendi
         match recorded {
             Ok(true) => {
                 tracing::info!(run_id = %run.id, "run finished");
-                start_next_in_session(ctx, run).await;
                 return;
             }
             Ok(false) => {
                 tracing::warn!(run_id = %run.id, "the lease was lost before completion; result dropped");
-                // Or an earlier try committed and only its answer was lost: then the session's
-                // next run is ours to start. A needless publish is refused by its claim.
-                start_next_in_session(ctx, run).await;
+                // Or an earlier try committed and only its answer was lost: then the next runs
+                // are ours to start. A needless publish is refused by its claim.
+                lifecycle::start_next(&ctx.pool, &ctx.broker, run, Left::Running).await;
                 return;
             }
             Err(err) if tokio::time::Instant::now() < deadline => {
@@ -845,17 +762,9 @@ async fn record_end(
     let Some(ended) = ended else {
         return Ok(false);
     };
-    let ids = deliveries::create_for_run(&tx, &ended).await?;
+    let recorded = lifecycle::record(&tx, vec![ended], Left::Running).await?;
     tx.commit().await?;
-    runs::observe_finished(std::slice::from_ref(&ended));
-    ctx.broker.publish_events(&ended.events).await;
-    if let Err(err) = ctx
-        .broker
-        .publish_ids(&ctx.broker.topology().deliveries(), &ids)
-        .await
-    {
-        tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
-    }
+    lifecycle::announce(&ctx.pool, &ctx.broker, &recorded).await;
     Ok(true)
 }
 
@@ -904,83 +813,43 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     const SWEEP_BATCH: i64 = 500;
     let topology = ctx.broker.topology();
     // Reap: expired leases go back to the queue, or fail once their attempts are spent.
-    let (requeued, failed_deliveries) = {
+    let reaped = {
         let mut client = ctx.pool.get().await?;
         let tx = client.transaction().await?;
         let reaped = runs::reap_expired(&tx, SWEEP_BATCH).await?;
-        let mut requeued = Vec::new();
-        let mut delivery_ids = Vec::new();
-        let mut ended_sessions = Vec::new();
-        for run in &reaped {
-            if run.status.is_terminal() {
-                delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
-                ended_sessions.push(run);
-            } else {
-                // Published again in the trace of the request that accepted it.
-                requeued.push((
-                    run.id,
-                    run.traceparent.as_deref().map(telemetry::amqp_headers_of),
-                ));
-            }
-        }
+        let recorded = lifecycle::record(&tx, reaped, Left::Running).await?;
         tx.commit().await?;
-        runs::observe_finished(&reaped);
-        let events: Vec<_> = reaped
-            .iter()
-            .flat_map(|r| r.events.iter().cloned())
-            .collect();
-        ctx.broker.publish_events(&events).await;
-        for run in ended_sessions {
-            start_next_in_session(ctx, run).await;
-        }
-        if !reaped.is_empty() {
-            tracing::warn!(
-                requeued = requeued.len(),
-                failed = reaped.len() - requeued.len(),
-                "reaped expired leases"
-            );
-        }
-        (requeued, delivery_ids)
+        recorded
     };
-    let requeued: Vec<_> = requeued
-        .iter()
-        .map(|(id, headers)| (*id, headers.as_ref()))
-        .collect();
-    ctx.broker
-        .publish_ids_traced(&topology.runs(), &requeued)
-        .await
-        .ok();
-    ctx.broker
-        .publish_ids(&topology.deliveries(), &failed_deliveries)
-        .await
-        .ok();
+    if !reaped.is_empty() {
+        let requeued = reaped
+            .runs
+            .iter()
+            .filter(|r| !r.status.is_terminal())
+            .count();
+        tracing::warn!(
+            requeued,
+            failed = reaped.runs.len() - requeued,
+            "reaped expired leases"
+        );
+        lifecycle::announce(&ctx.pool, &ctx.broker, &reaped).await;
+    }
 
     // Expire: queued runs whose ttl passed before any worker started them.
-    {
+    let expired = {
         let mut client = ctx.pool.get().await?;
         let tx = client.transaction().await?;
         let expired = runs::expire_overdue(&tx, SWEEP_BATCH).await?;
-        let mut delivery_ids = Vec::new();
-        for run in &expired {
-            delivery_ids.extend(deliveries::create_for_run(&tx, run).await?);
-        }
+        let recorded = lifecycle::record(&tx, expired, Left::Queued).await?;
         tx.commit().await?;
-        runs::observe_finished(&expired);
-        if !expired.is_empty() {
-            tracing::info!(expired = expired.len(), "expired runs whose ttl passed");
-            let events: Vec<_> = expired
-                .iter()
-                .flat_map(|r| r.events.iter().cloned())
-                .collect();
-            ctx.broker.publish_events(&events).await;
-            ctx.broker
-                .publish_ids(&topology.deliveries(), &delivery_ids)
-                .await
-                .ok();
-            for run in &expired {
-                start_next_in_session(ctx, run).await;
-            }
-        }
+        recorded
+    };
+    if !expired.is_empty() {
+        tracing::info!(
+            expired = expired.runs.len(),
+            "expired runs whose ttl passed"
+        );
+        lifecycle::announce(&ctx.pool, &ctx.broker, &expired).await;
     }
 
     // Sweep: queued runs and pending deliveries whose messages may have been lost.

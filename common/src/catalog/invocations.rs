@@ -85,7 +85,7 @@ pub fn dropped_event<'a>(id: Uuid, r: &'a NewRefusal<'a>) -> crate::deliveries::
     crate::deliveries::Event {
         tenant_id: r.tenant_id,
         project_id: Some(r.project_id),
-        event_type: "invocation.dropped",
+        event_type: crate::model::WebhookEvent::InvocationDropped.as_str(),
         invocation_id: Some(id),
         subject: id.to_string(),
         data: serde_json::json!({

@@ -9,19 +9,9 @@ use tokio_postgres::Row;
 use utoipa::ToSchema;
 
 use super::{Error, Page, Paginated, check_description, constraint, id_or_new};
+use crate::model::WebhookEvent;
 use crate::secrets::{MasterKey, endpoint_context, tenant_webhook_context};
 use crate::signing::Secret;
-
-/// Every event type an endpoint can select; `*` selects them all.
-pub const EVENT_TYPES: &[&str] = &[
-    "run.completed",
-    "run.failed",
-    "run.cancelled",
-    "run.timed_out",
-    "run.expired",
-    "invocation.dropped",
-    "endpoint.disabled",
-];
 
 /// The `maxConcurrency` of an endpoint that names none.
 pub const DEFAULT_MAX_CONCURRENCY: i32 = 10;
@@ -174,18 +164,18 @@ fn not_found(id: &str) -> Error {
 }
 
 fn check_event_types(types: &[String]) -> Result<(), Error> {
-    if types.is_empty() || types.len() > EVENT_TYPES.len() + 1 {
+    if types.is_empty() || types.len() > WebhookEvent::ALL.len() + 1 {
         return Err(Error::invalid(
             "`eventTypes` must name 1 or more event types, or `*`",
         ));
     }
     match types
         .iter()
-        .find(|t| *t != "*" && !EVENT_TYPES.contains(&t.as_str()))
+        .find(|t| *t != "*" && WebhookEvent::parse(t).is_none())
     {
         Some(unknown) => Err(Error::invalid(format!(
             "`eventTypes`: `{unknown}` is not an event type; use {} or `*`",
-            EVENT_TYPES.join(", ")
+            WebhookEvent::ALL.map(WebhookEvent::as_str).join(", ")
         ))),
         None => Ok(()),
     }

@@ -17,7 +17,7 @@ pub async fn healthz() -> Json<Value> {
 
 /// Prometheus metrics (see `switchyard_common::metrics`).
 pub async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
-    switchyard_common::metrics::exposition(&state.metrics, &state.pool, &state.broker)
+    switchyard_common::ops::exposition(&state.metrics, &state.pool, &state.broker)
 }
 
 /// Readiness. Postgres down means not ready (503): nothing can be accepted. RabbitMQ down is

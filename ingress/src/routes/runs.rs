@@ -21,6 +21,7 @@ use crate::pipeline::{self, Guarded, Guards};
 use crate::routes::invoke::Started;
 use crate::routes::manage::Errors;
 use switchyard_common::catalog::api_keys::Scope;
+use switchyard_common::lifecycle::{self, Left};
 
 /// Largest `message`, in bytes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -523,32 +524,10 @@ pub async fn cancel(
         if let Some(cancelled) =
             switchyard_common::runs::cancel_queued(&tx, &key.tenant_id, run_id).await?
         {
-            let deliveries = switchyard_common::deliveries::create_for_run(&tx, &cancelled).await?;
+            let recorded = lifecycle::record(&tx, vec![cancelled], Left::Queued).await?;
             tx.commit().await?;
-            switchyard_common::runs::observe_finished(std::slice::from_ref(&cancelled));
-            state.broker.publish_events(&cancelled.events).await;
-            let topology = state.broker.topology();
-            if let Err(err) = state
-                .broker
-                .publish_ids(&topology.deliveries(), &deliveries)
-                .await
-            {
-                tracing::warn!(error = %err, "deliveries recorded but not published; the sweeper will");
-            }
             // It may have held up the rest of its session, or its limited agent's queue.
-            for next in [
-                switchyard_common::runs::next_in_session(&client, &cancelled).await,
-                switchyard_common::runs::next_for_agent(&client, &cancelled).await,
-            ]
-            .into_iter()
-            .flatten()
-            .flatten()
-            {
-                let _ = state
-                    .broker
-                    .publish_id_in(&topology.runs(), next.id, next.traceparent.as_deref())
-                    .await;
-            }
+            lifecycle::announce(&state.pool, &state.broker, &recorded).await;
             return Ok(done);
         }
         tx.rollback().await?;
@@ -557,7 +536,7 @@ pub async fn cancel(
         if switchyard_common::runs::request_cancel(&client, &key.tenant_id, run_id).await? {
             if let Err(err) = state
                 .broker
-                .publish_control(&switchyard_common::runs::cancel_message(run_id))
+                .publish_control(&switchyard_common::control::Control::RunCancel { run_id })
                 .await
             {
                 tracing::warn!(%run_id, error = %err, "cancel recorded; the worker will see it at its next heartbeat");

@@ -107,7 +107,7 @@ pub async fn delete(
     agents::delete(&client, &p.tenant_id, &p.project_id, &p.agent_id).await?;
     // Its triggers went with it.
     state
-        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .announce_change(&switchyard_common::control::Control::TriggerChanged)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

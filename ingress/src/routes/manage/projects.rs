@@ -94,7 +94,7 @@ pub async fn delete(
     projects::delete(&client, &p.tenant_id, &p.project_id).await?;
     // Its triggers went with it.
     state
-        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .announce_change(&switchyard_common::control::Control::TriggerChanged)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

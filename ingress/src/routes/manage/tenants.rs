@@ -71,7 +71,7 @@ pub async fn update(
     let tenant = tenants::update(&client, &p.tenant_id, body).await?;
     // Cached keys carry the tenant's rate limit.
     state
-        .announce_change(b"{\"type\":\"tenant.updated\"}")
+        .announce_change(&switchyard_common::control::Control::TenantUpdated)
         .await?;
     Ok(data(tenant))
 }
@@ -88,9 +88,9 @@ pub async fn delete(
     let client = state.pool.get().await?;
     tenants::delete(&client, &p.tenant_id).await?;
     // Its keys are gone: drop them from every replica's cache.
-    let message = serde_json::json!({"type": "tenant.deleted", "tenantId": p.tenant_id});
-    state
-        .announce_change(message.to_string().as_bytes())
-        .await?;
+    let message = switchyard_common::control::Control::TenantDeleted {
+        tenant_id: p.tenant_id.clone(),
+    };
+    state.announce_change(&message).await?;
     Ok(StatusCode::NO_CONTENT)
 }

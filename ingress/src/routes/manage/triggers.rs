@@ -103,7 +103,7 @@ pub async fn update(
     let trigger = triggers::update(&mut client, item_owner(&p), &p.id, body, may_use).await?;
     // Every ingress replica drops its cached copy.
     state
-        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .announce_change(&switchyard_common::control::Control::TriggerChanged)
         .await?;
     Ok(data(trigger))
 }
@@ -122,7 +122,7 @@ pub async fn delete(
     let client = state.pool.get().await?;
     triggers::delete(&client, item_owner(&p), &p.id).await?;
     state
-        .announce_change(b"{\"type\":\"trigger.changed\"}")
+        .announce_change(&switchyard_common::control::Control::TriggerChanged)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
