@@ -768,7 +768,7 @@ impl Broker {
         handler: F,
     ) where
         F: Fn(Delivery) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
+        Fut: Future<Output = Handled> + Send + 'static,
     {
         let concurrency = concurrency.max(1);
         let permits = Arc::new(Semaphore::new(concurrency));
@@ -831,7 +831,12 @@ impl Broker {
                     Some(Ok(delivery)) => {
                         let handler = handler.clone();
                         tracker.spawn(async move {
-                            handler(delivery).await;
+                            let acker = delivery.acker.clone();
+                            let handled = handler(delivery).await;
+                            handled.disposition.apply(&acker).await;
+                            if let Some(then) = handled.then {
+                                then.await;
+                            }
                             drop(permit);
                         });
                     }
@@ -923,7 +928,56 @@ fn check(confirm: Confirmation) -> Result<(), PublishError> {
 
 /// Acknowledges a message. A failed ack is not an error to act on: the broker redelivers, and
 /// every handler is idempotent.
-pub async fn ack(delivery: &Delivery) {
+/// What a consumer decided about a message; the consume loop applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done with it (handled, a duplicate, or no longer ours to keep).
+    Ack,
+    /// Try again later: back to its queue after this wait (the database is down).
+    Requeue(Duration),
+    /// Never: to the queue's dead-letter queue (a malformed message, or one naming nothing).
+    DeadLetter,
+}
+
+impl Disposition {
+    async fn apply(self, acker: &lapin::Acker) {
+        match self {
+            Self::Ack => ack(acker).await,
+            Self::Requeue(after) => requeue_after(acker, after).await,
+            Self::DeadLetter => dead_letter(acker).await,
+        }
+    }
+}
+
+/// A consumer's answer: the [`Disposition`], applied at once, and work that goes on after it
+/// while the message's slot is held (a run executes after its claim is acked).
+/// (Its work is boxed: one allocation per message that has any.)
+pub struct Handled {
+    pub disposition: Disposition,
+    pub then: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl From<Disposition> for Handled {
+    fn from(disposition: Disposition) -> Self {
+        Self {
+            disposition,
+            then: None,
+        }
+    }
+}
+
+impl Handled {
+    /// `disposition`, then `work` in the message's slot.
+    pub fn then(disposition: Disposition, work: impl Future<Output = ()> + Send + 'static) -> Self {
+        Self {
+            disposition,
+            then: Some(Box::pin(work)),
+        }
+    }
+}
+
+/// Acks a message.
+async fn ack(delivery: &lapin::Acker) {
     let _ = delivery
         .ack(lapin::options::BasicAckOptions::default())
         .await;
@@ -931,7 +985,7 @@ pub async fn ack(delivery: &Delivery) {
 
 /// Returns a message to its queue after `delay`, for a transient failure (the database is
 /// down). The wait keeps a redelivery loop from spinning while the cause lasts.
-pub async fn requeue_after(delivery: &Delivery, delay: Duration) {
+async fn requeue_after(delivery: &lapin::Acker, delay: Duration) {
     tokio::time::sleep(delay).await;
     let options = lapin::options::BasicNackOptions {
         requeue: true,
@@ -941,7 +995,7 @@ pub async fn requeue_after(delivery: &Delivery, delay: Duration) {
 }
 
 /// Rejects a message for good: it goes to the queue's dead-letter queue.
-pub async fn dead_letter(delivery: &Delivery) {
+async fn dead_letter(delivery: &lapin::Acker) {
     let _ = delivery
         .nack(lapin::options::BasicNackOptions::default())
         .await;

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use lapin::message::Delivery;
 use switchyard_common::amqp::{self, Broker, Topology};
+use switchyard_common::amqp::{Disposition, Handled};
 use switchyard_common::batch::{Batcher, answer_each};
 use switchyard_common::config::{
     BrokerArgs, DatabaseArgs, RuntimeArgs, Schedule, TelemetryArgs, parse_duration, parse_schedule,
@@ -264,11 +265,13 @@ async fn sample_oldest_pending(pool: deadpool_postgres::Pool, shutdown: Cancella
     }
 }
 
-async fn handle(ctx: Ctx, message: Delivery) {
+/// Claims the delivery a message names and attempts it: the message is acked once the
+/// attempt is recorded (or once it is deferred or parked), requeued while the database is down,
+/// and dead-lettered when malformed.
+async fn handle(ctx: Ctx, message: Delivery) -> Handled {
     let Some(delivery_id) = amqp::parse_id(&message) else {
         tracing::warn!("malformed delivery message; dead-lettering it");
-        amqp::dead_letter(&message).await;
-        return;
+        return Disposition::DeadLetter.into();
     };
     let span = amqp::process_span(&message, &ctx.broker.topology().deliveries(), delivery_id);
     async move {
@@ -280,7 +283,6 @@ async fn handle(ctx: Ctx, message: Delivery) {
         match claimed {
             Ok(Some(Claim::Send(out))) => {
                 attempt_and_record(&ctx, &out).await;
-                amqp::ack(&message).await;
             }
             Ok(Some(Claim::Defer(id, wait))) => {
                 // The endpoint is at a limit: the message waits in the defer queue instead of
@@ -289,24 +291,22 @@ async fn handle(ctx: Ctx, message: Delivery) {
                 if let Err(err) = ctx.broker.publish_id_for(&queue, id, wait).await {
                     tracing::warn!(error = %err, "deferral not queued; the sweeper will");
                 }
-                amqp::ack(&message).await;
             }
             // Parked until an attempt to its endpoint ends; or nothing to do (a duplicate, or
             // not yet due).
-            Ok(Some(Claim::Parked(_)) | None) => {
-                amqp::ack(&message).await;
-            }
+            Ok(Some(Claim::Parked(_)) | None) => {}
             Err(err) => {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "cannot claim the delivery; requeueing"
                 );
-                amqp::requeue_after(&message, Duration::from_secs(1)).await;
+                return Disposition::Requeue(Duration::from_secs(1)).into();
             }
         }
+        Disposition::Ack.into()
     }
     .instrument(span)
-    .await;
+    .await
 }
 
 async fn attempt_and_record(ctx: &Ctx, out: &Outgoing) {

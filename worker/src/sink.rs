@@ -20,8 +20,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::ExecError;
-
 /// How long deltas gather before they are written and published together.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
@@ -77,15 +75,13 @@ impl Budget {
         self.spent.is_cancelled()
     }
 
-    /// Resolves once the run has emitted more than its caps allow, with the run's error.
-    pub async fn exceeded(&self) -> ExecError {
+    /// Resolves once the run has emitted more than its caps allow, with why (the run ends
+    /// `output_too_large` with it).
+    pub async fn exceeded(&self) -> String {
         self.spent.cancelled().await;
-        ExecError::new(
-            "output_too_large",
-            format!(
-                "the run's output passed its limits ({} bytes of events, {} events besides text)",
-                self.max_bytes, self.max_events
-            ),
+        format!(
+            "the run's output passed its limits ({} bytes of events, {} events besides text)",
+            self.max_bytes, self.max_events
         )
     }
 }

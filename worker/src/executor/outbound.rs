@@ -16,7 +16,6 @@ use switchyard_common::signing::Secret;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::executor::ExecError;
 use crate::sink::Emitter;
 
 /// The longest wait between two tries, whatever `Retry-After` says.
@@ -34,16 +33,32 @@ pub struct Env {
     pub attempts: u32,
 }
 
+/// Why a call out failed: the run's `errorCode` and message, should it end the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl CallError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 /// Why one try failed.
 #[derive(Debug)]
 pub enum Failure {
     /// Worth another try (after `retry_after` if the server said so).
     Transient {
-        error: ExecError,
+        error: CallError,
         retry_after: Option<Duration>,
     },
     /// Final at once.
-    Final(ExecError),
+    Final(CallError),
 }
 
 impl Env {
@@ -54,7 +69,7 @@ impl Env {
         emit: &Emitter,
         what: &str,
         mut attempt: F,
-    ) -> Result<T, ExecError>
+    ) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
@@ -109,11 +124,11 @@ impl Env {
         body: &Value,
         credential: Option<&str>,
         timeout: Duration,
-    ) -> Result<reqwest::RequestBuilder, ExecError> {
+    ) -> Result<reqwest::RequestBuilder, CallError> {
         let parsed = reqwest::Url::parse(url)
-            .map_err(|_| ExecError::new("invalid_url", "the configured URL is not valid"))?;
+            .map_err(|_| CallError::new("invalid_url", "the configured URL is not valid"))?;
         egress::check_url(&self.guard, &parsed)
-            .map_err(|r| ExecError::new("egress_refused", r.to_string()))?;
+            .map_err(|r| CallError::new("egress_refused", r.to_string()))?;
         if let Some(host) = parsed.host_str() {
             tracing::Span::current().record("server.address", host);
         }
@@ -125,13 +140,13 @@ impl Env {
             .header("content-type", "application/json");
         if let Some(id) = credential {
             let raw = self.credentials.get(id).ok_or_else(|| {
-                ExecError::new(
+                CallError::new(
                     "credential_unavailable",
                     format!("credential `{id}` could not be read"),
                 )
             })?;
             let secret = Secret::parse(raw).map_err(|_| {
-                ExecError::new(
+                CallError::new(
                     "credential_invalid",
                     format!("credential `{id}` is not a signing secret (whsec_… or base64)"),
                 )
@@ -179,16 +194,16 @@ pub fn classify(
     let message = format!("{what} answered {status}");
     if status.as_u16() == 429 {
         Failure::Transient {
-            error: ExecError::new(rate_code, message),
+            error: CallError::new(rate_code, message),
             retry_after,
         }
     } else if status.is_server_error() || status.as_u16() == 408 {
         Failure::Transient {
-            error: ExecError::new(transient_code, message),
+            error: CallError::new(transient_code, message),
             retry_after,
         }
     } else {
-        Failure::Final(ExecError::new(final_code, message))
+        Failure::Final(CallError::new(final_code, message))
     }
 }
 
@@ -200,7 +215,7 @@ pub fn transport(error: &reqwest::Error, what: &str, code: &'static str) -> Fail
         format!("{what} could not be reached: {}", egress::describe(error))
     };
     Failure::Transient {
-        error: ExecError::new(code, message),
+        error: CallError::new(code, message),
         retry_after: None,
     }
 }

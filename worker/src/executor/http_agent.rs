@@ -11,8 +11,8 @@ use switchyard_common::catalog::agents::HttpConfig as Config;
 use switchyard_common::conversations::Message;
 use switchyard_common::events::EventKind;
 
-use crate::executor::{ExecError, Output, artifact};
-use crate::outbound::{Env, Failure, classify, read_sse, text_within, transport};
+use super::outbound::{CallError, Env, Failure, classify, read_sse, text_within, transport};
+use super::{ExecError, Output, artifact};
 
 /// The largest JSON answer an agent may give, and the most text it may stream.
 const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -34,10 +34,11 @@ pub async fn execute(
         "message": run.message, "inputs": run.inputs, "metadata": run.metadata,
         "sessionId": run.session_id, "history": history, "attempt": run.attempt,
     });
-    env.retrying(emit, "the agent", || {
-        call(env, &config.url, credential, &body, timeout, emit)
-    })
-    .await
+    Ok(env
+        .retrying(emit, "the agent", || {
+            call(env, &config.url, credential, &body, timeout, emit)
+        })
+        .await?)
 }
 
 async fn call(
@@ -75,13 +76,13 @@ async fn call(
             .await
             .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?
             .ok_or_else(|| {
-                Failure::Final(ExecError::new(
+                Failure::Final(CallError::new(
                     "output_too_large",
                     format!("the agent's answer is over {MAX_ANSWER_BYTES} bytes"),
                 ))
             })?;
         let result = serde_json::from_str(&text).map_err(|_| {
-            Failure::Final(ExecError::new(
+            Failure::Final(CallError::new(
                 "agent_error",
                 "the agent's answer is not JSON",
             ))
@@ -138,11 +139,11 @@ async fn call(
     .await
     .map_err(|e| transport(&e, "the agent", "agent_unreachable"))?;
     if let Some(error) = refused {
-        return Err(Failure::Final(error));
+        return Err(Failure::Final(CallError::new(error.code, error.message)));
     }
     if !closed && result.is_none() {
         return Err(Failure::Transient {
-            error: ExecError::new(
+            error: CallError::new(
                 "agent_unreachable",
                 "the agent's stream ended before its result",
             ),

@@ -7,7 +7,11 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use switchyard_common::conversations::Message;
 
-use crate::outbound::Env;
+pub mod http_agent;
+pub mod openai;
+pub mod outbound;
+
+use self::outbound::{CallError, Env};
 use crate::sink::Emitter;
 use switchyard_common::{AgentSpec, Run};
 
@@ -23,6 +27,16 @@ pub const MAX_ARTIFACTS: usize = 32;
 pub struct ExecError {
     pub code: &'static str,
     pub message: String,
+}
+
+/// A failed call out (to a model, tool or agent) fails the run with its code and message.
+impl From<CallError> for ExecError {
+    fn from(error: CallError) -> Self {
+        Self {
+            code: error.code,
+            message: error.message,
+        }
+    }
 }
 
 impl ExecError {
@@ -60,12 +74,8 @@ pub async fn execute(
             usage: None,
             artifacts: Vec::new(),
         }),
-        "openai" => {
-            crate::openai::execute(&agent.config, credential, run, history, emit, env).await
-        }
-        "http" => {
-            crate::http_agent::execute(&agent.config, credential, run, history, emit, env).await
-        }
+        "openai" => openai::execute(&agent.config, credential, run, history, emit, env).await,
+        "http" => http_agent::execute(&agent.config, credential, run, history, emit, env).await,
         AgentSpec::DELETED => Err(ExecError::new(
             "agent_not_found",
             format!(

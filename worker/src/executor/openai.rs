@@ -14,8 +14,8 @@ use switchyard_common::catalog::agents::{OpenaiConfig as Config, ToolConfig as T
 use switchyard_common::conversations::Message;
 use switchyard_common::events::EventKind;
 
-use crate::executor::{ExecError, Output};
-use crate::outbound::{Env, Failure, classify, read_sse, text_within, transport};
+use super::outbound::{CallError, Env, Failure, classify, read_sse, text_within, transport};
+use super::{ExecError, Output};
 use crate::sink::Emitter;
 
 /// How long a streaming answer may be silent before the try counts as dropped.
@@ -34,8 +34,8 @@ const MAX_TOOL_NAME_BYTES: usize = 64;
 const MAX_STEP_TOOL_BYTES: usize = 4 * 1024 * 1024;
 
 /// The error of a run whose model or tools sent more than a cap allows.
-fn too_large(message: String) -> ExecError {
-    ExecError::new("output_too_large", message)
+fn too_large(message: String) -> CallError {
+    CallError::new("output_too_large", message)
 }
 
 /// One tool call the model asked for.
@@ -151,7 +151,8 @@ pub async fn execute(
             if step_bytes > MAX_STEP_TOOL_BYTES {
                 return Err(too_large(format!(
                     "the tools of one step answered more than {MAX_STEP_TOOL_BYTES} bytes"
-                )));
+                ))
+                .into());
             }
             emit.emit(
                 EventKind::ToolResult,
@@ -275,14 +276,14 @@ async fn ask(
         return Err(Failure::Final(too_large(message)));
     }
     if let Some(data) = malformed {
-        return Err(Failure::Final(ExecError::new(
+        return Err(Failure::Final(CallError::new(
             "provider_error",
             format!("the model sent a chunk that is not JSON: {data}"),
         )));
     }
     if !closed && !finished {
         return Err(Failure::Transient {
-            error: ExecError::new(
+            error: CallError::new(
                 "provider_error",
                 "the model's stream ended before its answer did",
             ),
@@ -312,38 +313,40 @@ async fn call_tool(
     };
     let timeout = Duration::from_millis(tool.timeout_ms.unwrap_or(30_000));
     let what = format!("tool `{}`", tool.name);
-    env.retrying(emit, &what, || async {
-        let request = env
-            .post(
-                &tool.url,
-                arguments,
-                tool.credential_reference_id.as_deref(),
-                timeout,
-            )
-            .map_err(|e| Failure::Final(ExecError::new("tool_error", e.message)))?;
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| transport(&e, &what, "tool_error"))?;
-        let status = response.status();
-        if status.is_success() {
-            let text = text_within(&mut response, MAX_TOOL_ANSWER_BYTES)
+    let answer = env
+        .retrying(emit, &what, || async {
+            let request = env
+                .post(
+                    &tool.url,
+                    arguments,
+                    tool.credential_reference_id.as_deref(),
+                    timeout,
+                )
+                .map_err(|e| Failure::Final(CallError::new("tool_error", e.message)))?;
+            let mut response = request
+                .send()
                 .await
-                .map_err(|e| transport(&e, &what, "tool_error"))?
-                .ok_or_else(|| {
-                    Failure::Final(ExecError::new(
-                        "tool_error",
-                        format!("{what} answered more than {MAX_TOOL_ANSWER_BYTES} bytes"),
-                    ))
-                })?;
-            return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
-        }
-        match classify(&response, &what, "tool_error", "tool_error", "tool_error") {
-            Failure::Final(_) => Ok(json!({"error": format!("{what} answered {status}")})),
-            transient => Err(transient),
-        }
-    })
-    .await
+                .map_err(|e| transport(&e, &what, "tool_error"))?;
+            let status = response.status();
+            if status.is_success() {
+                let text = text_within(&mut response, MAX_TOOL_ANSWER_BYTES)
+                    .await
+                    .map_err(|e| transport(&e, &what, "tool_error"))?
+                    .ok_or_else(|| {
+                        Failure::Final(CallError::new(
+                            "tool_error",
+                            format!("{what} answered more than {MAX_TOOL_ANSWER_BYTES} bytes"),
+                        ))
+                    })?;
+                return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+            }
+            match classify(&response, &what, "tool_error", "tool_error", "tool_error") {
+                Failure::Final(_) => Ok(json!({"error": format!("{what} answered {status}")})),
+                transient => Err(transient),
+            }
+        })
+        .await;
+    Ok(answer?)
 }
 
 /// Token counts added up over every model call of a run.
