@@ -1,136 +1,15 @@
-//! `ApiError`: the one error type handlers return. It renders problem+json with the request id and
-//! never leaks internals; 5xx causes are logged once, here.
+//! How a [`VerbError`] goes over HTTP: problem+json with the request id and path, and the
+//! headers its extras call for (`Retry-After`, `X-RateLimit-*`, `WWW-Authenticate`). Also the
+//! answers of the routes that do not exist.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use switchyard_common::catalog;
-use switchyard_common::db;
-use switchyard_common::problem::{self, ErrorCode, Problem, Violation};
+use switchyard_common::problem::{self, ErrorCode, Problem};
 
 use crate::request::RequestContext;
+pub use crate::verbs::error::VerbError as ApiError;
 
-/// An error answered to the client.
-#[derive(Debug)]
-pub struct ApiError {
-    code: ErrorCode,
-    detail: String,
-    retry_after_secs: Option<u64>,
-    violations: Option<Vec<Violation>>,
-    run_id: Option<uuid::Uuid>,
-    rate_limit: Option<(u32, u64)>,
-}
-
-impl ApiError {
-    /// An error with a detail the caller may read.
-    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            detail: detail.into(),
-            retry_after_secs: None,
-            violations: None,
-            run_id: None,
-            rate_limit: None,
-        }
-    }
-
-    pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(ErrorCode::BadRequest, detail)
-    }
-
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(ErrorCode::NotFound, detail)
-    }
-
-    pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Unauthorized, detail)
-    }
-
-    pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Forbidden, detail)
-    }
-
-    /// A pool that cannot hand out a connection: 503, or 500 for anything else.
-    pub fn from_pool(err: deadpool_postgres::PoolError) -> Self {
-        if db::is_unavailable(&err) {
-            Self::unavailable()
-        } else {
-            Self::internal(err)
-        }
-    }
-
-    /// A failed query: 503 when the database is unreachable, 500 otherwise.
-    pub fn from_pg(err: tokio_postgres::Error) -> Self {
-        if db::pg_unavailable(&err) {
-            Self::unavailable()
-        } else {
-            Self::internal(format!("{err:#}"))
-        }
-    }
-
-    /// The database cannot be reached: 503 with `Retry-After`.
-    pub fn unavailable() -> Self {
-        Self {
-            retry_after_secs: Some(1),
-            ..Self::new(
-                ErrorCode::ServiceUnavailable,
-                "the database is unavailable; retry shortly",
-            )
-        }
-    }
-
-    /// A dependency is down: 503 with `Retry-After: 1` and this detail.
-    pub fn unavailable_because(detail: impl Into<String>) -> Self {
-        Self {
-            retry_after_secs: Some(1),
-            ..Self::new(ErrorCode::ServiceUnavailable, detail)
-        }
-    }
-
-    /// A bug or unexpected failure: logs the cause, answers a bare 500.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(
-            ErrorCode::InternalServerError,
-            "an unexpected error occurred",
-        )
-    }
-
-    /// Adds `Retry-After: secs`.
-    pub fn with_retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
-        self
-    }
-
-    /// Lists every schema violation in the body.
-    pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
-        self.violations = Some(violations);
-        self
-    }
-
-    /// Names the run this error is about (`runId` and `runUrl` in the body).
-    pub fn with_run(mut self, run_id: uuid::Uuid) -> Self {
-        self.run_id = Some(run_id);
-        self
-    }
-
-    /// A 429: `Retry-After` and the `X-RateLimit-*` headers of the exhausted limit.
-    pub fn with_rate_limit(
-        mut self,
-        per_minute: u32,
-        retry_after_secs: u64,
-        reset_secs: u64,
-    ) -> Self {
-        self.rate_limit = Some((per_minute, reset_secs));
-        self.retry_after_secs = Some(retry_after_secs);
-        self
-    }
-
-    pub fn code(&self) -> ErrorCode {
-        self.code
-    }
-}
-
-impl IntoResponse for ApiError {
+impl IntoResponse for crate::verbs::error::VerbError {
     fn into_response(self) -> Response {
         let ctx = RequestContext::current();
         let mut body = Problem::new(self.code, self.detail, ctx.path, ctx.request_id);
@@ -160,27 +39,15 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<catalog::Error> for ApiError {
-    fn from(err: catalog::Error) -> Self {
-        match err {
-            catalog::Error::NotFound(d) => Self::not_found(d),
-            catalog::Error::Conflict(d) => Self::new(ErrorCode::Conflict, d),
-            catalog::Error::Invalid(d) => Self::new(ErrorCode::UnprocessableEntity, d),
-            catalog::Error::BadRequest(d) => Self::bad_request(d),
-            catalog::Error::Forbidden(d) => Self::forbidden(d),
-            catalog::Error::Db(e) => Self::from_pg(e),
-        }
-    }
+/// Fallback for unknown routes.
+pub async fn no_route() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
-impl From<deadpool_postgres::PoolError> for ApiError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self::from_pool(err)
-    }
-}
-
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        Self::from_pg(err)
-    }
+/// The answer for a route that exists, called with a method it does not take.
+pub async fn no_method(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("this route does not take {method}"),
+    )
 }

@@ -3,6 +3,7 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use switchyard_common::problem::ErrorCode;
@@ -143,4 +144,40 @@ pub fn body_bytes(
             ApiError::bad_request(format!("the body could not be read: {e}"))
         }
     })
+}
+
+/// The header that makes a create idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` a request sent, checked: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match raw.to_str() {
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(ApiError::bad_request(
+            "`Idempotency-Key` must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// A trigger call's body: empty means `{}`; otherwise a JSON object, with no NUL anywhere.
+pub fn parse_body(bytes: &axum::body::Bytes) -> Result<serde_json::Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    let body: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if switchyard_common::catalog::contains_nul(&body) {
+        return Err(ApiError::bad_request(
+            "text may not contain the NUL character (\\u0000)",
+        ));
+    }
+    Ok(body)
 }

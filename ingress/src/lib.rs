@@ -8,16 +8,18 @@ pub mod accept;
 pub mod auth;
 pub mod cache;
 pub mod console;
+pub mod control;
 pub mod error;
 pub mod extract;
 pub mod limits;
 pub mod live;
 pub mod openapi;
-pub mod pipeline;
+pub mod render;
 pub mod request;
 pub mod routes;
 pub mod serve;
 pub mod streams;
+pub mod verbs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,7 +38,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{Accepter, Backlog};
-use crate::auth::{Auth, KeyCache, Usage};
+use crate::auth::Auth;
+use crate::auth::keys::{KeyCache, Usage};
 use crate::error::ApiError;
 use std::sync::Arc;
 use switchyard_common::secrets::MasterKey;
@@ -203,9 +206,9 @@ pub struct AppState {
     pub accepter: Accepter,
     pub backlog: Backlog,
     pub auth: Arc<Auth>,
-    pub compiled: Arc<routes::invoke::CompiledTriggers>,
+    pub compiled: Arc<verbs::trigger::CompiledTriggers>,
     /// Resolved triggers, by project and lowercase key or by id.
-    pub triggers: Arc<routes::invoke::TriggerCache>,
+    pub triggers: Arc<verbs::trigger::TriggerCache>,
     pub limits: Arc<limits::RateLimits>,
     pub master_key: MasterKey,
     pub max_api_keys: i32,
@@ -266,8 +269,8 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
                 .post(console::sign_in)
                 .delete(console::sign_out),
         )
-        .fallback(routes::runs::no_route)
-        .method_not_allowed_fallback(routes::runs::no_method)
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::no_method)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request::context))
         .with_state(state)
@@ -284,7 +287,7 @@ async fn purge_expired_guards(pool: Pool, shutdown: CancellationToken) {
             if let Err(err) = switchyard_common::dedupe::purge_expired(&client).await {
                 tracing::warn!(error = %err, "could not purge expired idempotency keys");
             }
-            if let Err(err) = console::purge_expired(&client).await {
+            if let Err(err) = auth::sessions::purge_expired(&client).await {
                 tracing::warn!(error = %err, "could not purge expired console sessions");
             }
         }
@@ -327,13 +330,13 @@ pub async fn run(
     let accepter = Accepter::start(pool.clone(), config.accept_batch, config.accept_inflight);
     let backlog = Backlog::start(broker.clone(), 100_000);
     let keys = Arc::new(KeyCache::new(config.key_cache_ttl));
-    let triggers = Arc::new(routes::invoke::TriggerCache::new(config.key_cache_ttl));
+    let triggers = Arc::new(verbs::trigger::TriggerCache::new(config.key_cache_ttl));
     let usage = Arc::new(Usage::default());
     let background = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
     let open_streams =
         streams::Streams::new(config.max_streams_per_key, config.max_streams_per_tenant);
-    tasks.spawn(auth::follow_control(
+    tasks.spawn(control::follow_control(
         broker.clone(),
         background.clone(),
         Arc::clone(&keys),

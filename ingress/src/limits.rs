@@ -9,14 +9,13 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use switchyard_common::problem::ErrorCode;
 
-use crate::error::ApiError;
+use crate::verbs::error::VerbError as ApiError;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -91,15 +90,15 @@ impl Standing {
         }
     }
 
-    /// `X-RateLimit-Limit` (per minute), `-Remaining` (calls that may come at once now) and
-    /// `-Reset` (seconds until the whole burst is available again).
-    pub fn write(&self, headers: &mut HeaderMap) {
-        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from(self.reset.as_secs_f64().ceil() as u64),
-        );
+    /// The rate-limit headers' names and values: `x-ratelimit-limit` (per minute),
+    /// `-remaining` (calls that may come at once now) and `-reset` (seconds until the whole
+    /// burst is available again).
+    pub fn headers(&self) -> [(&'static str, u64); 3] {
+        [
+            ("x-ratelimit-limit", u64::from(self.limit)),
+            ("x-ratelimit-remaining", u64::from(self.remaining)),
+            ("x-ratelimit-reset", self.reset.as_secs_f64().ceil() as u64),
+        ]
     }
 }
 

@@ -22,8 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::verbs::error::VerbError as ApiError;
 
 /// How long a revoked key (or deleted tenant) is remembered: longer than any cache holds it.
 const REMEMBER_REVOKED: Duration = Duration::from_secs(600);
@@ -142,16 +141,12 @@ impl Streams {
         })
     }
 
-    /// A permit for one more stream or wait of `principal` in `tenant_id`, or 429 (401 for a key
-    /// revoked since the request resolved it).
-    pub fn open(
-        self: &Arc<Self>,
-        principal: Option<&Principal>,
-        tenant_id: &str,
-    ) -> Result<Permit, ApiError> {
-        let holder = match principal {
-            Some(Principal::Key(key)) => Holder::Key(key.id),
-            _ => Holder::Unkeyed,
+    /// A permit for one more stream or wait of API key `key` (`None`: a caller with no key) in
+    /// `tenant_id`, or 429 (401 for a key revoked since the request resolved it).
+    pub fn open(self: &Arc<Self>, key: Option<Uuid>, tenant_id: &str) -> Result<Permit, ApiError> {
+        let holder = match key {
+            Some(id) => Holder::Key(id),
+            None => Holder::Unkeyed,
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let revoked = match &holder {
@@ -310,47 +305,31 @@ pub fn apply_control(streams: &Streams, message: &Control) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_common::catalog::api_keys::{ApiKey, Scope};
 
-    fn key(tenant: &str) -> Principal {
-        Principal::Key(Arc::new(ApiKey {
-            id: Uuid::now_v7(),
-            tenant_id: tenant.into(),
-            name: "k".into(),
-            prefix: "sy_".into(),
-            scopes: vec![Scope::RunsRead],
-            project_ids: None,
-            created_at: time::OffsetDateTime::UNIX_EPOCH,
-            last_used_at: None,
-            revoked_at: None,
-            rate_limit_per_minute: None,
-            tenant_rate_limit_per_minute: None,
-        }))
+    fn key(_tenant: &str) -> Option<Uuid> {
+        Some(Uuid::now_v7())
     }
 
-    fn id(principal: &Principal) -> Uuid {
-        match principal {
-            Principal::Key(key) => key.id,
-            Principal::Admin => Uuid::nil(),
-        }
+    fn id(key: &Option<Uuid>) -> Uuid {
+        key.unwrap_or_default()
     }
 
     #[tokio::test]
     async fn permits_are_capped_per_key_and_tenant_and_given_back() {
         let streams = Streams::new(2, 3);
         let (a, b) = (key("t"), key("t"));
-        let a1 = streams.open(Some(&a), "t").expect("first");
-        let _a2 = streams.open(Some(&a), "t").expect("second");
-        assert!(streams.open(Some(&a), "t").is_err(), "third of one key");
-        let _b1 = streams.open(Some(&b), "t").expect("another key");
-        assert!(streams.open(Some(&b), "t").is_err(), "fourth of one tenant");
+        let a1 = streams.open(a, "t").expect("first");
+        let _a2 = streams.open(a, "t").expect("second");
+        assert!(streams.open(a, "t").is_err(), "third of one key");
+        let _b1 = streams.open(b, "t").expect("another key");
+        assert!(streams.open(b, "t").is_err(), "fourth of one tenant");
         assert!(
             streams.open(None, "other").is_ok(),
             "other tenants are apart"
         );
         drop(a1);
         assert!(
-            streams.open(Some(&b), "t").is_ok(),
+            streams.open(b, "t").is_ok(),
             "a dropped permit frees its place"
         );
     }
@@ -359,8 +338,8 @@ mod tests {
     async fn revoking_a_key_ends_its_permits_only_and_refuses_it_new_ones() {
         let streams = Streams::new(10, 10);
         let (a, b) = (key("t"), key("t"));
-        let pa = streams.open(Some(&a), "t").expect("a");
-        let pb = streams.open(Some(&b), "t").expect("b");
+        let pa = streams.open(a, "t").expect("a");
+        let pb = streams.open(b, "t").expect("b");
         apply_control(
             &streams,
             &Control::ApiKeyRevoked {
@@ -374,7 +353,7 @@ mod tests {
         assert!(!pb.revocation().is_cancelled());
         // A request that resolved the key from a cache just before cannot open one after.
         assert_eq!(
-            streams.open(Some(&a), "t").err().map(|e| e.code()),
+            streams.open(a, "t").err().map(|e| e.code()),
             Some(ErrorCode::Unauthorized)
         );
         apply_control(
@@ -392,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn closing_ends_every_permit() {
         let streams = Streams::new(10, 10);
-        let p = streams.open(Some(&key("t")), "t").expect("open");
+        let p = streams.open(key("t"), "t").expect("open");
         streams.close_all();
         tokio::time::timeout(Duration::from_secs(1), p.revoked())
             .await

@@ -574,6 +574,41 @@ pub async fn update(
     Ok(from_row(&row)?)
 }
 
+/// The names of the tenant's agents among `ids`, by id (agents that are gone are left out).
+pub async fn names(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, name FROM agents WHERE tenant_id = $1 AND id = ANY($2)",
+            &[&tenant_id, &ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// The tenant's agents within `projects` (all when `None`) as `(id, name, project id)`, oldest
+/// first: what a key may run.
+pub async fn runnable(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    projects: Option<&[String]>,
+) -> Result<Vec<(String, String, String)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id, name, project_id FROM agents WHERE tenant_id = $1 \
+               AND ($2::text[] IS NULL OR project_id = ANY($2)) ORDER BY created_at, id",
+            &[&tenant_id, &projects],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// Deletes the agent and its triggers. Its runs stay, as history.
 pub async fn delete(
     client: &impl GenericClient,

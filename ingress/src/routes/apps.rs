@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchyard_common::{Run, RunStatus};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -16,8 +16,10 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
-use crate::routes::invoke::Started;
-use crate::routes::manage::Errors;
+use crate::render::{self, Cancelled, Errors};
+use crate::verbs::accept::{RunInput, Started, start_run};
+use crate::verbs::follow::visible_run;
+use switchyard_common::catalog::agents;
 use switchyard_common::catalog::api_keys::Scope;
 
 /// The body of a run create.
@@ -91,19 +93,15 @@ fn native_statuses(status: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// The name of the tenant's agent `agent_id`, if it still exists.
 async fn app_name(
     state: &AppState,
     tenant_id: &str,
     agent_id: &str,
 ) -> Result<Option<String>, ApiError> {
     let client = state.pool.get().await?;
-    Ok(client
-        .query_opt(
-            "SELECT name FROM agents WHERE tenant_id = $1 AND id = $2",
-            &[&tenant_id, &agent_id],
-        )
-        .await?
-        .map(|row| row.get(0)))
+    let mut names = agents::names(&client, tenant_id, &[agent_id.to_owned()]).await?;
+    Ok(names.remove(agent_id))
 }
 
 fn app_run(run: Run, app_name: Option<String>) -> AppRun {
@@ -129,20 +127,21 @@ pub async fn create(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    JsonBody(raw): JsonBody<Value>,
+    JsonBody(body): JsonBody<CreateAppRun>,
 ) -> Result<Response, ApiError> {
-    let body: CreateAppRun = serde_json::from_value(raw)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid: {e}")))?;
-    let mut native =
-        json!({"agentId": body.app_id, "inputs": body.inputs.unwrap_or_else(|| json!({}))});
-    if let Some(model) = body.chat_model_id {
-        native["chatModelId"] = json!(model);
-    }
-    if let Some(url) = body.webhook_url {
-        native["webhookUrl"] = json!(url);
-    }
+    let input = RunInput {
+        agent_id: Some(body.app_id),
+        inputs: Some(
+            body.inputs
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        ),
+        chat_model_id: body.chat_model_id,
+        webhook_url: body.webhook_url,
+        ..RunInput::default()
+    };
     // The app API answers at once, whatever `Accept` says: a run is never awaited here.
-    let started = crate::routes::runs::start_run(&state, &principal, &headers, native).await?;
+    let idempotency = crate::extract::idempotency_key(&headers)?;
+    let started = start_run(&state, &principal, input, idempotency).await?;
     let (status, run) = match started.run {
         Started::New(run) => (StatusCode::ACCEPTED, run),
         Started::Replay(run) => (StatusCode::OK, run),
@@ -158,7 +157,7 @@ pub async fn create(
         out.headers_mut()
             .insert(axum::http::header::LOCATION, location);
     }
-    started.standing.write(out.headers_mut());
+    render::rate_headers(&started.standing, out.headers_mut());
     Ok(out)
 }
 
@@ -171,7 +170,7 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<AppRun>, ApiError> {
-    let run = crate::routes::events::visible_run(&state, &principal, &id).await?;
+    let run = visible_run(&state, &principal, &id).await?;
     let name = app_name(&state, &run.tenant_id, &run.agent_id).await?;
     Ok(Json(app_run(run, name)))
 }
@@ -246,15 +245,8 @@ pub async fn list(
         limit,
     )
     .await?;
-    let names: std::collections::HashMap<String, String> = client
-        .query(
-            "SELECT id, name FROM agents WHERE tenant_id = $1",
-            &[&key.tenant_id],
-        )
-        .await?
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let ids: Vec<String> = runs.iter().map(|r| r.agent_id.clone()).collect();
+    let names = agents::names(&client, &key.tenant_id, &ids).await?;
     let data = runs
         .into_iter()
         .map(|run| AppRunSummary {
@@ -274,13 +266,14 @@ pub async fn list(
 /// Cancel a run: `{success: true}`, as `POST /v1/runs/{id}/cancel`.
 #[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", tag = "Agent-app runs",
     params(("id" = String, Path, description = "Run id")),
-    responses((status = 200, description = "Cancelled, or already finished", body = crate::routes::runs::Cancelled), Errors))]
+    responses((status = 200, description = "Cancelled, or already finished", body = Cancelled), Errors))]
 pub async fn cancel(
-    state: State<AppState>,
+    State(state): State<AppState>,
     principal: Principal,
-    id: Path<String>,
-) -> Result<Json<crate::routes::runs::Cancelled>, ApiError> {
-    crate::routes::runs::cancel(state, principal, id).await
+    Path(id): Path<String>,
+) -> Result<Json<Cancelled>, ApiError> {
+    crate::verbs::cancel::cancel(&state, &principal, &id).await?;
+    Ok(Json(Cancelled { success: true }))
 }
 
 /// An app: an agent the key may run.
@@ -307,19 +300,13 @@ pub async fn apps(
 ) -> Result<Json<Apps>, ApiError> {
     let key = principal.key_with(Scope::RunsRead)?;
     let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, name, project_id FROM agents WHERE tenant_id = $1 \
-               AND ($2::text[] IS NULL OR project_id = ANY($2)) ORDER BY created_at, id",
-            &[&key.tenant_id, &key.project_ids.as_deref()],
-        )
-        .await?;
-    let data = rows
-        .iter()
-        .map(|r| App {
-            id: r.get(0),
-            name: r.get(1),
-            project_id: r.get(2),
+    let data = agents::runnable(&client, &key.tenant_id, key.project_ids.as_deref())
+        .await?
+        .into_iter()
+        .map(|(id, name, project_id)| App {
+            id,
+            name,
+            project_id,
         })
         .collect();
     Ok(Json(Apps { data }))

@@ -9,15 +9,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::routes::invoke::Started;
-use crate::routes::manage::Errors;
+use crate::render::{self, Errors};
+use crate::verbs::accept::{RunInput, Started, start_run};
 
 /// The message that starts the agent.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -53,12 +53,7 @@ pub async fn trigger(
     if body.message.role.as_deref().is_some_and(|r| r != "user") {
         return Err(ApiError::bad_request("`message.role` must be `user`"));
     }
-    let valid_id = (1..=255).contains(&body.agent_id.len())
-        && body
-            .agent_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !valid_id {
+    if !switchyard_common::catalog::valid_id(&body.agent_id) {
         return Err(ApiError::bad_request(
             "`agent_id` must be 1 to 255 characters of letters, digits, '-', '_' or '.'",
         ));
@@ -66,12 +61,17 @@ pub async fn trigger(
     if body.message.content.trim().is_empty() {
         return Err(ApiError::bad_request("`message.content` may not be empty"));
     }
-    let native = json!({"agentId": body.agent_id, "message": body.message.content});
-    let started = crate::routes::runs::start_run(&state, &principal, &headers, native).await?;
+    let input = RunInput {
+        agent_id: Some(body.agent_id),
+        message: Some(body.message.content),
+        ..RunInput::default()
+    };
+    let idempotency = crate::extract::idempotency_key(&headers)?;
+    let started = start_run(&state, &principal, input, idempotency).await?;
     let mut response = match started.run {
-        Started::New(run) => crate::routes::runs::accepted(&run),
+        Started::New(run) => render::accepted(&run),
         Started::Replay(run) => (StatusCode::OK, Json(run)).into_response(),
     };
-    started.standing.write(response.headers_mut());
+    render::rate_headers(&started.standing, response.headers_mut());
     Ok(response)
 }

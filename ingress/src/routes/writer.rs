@@ -32,12 +32,12 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::Params;
+use crate::extract::parse_body;
 use crate::limits::Standing;
-use crate::pipeline;
-use crate::routes::invoke::{
-    Envelope, Started, TriggerCall, TriggerRef, parse_body, resolve, start_trigger,
-};
-use crate::routes::manage::Errors;
+use crate::render::{self, Errors};
+use crate::verbs::accept::{self, Started};
+use crate::verbs::follow::{follow_run, visible_run};
+use crate::verbs::trigger::{Envelope, TriggerCall, TriggerRef, admit, resolve, start_trigger};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -144,7 +144,7 @@ async fn start(
     bytes: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(Arc<Trigger>, Started, Standing), ApiError> {
     let key = principal.key_with(Scope::Trigger)?;
-    let idempotency = pipeline::idempotency_key(headers)?;
+    let idempotency = crate::extract::idempotency_key(headers)?;
     let bytes = crate::extract::body_bytes(bytes)?;
     let body = parse_body(&bytes)?;
     let missing = || {
@@ -173,12 +173,12 @@ async fn start(
             "the body must hold your data under `inputs`, such as {\"inputs\": {\"user_id\": \"123\"}}",
         ));
     }
-    let standing = crate::routes::invoke::admit(state, key, &trigger)?;
+    let standing = admit(state, key, &trigger)?;
     let started = start_trigger(
         state,
         TriggerCall {
             tenant_id: &key.tenant_id,
-            principal: pipeline::key_principal(key),
+            principal: accept::key_principal(key),
             viewer: Some(principal),
             projects: key.project_ids.clone(),
             trigger: trigger.clone(),
@@ -200,7 +200,7 @@ fn with_job_location(response: &mut Response, run_id: Uuid, standing: Standing) 
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/agents/jobs/{run_id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    standing.write(response.headers_mut());
+    render::rate_headers(&standing, response.headers_mut());
 }
 
 /// Trigger a blueprint and follow it (SSE, Writer's frames): `data: {"status":"in progress",
@@ -231,7 +231,7 @@ pub async fn run(
     };
     let compiled = state.compiled.get(&run.tenant_id, &trigger)?;
     // The run is recorded: past the stream cap the caller gets the job to poll instead.
-    let permit = match state.streams.open(Some(&principal), &run.tenant_id) {
+    let permit = match state.streams.open(principal.key_id(), &run.tenant_id) {
         Ok(permit) => permit,
         Err(_) => {
             let id = run.id;
@@ -244,7 +244,7 @@ pub async fn run(
     let keep_alive = state.sse_keep_alive;
     let frames = Frames::new(compiled.transform.clone(), run.id);
     let opening = futures::stream::iter(vec![frames.opening()]);
-    let events = crate::routes::events::follow_run(state, &run, 0, permit.revocation());
+    let events = follow_run(state, &run, 0, permit.revocation());
     let following = futures::stream::unfold(Some((events, frames, permit)), |state| async {
         let (mut events, mut frames, permit) = state?;
         match events.recv().await {
@@ -306,7 +306,7 @@ pub async fn get_job(
     principal: Principal,
     Params(path): Params<JobPath>,
 ) -> Result<Json<Job>, ApiError> {
-    let run = crate::routes::events::visible_run(&state, &principal, &path.job_id).await?;
+    let run = visible_run(&state, &principal, &path.job_id).await?;
     let trigger = match &run.trigger_id {
         Some(trigger_id) => {
             let reference = TriggerRef::Id {

@@ -8,7 +8,8 @@ use switchyard_common::catalog::api_keys::{self, ApiKey, CreatedApiKey, NewApiKe
 
 use super::{Data, Errors, PageQuery, TenantItemPath, TenantPath, data};
 use crate::AppState;
-use crate::auth::{Principal, revoked_message};
+use crate::auth::Principal;
+use crate::auth::keys::revoked_message;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Params, QueryParams};
 

@@ -13,8 +13,7 @@ pub mod webhook_endpoints;
 
 use serde::{Deserialize, Serialize};
 use switchyard_common::catalog::Page;
-use switchyard_common::problem::Problem;
-use utoipa::{IntoParams, IntoResponses, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 
@@ -101,74 +100,4 @@ pub struct TenantItemPath {
     pub id: String,
 }
 
-/// The errors any management call can answer, each as problem+json.
-#[derive(IntoResponses)]
-#[allow(dead_code)]
-pub enum Errors {
-    #[response(
-        status = 400,
-        description = "Bad Request",
-        content_type = "application/problem+json"
-    )]
-    BadRequest(Problem),
-    #[response(
-        status = 401,
-        description = "Unauthorized",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    #[response(
-        status = 403,
-        description = "Forbidden",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(Problem),
-    #[response(
-        status = 404,
-        description = "Not Found",
-        content_type = "application/problem+json"
-    )]
-    NotFound(Problem),
-    #[response(
-        status = 409,
-        description = "Conflict",
-        content_type = "application/problem+json"
-    )]
-    Conflict(Problem),
-    #[response(
-        status = 413,
-        description = "Payload Too Large",
-        content_type = "application/problem+json"
-    )]
-    PayloadTooLarge(Problem),
-    #[response(
-        status = 415,
-        description = "Unsupported Media Type",
-        content_type = "application/problem+json"
-    )]
-    UnsupportedMediaType(Problem),
-    #[response(
-        status = 422,
-        description = "Unprocessable Entity",
-        content_type = "application/problem+json"
-    )]
-    UnprocessableEntity(Problem),
-    #[response(
-        status = 429,
-        description = "Too Many Requests",
-        content_type = "application/problem+json"
-    )]
-    TooManyRequests(Problem),
-    #[response(
-        status = 500,
-        description = "Internal Server Error",
-        content_type = "application/problem+json"
-    )]
-    InternalServerError(Problem),
-    #[response(
-        status = 503,
-        description = "Service Unavailable",
-        content_type = "application/problem+json"
-    )]
-    ServiceUnavailable(Problem),
-}
+pub use crate::render::Errors;

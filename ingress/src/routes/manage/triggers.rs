@@ -15,6 +15,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Params, QueryParams};
+use crate::verbs::trigger::{TriggerCall, admit, envelope, invoke};
 
 fn owner(p: &AgentPath) -> Owner<'_> {
     Owner {
@@ -250,7 +251,7 @@ pub async fn test(
     let trigger = triggers::get(&client, item_owner(&p), &p.id).await?;
     // A test run costs what a real one does: it counts against the same limits.
     let standing = match &principal {
-        Principal::Key(key) => Some(crate::routes::invoke::admit(&state, key, &trigger)?),
+        Principal::Key(key) => Some(admit(&state, key, &trigger)?),
         Principal::Admin => {
             let tenant = switchyard_common::catalog::tenants::get(&client, &p.tenant_id).await?;
             state.limits.admit_unkeyed(
@@ -265,7 +266,7 @@ pub async fn test(
         }
     };
     drop(client);
-    let supplied = crate::routes::invoke::parse_body(&bytes)?;
+    let supplied = crate::extract::parse_body(&bytes)?;
     let body = if supplied.as_object().is_some_and(|m| !m.is_empty()) {
         supplied
     } else {
@@ -278,17 +279,17 @@ pub async fn test(
             .cloned()
             .unwrap_or(supplied)
     };
-    let mut envelope = crate::routes::invoke::envelope(&body)?;
+    let mut envelope = envelope(&body)?;
     if body.get("environment").is_none() {
         envelope.environment = "test".into();
     }
-    crate::routes::invoke::run_trigger(
+    let invoked = invoke(
         &state,
-        crate::routes::invoke::TriggerCall {
+        TriggerCall {
             tenant_id: &p.tenant_id,
             // Test calls take no `Idempotency-Key`.
             principal: match &principal {
-                Principal::Key(key) => crate::pipeline::key_principal(key),
+                Principal::Key(key) => crate::verbs::accept::key_principal(key),
                 Principal::Admin => "admin".to_owned(),
             },
             viewer: Some(&principal),
@@ -299,7 +300,7 @@ pub async fn test(
             idempotency: None,
             test: true,
         },
-        standing,
     )
-    .await
+    .await?;
+    Ok(crate::render::invoked(invoked, standing.as_ref()))
 }

@@ -7,26 +7,22 @@
 //! subscription is down the cache is not used at all, so a revoked key fails everywhere within
 //! the broker's delivery time. Last use is recorded in memory and written in batches.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
-use switchyard_common::amqp::{Broker, ControlEvent};
 use switchyard_common::catalog::api_keys::{self, ApiKey, Scope};
-use switchyard_common::control::Control;
-use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::AppState;
-use crate::cache::ControlledCache;
 use crate::error::ApiError;
+
+pub mod keys;
+pub mod sessions;
+
+use self::keys::{KeyCache, Usage};
 
 /// SHA-256 of a token, so comparisons are constant-time over equal lengths.
 pub fn digest(token: &str) -> [u8; 32] {
@@ -125,6 +121,14 @@ impl Principal {
         }
     }
 
+    /// The API key's id (a console session's key's), or `None` for the admin token.
+    pub fn key_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Admin => None,
+            Self::Key(key) => Some(key.id),
+        }
+    }
+
     /// Whether the caller may see where a run's result is delivered (its `webhookUrl`, often a
     /// Slack hook or a URL with a token): the admin and keys with the `manage` scope, who may read
     /// the triggers those URLs come from anyway.
@@ -175,7 +179,7 @@ impl FromRequestParts<AppState> for Principal {
     ) -> Result<Self, Self::Rejection> {
         let Some(presented) = presented(&parts.headers).filter(|p| !p.is_empty()) else {
             // The console's session cookie stands for the key it was opened with.
-            if let Some(key) = crate::console::principal_of(parts, state).await? {
+            if let Some(key) = sessions::principal_of(parts, state).await? {
                 state.auth.usage.touch(key.id);
                 return Ok(Self::Key(key));
             }
@@ -192,7 +196,7 @@ impl FromRequestParts<AppState> for Principal {
         if !api_keys::looks_like_key(presented) {
             return Err(ApiError::unauthorized("the API key is not valid"));
         }
-        let key = resolve(&state.auth.keys, &state.pool, &hash).await?;
+        let key = keys::resolve(&state.auth.keys, &state.pool, &hash).await?;
         state.auth.usage.touch(key.id);
         Ok(Self::Key(key))
     }
@@ -203,130 +207,6 @@ pub struct Auth {
     pub admin_digest: Option<[u8; 32]>,
     pub keys: Arc<KeyCache>,
     pub usage: Arc<Usage>,
-}
-
-/// API keys by digest.
-pub type KeyCache = ControlledCache<[u8; 32], ApiKey>;
-
-/// The active key with this digest: from the cache, else from Postgres (then cached).
-/// The live (unrevoked) key whose SHA-256 is `hash`, through the cache.
-pub(crate) async fn resolve_digest(
-    state: &AppState,
-    hash: &[u8; 32],
-) -> Result<Arc<ApiKey>, ApiError> {
-    resolve(&state.auth.keys, &state.pool, hash).await
-}
-
-async fn resolve(keys: &KeyCache, pool: &Pool, hash: &[u8; 32]) -> Result<Arc<ApiKey>, ApiError> {
-    if let Some(key) = keys.get(hash) {
-        return Ok(key);
-    }
-    let epoch = keys.epoch();
-    let client = pool.get().await.map_err(ApiError::from_pool)?;
-    let key = api_keys::authenticate(&client, hash)
-        .await
-        .map_err(ApiError::from_pg)?
-        .map(Arc::new)
-        .ok_or_else(|| ApiError::unauthorized("the API key is not valid or was revoked"))?;
-    keys.fill(*hash, key.clone(), epoch);
-    Ok(key)
-}
-
-/// Follows the control exchange until `shutdown`, switching `caches` on and off with the
-/// subscription and emptying them on every message; a revoked key's (or deleted tenant's) open
-/// streams and waits end.
-pub async fn follow_control(
-    broker: Broker,
-    shutdown: CancellationToken,
-    keys: Arc<KeyCache>,
-    triggers: Arc<crate::routes::invoke::TriggerCache>,
-    streams: Arc<crate::streams::Streams>,
-) {
-    broker
-        .subscribe_control(shutdown, |event| match event {
-            ControlEvent::Subscribed => {
-                keys.set_live(true);
-                triggers.set_live(true);
-            }
-            ControlEvent::Lost => {
-                keys.set_live(false);
-                triggers.set_live(false);
-            }
-            // A cancel is for workers; every other message is a catalog change (one this
-            // version cannot read too).
-            ControlEvent::Message(body) => match Control::decode(body) {
-                Some(Control::RunCancel { .. }) => {}
-                message => {
-                    keys.invalidate();
-                    triggers.invalidate();
-                    // A revoked key's streams and waits end here too.
-                    if let Some(message) = message {
-                        crate::streams::apply_control(&streams, &message);
-                    }
-                }
-            },
-        })
-        .await;
-}
-
-/// The control message sent when a key is revoked.
-pub fn revoked_message(key: &ApiKey) -> Control {
-    Control::ApiKeyRevoked {
-        tenant_id: key.tenant_id.clone(),
-        key_id: key.id,
-    }
-}
-
-/// When each key was last used, held in memory and written in batches.
-#[derive(Default)]
-pub struct Usage {
-    pending: Mutex<HashMap<Uuid, OffsetDateTime>>,
-}
-
-impl Usage {
-    pub fn touch(&self, key: Uuid) {
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(key, OffsetDateTime::now_utc());
-        }
-    }
-
-    async fn flush(&self, pool: &Pool) {
-        let batch: Vec<(Uuid, OffsetDateTime)> = match self.pending.lock() {
-            Ok(mut pending) => pending.drain().collect(),
-            Err(_) => return,
-        };
-        if batch.is_empty() {
-            return;
-        }
-        let written = match pool.get().await {
-            Ok(client) => api_keys::record_use(&client, &batch).await.is_ok(),
-            Err(_) => false,
-        };
-        if !written && let Ok(mut pending) = self.pending.lock() {
-            // Keep them for the next round; a newer use wins.
-            for (id, at) in batch {
-                let slot = pending.entry(id).or_insert(at);
-                *slot = (*slot).max(at);
-            }
-        }
-    }
-
-    /// Writes the recorded uses every `every`, and once more at `shutdown`.
-    pub async fn flush_every(
-        self: Arc<Self>,
-        pool: Pool,
-        every: Duration,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(every) => {}
-            }
-            self.flush(&pool).await;
-        }
-        self.flush(&pool).await;
-    }
 }
 
 #[cfg(test)]
