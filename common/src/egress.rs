@@ -140,6 +140,17 @@ pub fn client(
         .build()
 }
 
+/// The wait a response's `Retry-After` asks for, in its seconds form (the one APIs send); `None`
+/// without one, or with a date.
+pub fn retry_after(response: &reqwest::Response) -> Option<std::time::Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs)
+}
+
 /// A URL as messages and logs may show it: scheme, host, port and path, without the user info,
 /// query or fragment that often hold a token.
 pub fn redacted(url: &url::Url) -> String {

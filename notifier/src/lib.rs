@@ -484,12 +484,7 @@ async fn send(ctx: &Ctx, out: &Outgoing) -> (Attempt, bool, Option<Duration>) {
     match request.body(body).send().await {
         Ok(mut response) => {
             let status = i32::from(response.status().as_u16());
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = egress::retry_after(&response);
             let mut captured = Vec::new();
             while captured.len() < CAPTURE_BYTES {
                 match response.chunk().await {

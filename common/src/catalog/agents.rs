@@ -476,24 +476,16 @@ pub async fn list(
     page: Page,
 ) -> Result<Paginated<Agent>, Error> {
     super::project_must_exist(client, tenant_id, project_id).await?;
-    let total: i64 = client
-        .query_one(
-            "SELECT count(*) FROM agents WHERE tenant_id = $1 AND project_id = $2",
-            &[&tenant_id, &project_id],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND project_id = $2 \
-                 ORDER BY created_at, id LIMIT $3 OFFSET $4"
-            ),
-            &[&tenant_id, &project_id, &page.limit(), &page.offset()],
-        )
-        .await?;
-    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok(page.wrap(data, total))
+    super::list_page(
+        client,
+        "agents",
+        COLUMNS,
+        "project_id = $2",
+        &[&tenant_id, &project_id],
+        page,
+        from_row,
+    )
+    .await
 }
 
 /// Merges `patch` into the stored agent, validates the result as a whole, and saves it.

@@ -261,24 +261,16 @@ pub async fn list(
     page: Page,
 ) -> Result<Paginated<ApiKey>, Error> {
     super::tenant_must_exist(client, tenant_id).await?;
-    let total: i64 = client
-        .query_one(
-            "SELECT count(*) FROM api_keys WHERE tenant_id = $1",
-            &[&tenant_id],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = $1 \
-                 ORDER BY created_at, id LIMIT $2 OFFSET $3"
-            ),
-            &[&tenant_id, &page.limit(), &page.offset()],
-        )
-        .await?;
-    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok(page.wrap(data, total))
+    super::list_page(
+        client,
+        "api_keys",
+        COLUMNS,
+        "true",
+        &[&tenant_id],
+        page,
+        from_row,
+    )
+    .await
 }
 
 pub async fn get(client: &impl GenericClient, tenant_id: &str, id: &str) -> Result<ApiKey, Error> {

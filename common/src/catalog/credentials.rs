@@ -193,24 +193,16 @@ pub async fn list(
     page: Page,
 ) -> Result<Paginated<Credential>, Error> {
     super::tenant_must_exist(client, tenant_id).await?;
-    let total: i64 = client
-        .query_one(
-            "SELECT count(*) FROM credentials WHERE tenant_id = $1",
-            &[&tenant_id],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM credentials WHERE tenant_id = $1 \
-                 ORDER BY created_at, id LIMIT $2 OFFSET $3"
-            ),
-            &[&tenant_id, &page.limit(), &page.offset()],
-        )
-        .await?;
-    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok(page.wrap(data, total))
+    super::list_page(
+        client,
+        "credentials",
+        COLUMNS,
+        "true",
+        &[&tenant_id],
+        page,
+        from_row,
+    )
+    .await
 }
 
 pub async fn update(

@@ -111,6 +111,46 @@ pub(crate) async fn project_must_exist(
         .ok_or_else(|| Error::NotFound(format!("project `{project_id}` was not found")))
 }
 
+/// One page of a tenant's rows of `table`, oldest first (`ORDER BY created_at, id`), with the
+/// total for Inkeep's envelope: the rows whose `scope` holds (a condition over `params`, which
+/// are `$1`, `$2`, … in it; `$1` is always the tenant, so every list is tenant-scoped), read as
+/// `columns` and turned into items by `from_row`. Every catalog list is this one function.
+pub(crate) async fn list_page<T>(
+    client: &impl deadpool_postgres::GenericClient,
+    table: &str,
+    columns: &str,
+    scope: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    page: Page,
+    from_row: impl Fn(&tokio_postgres::Row) -> Result<T, tokio_postgres::Error>,
+) -> Result<Paginated<T>, Error> {
+    let total: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {table} WHERE tenant_id = $1 AND ({scope})"),
+            params,
+        )
+        .await?
+        .get(0);
+    let (limit, offset) = (page.limit(), page.offset());
+    let mut with_page: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
+    with_page.push(&limit);
+    with_page.push(&offset);
+    let n = params.len();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {columns} FROM {table} WHERE tenant_id = $1 AND ({scope}) \
+                 ORDER BY created_at, id LIMIT ${} OFFSET ${}",
+                n + 1,
+                n + 2
+            ),
+            &with_page,
+        )
+        .await?;
+    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
+    Ok(page.wrap(data, total))
+}
+
 /// The one rule for resource ids, as Inkeep documents it: `^[a-zA-Z0-9\-_.]+$`, 1..255.
 pub fn valid_id(id: &str) -> bool {
     (1..=255).contains(&id.len())

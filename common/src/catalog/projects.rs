@@ -105,24 +105,16 @@ pub async fn list(
     page: Page,
 ) -> Result<Paginated<Project>, Error> {
     super::tenant_must_exist(client, tenant_id).await?;
-    let total: i64 = client
-        .query_one(
-            "SELECT count(*) FROM projects WHERE tenant_id = $1 AND ($2::text[] IS NULL OR id = ANY($2))",
-            &[&tenant_id, &only],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM projects WHERE tenant_id = $1 AND ($2::text[] IS NULL OR id = ANY($2)) \
-                 ORDER BY created_at, id LIMIT $3 OFFSET $4"
-            ),
-            &[&tenant_id, &only, &page.limit(), &page.offset()],
-        )
-        .await?;
-    let data = rows.iter().map(from_row).collect::<Result<_, _>>()?;
-    Ok(page.wrap(data, total))
+    super::list_page(
+        client,
+        "projects",
+        COLUMNS,
+        "$2::text[] IS NULL OR id = ANY($2)",
+        &[&tenant_id, &only],
+        page,
+        from_row,
+    )
+    .await
 }
 
 pub async fn update(

@@ -848,34 +848,16 @@ pub async fn list(
             owner.agent_id, owner.project_id
         )));
     }
-    let total: i64 = client
-        .query_one(
-            "SELECT count(*) FROM triggers WHERE tenant_id = $1 AND project_id = $2 AND agent_id = $3",
-            &[&owner.tenant_id, &owner.project_id, &owner.agent_id],
-        )
-        .await?
-        .get(0);
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM triggers \
-                 WHERE tenant_id = $1 AND project_id = $2 AND agent_id = $3 \
-                 ORDER BY created_at, id LIMIT $4 OFFSET $5"
-            ),
-            &[
-                &owner.tenant_id,
-                &owner.project_id,
-                &owner.agent_id,
-                &page.limit(),
-                &page.offset(),
-            ],
-        )
-        .await?;
-    let data = rows
-        .iter()
-        .map(|r| from_row(r).map(|s| s.trigger))
-        .collect::<Result<_, _>>()?;
-    Ok(page.wrap(data, total))
+    super::list_page(
+        client,
+        "triggers",
+        COLUMNS,
+        "project_id = $2 AND agent_id = $3",
+        &[&owner.tenant_id, &owner.project_id, &owner.agent_id],
+        page,
+        |r| from_row(r).map(|s| s.trigger),
+    )
+    .await
 }
 
 /// Merges `patch` into the stored trigger, validates the result as a whole, saves it and bumps

@@ -185,12 +185,7 @@ pub fn classify(
     final_code: &'static str,
 ) -> Failure {
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = egress::retry_after(response);
     let message = format!("{what} answered {status}");
     if status.as_u16() == 429 {
         Failure::Transient {
