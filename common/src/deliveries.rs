@@ -917,16 +917,18 @@ pub async fn sweep_stalled(
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
-            &client.prepare_cached("WITH stale AS ( \
-                 (SELECT id FROM deliveries WHERE status = 'pending' \
-                    AND next_attempt_at < now() - make_interval(secs => $1) \
-                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 UNION ALL \
-                 (SELECT id FROM deliveries WHERE status = 'sending' AND lease_expires_at < now() \
-                  ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)) \
+            // Two locking reads in two CTEs: PostgreSQL refuses `FOR UPDATE` inside a UNION.
+            &client.prepare_cached("WITH overdue AS ( \
+                 SELECT id FROM deliveries WHERE status = 'pending' \
+                   AND next_attempt_at < now() - make_interval(secs => $1) \
+                 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             abandoned AS ( \
+                 SELECT id FROM deliveries WHERE status = 'sending' AND lease_expires_at < now() \
+                 ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), lease_expires_at = NULL, \
                     updated_at = now() \
-             FROM stale WHERE d.id = stale.id RETURNING d.id").await?,
+             WHERE d.id IN (SELECT id FROM overdue UNION ALL SELECT id FROM abandoned) \
+             RETURNING d.id").await?,
             &[&grace.as_secs_f64(), &limit],
         )
         .await?;

@@ -9,6 +9,7 @@ pub mod fake_llm;
 pub mod otlp;
 pub mod py;
 pub mod receiver;
+pub mod source;
 pub mod sse;
 
 use std::path::PathBuf;
@@ -433,6 +434,23 @@ impl Stack {
             )
             .await?;
         Ok(())
+    }
+
+    /// Empties one of this stack's queues, as if its messages had been lost (`runs`,
+    /// `deliveries`, …: the name without the prefix). Returns how many it held.
+    pub async fn purge(&self, queue: &str) -> anyhow::Result<u32> {
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let name = format!("{}{queue}", self.prefix);
+        let purged = channel
+            .queue_purge(
+                name.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await?;
+        let _ = connection.close(0, "purged".into()).await;
+        Ok(purged)
     }
 
     /// The topology to delete on drop.

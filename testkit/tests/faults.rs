@@ -803,3 +803,48 @@ async fn failed_deliveries_are_listed_inspected_redelivered_and_recovered() {
     );
     stack.shutdown().await;
 }
+
+/// The worker's publish of a delivery can be lost (it died after the commit, or the broker lost
+/// the message): the delivery row stays `pending`, and the sweeper hands it out again.
+#[tokio::test]
+async fn a_delivery_whose_message_was_lost_is_swept_and_delivered() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 1,
+        sweep_after: "1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    // No notifier to take the message before it is lost.
+    stack.notifier.kill9();
+    let id = run_id(
+        stack
+            .create_run(
+                &json!({"agentId": "echo", "message": "lost", "webhookUrl": stack.receiver.url}),
+            )
+            .await
+            .expect("request"),
+    )
+    .await;
+    wait_status(&stack, &id, "completed", Duration::from_secs(15)).await;
+    poll(Duration::from_secs(10), || async {
+        (stack.purge("deliveries").await.ok()? > 0).then_some(())
+    })
+    .await
+    .expect("the delivery's message reached the queue, and is now lost");
+    stack.restart_notifier().expect("notifier starts");
+    let received = stack
+        .receiver
+        .wait_for(Duration::from_secs(20), |all| {
+            all.iter().any(|r| r.body["data"]["id"] == id)
+        })
+        .await
+        .expect("the sweeper republished the delivery");
+    let hook = received
+        .iter()
+        .find(|r| r.body["data"]["id"] == id)
+        .expect("found");
+    assert!(hook.verified);
+    assert_eq!(hook.body["type"], "run.completed");
+    stack.shutdown().await;
+}

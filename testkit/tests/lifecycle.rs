@@ -322,3 +322,32 @@ async fn an_agents_concurrency_limit_holds_across_three_workers_and_runs_start_i
     assert_eq!(running, 0);
     stack.shutdown().await;
 }
+
+/// The agent's next run is asked for when a run that was still queued leaves, not only when one
+/// that held a slot does: the run behind it was refused while it was not first, and nobody else
+/// would publish it before the sweeper.
+#[tokio::test]
+async fn cancelling_the_head_of_an_agents_queue_starts_the_run_behind_it() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        // Far away, so only the cancel can start the second run in time.
+        sweep_after: "10m",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    agent(&stack, "single", json!({"maxConcurrency": 1})).await;
+    let head = create(&stack, json!({"agentId": "single", "message": "first"})).await;
+    let behind = create(&stack, json!({"agentId": "single", "message": "second"})).await;
+    // As if a worker had taken both messages and refused the second one (not first in line):
+    // no message of either is left in the queue.
+    stack.purge("runs").await.expect("purge");
+    assert_eq!(cancel(&stack, &head).await, json!({"success": true}));
+    stack.add_worker().expect("worker starts");
+    status_becomes(&stack, &behind, "completed").await;
+    assert_eq!(
+        stack.get_run(&head).await.expect("run")["status"],
+        "cancelled"
+    );
+    stack.shutdown().await;
+}

@@ -1011,3 +1011,95 @@ async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_o
         .get(0);
     assert_eq!(running, 0, "every slot was given back");
 }
+
+/// The delivery sweeper hands out again what should be moving and is not: a `pending` delivery
+/// overdue past the grace (its message was lost) and a `sending` one whose lease expired (its
+/// notifier died); it leaves alone one that is due soon and one whose attempt is still under way.
+#[tokio::test]
+async fn the_delivery_sweeper_republishes_lost_and_abandoned_deliveries_only() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    let client = pool.get().await.expect("connection");
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let run = insert(&pool, new_run("echo", Some("http://127.0.0.1:9/hook"))).await;
+        runs::claim(&client, run.id, "w", Duration::from_secs(30))
+            .await
+            .expect("q")
+            .expect("claimed");
+        let done = runs::complete(&client, run.id, "w", &serde_json::json!({"output": "x"}))
+            .await
+            .expect("q")
+            .expect("completed");
+        ids.extend(
+            deliveries::create_for_run(&client, &done)
+                .await
+                .expect("create"),
+        );
+    }
+    let [lost, due_soon, abandoned, under_way] = ids[..] else {
+        panic!("four deliveries, got {ids:?}")
+    };
+    let set = |sql: &'static str, id: Uuid| {
+        let client = &client;
+        async move { client.execute(sql, &[&id]).await.expect("set") }
+    };
+    set(
+        "UPDATE deliveries SET next_attempt_at = now() - interval '1 minute' WHERE id = $1",
+        lost,
+    )
+    .await;
+    set(
+        "UPDATE deliveries SET next_attempt_at = now() + interval '1 minute' WHERE id = $1",
+        due_soon,
+    )
+    .await;
+    set(
+        "UPDATE deliveries SET status = 'sending', lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        abandoned,
+    )
+    .await;
+    set(
+        "UPDATE deliveries SET status = 'sending', lease_expires_at = now() + interval '1 minute' WHERE id = $1",
+        under_way,
+    )
+    .await;
+
+    let mut swept = deliveries::sweep_stalled(&client, Duration::from_secs(10), 10)
+        .await
+        .expect("the sweep's statement runs");
+    swept.sort();
+    let mut expected = vec![lost, abandoned];
+    expected.sort();
+    assert_eq!(swept, expected);
+    let states = client
+        .query(
+            "SELECT id, status, lease_expires_at IS NULL, next_attempt_at <= now() FROM deliveries",
+            &[],
+        )
+        .await
+        .expect("read");
+    for row in states {
+        let id: Uuid = row.get(0);
+        let status: String = row.get(1);
+        if expected.contains(&id) {
+            assert_eq!(status, "pending");
+            assert!(
+                row.get::<_, bool>(2) && row.get::<_, bool>(3),
+                "due now, no lease"
+            );
+        } else if id == under_way {
+            assert_eq!(status, "sending");
+        } else {
+            assert_eq!(status, "pending");
+            assert!(!row.get::<_, bool>(3), "still due later");
+        }
+    }
+    assert!(
+        deliveries::sweep_stalled(&client, Duration::from_secs(10), 10)
+            .await
+            .expect("again")
+            .is_empty(),
+        "what was swept is due now, not overdue"
+    );
+}
