@@ -33,16 +33,20 @@ const CLOSING_EVENTS: &str = "ev AS ( \
         UNION ALL SELECT 2, 'status', jsonb_build_object('status', d.status, 'attempt', d.attempt)) k \
     RETURNING run_id, seq, kind, data, created_at)";
 
-/// The rows of `done` with the events the statement appended (from the CTEs named in `from`),
-/// as the JSON array [`from_row`] reads into `Run::events`.
-fn with_events(from: &str) -> String {
-    format!(
-        "SELECT d.*, (SELECT jsonb_agg(jsonb_build_object('runId', x.run_id, 'seq', x.seq, \
-             'type', x.kind, 'data', x.data, 'createdAt', x.created_at) ORDER BY x.seq) \
-             FROM ({from}) x WHERE x.run_id = d.id) AS events \
-         FROM done d"
-    )
-}
+/// The rows of `done` with the events the statement appended (the CTE `appended`: see
+/// [`APPENDED_CLOSING`] and [`APPENDED_PENDING_AND_CLOSING`]), as the JSON array [`from_row`]
+/// reads into `Run::events`. `appended` is referenced once, so PostgreSQL inlines it.
+const RETURNED_WITH_EVENTS: &str = "SELECT d.*, (SELECT jsonb_agg(jsonb_build_object('runId', x.run_id, \
+    'seq', x.seq, 'type', x.kind, 'data', x.data, 'createdAt', x.created_at) ORDER BY x.seq) \
+    FROM appended x WHERE x.run_id = d.id) AS events \
+    FROM done d";
+
+/// The events appended: the closing ones only.
+const APPENDED_CLOSING: &str = "appended AS (SELECT * FROM ev)";
+
+/// The events appended: the run's pending ones ([`WRITE_PENDING`]) and the closing ones.
+const APPENDED_PENDING_AND_CLOSING: &str =
+    "appended AS (SELECT * FROM written UNION ALL SELECT * FROM ev)";
 
 /// Gives back the agent slot of every run in `done` that held one. Part of every statement that
 /// moves a run out of `running`.
@@ -703,9 +707,9 @@ pub async fn complete_many(
              ) AS t(n, role, content) \
              WHERE d.conversation_id IS NOT NULL), \
          {WRITE_PENDING}, \
-         {CLOSING_EVENTS} \
-         {}",
-        with_events(PENDING_AND_CLOSING)
+         {CLOSING_EVENTS}, \
+         {APPENDED_PENDING_AND_CLOSING} \
+         {RETURNED_WITH_EVENTS}"
     );
     let rows = client
         .query(
@@ -726,8 +730,6 @@ const WRITE_PENDING: &str = "written AS ( \
     FROM unnest($5::uuid[], $6::bigint[], $7::text[], $8::jsonb[]) AS p(run_id, seq, kind, data) \
     WHERE p.run_id IN (SELECT id FROM done) \
     RETURNING run_id, seq, kind, data, created_at)";
-
-const PENDING_AND_CLOSING: &str = "SELECT * FROM written UNION ALL SELECT * FROM ev";
 
 type Flat<'a> = (
     Vec<Uuid>,
@@ -839,9 +841,9 @@ async fn end_running(
          {FREE_CONVERSATIONS}, \
          {FREE_SLOTS}, \
          {WRITE_PENDING}, \
-         {CLOSING_EVENTS} \
-         {}",
-        with_events(PENDING_AND_CLOSING)
+         {CLOSING_EVENTS}, \
+         {APPENDED_PENDING_AND_CLOSING} \
+         {RETURNED_WITH_EVENTS}"
     );
     let row = client
         .query_opt(
@@ -883,9 +885,9 @@ pub async fn release(
              RETURNING {COLUMNS}, NULL::bigint AS base), \
          {FREE_CONVERSATIONS}, \
          {FREE_SLOTS}, \
-         {CLOSING_EVENTS} \
-         {}",
-        with_events("SELECT * FROM ev")
+         {CLOSING_EVENTS}, \
+         {APPENDED_CLOSING} \
+         {RETURNED_WITH_EVENTS}"
     );
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&id, &owner])
@@ -906,9 +908,9 @@ pub async fn cancel_queued(
              UPDATE runs r SET status = 'cancelled', completed_at = clock_timestamp(), updated_at = now() \
              WHERE r.tenant_id = $1 AND r.id = $2 AND r.status = 'queued' \
              RETURNING {COLUMNS}, NULL::bigint AS base), \
-         {CLOSING_EVENTS} \
-         {}",
-        with_events("SELECT * FROM ev")
+         {CLOSING_EVENTS}, \
+         {APPENDED_CLOSING} \
+         {RETURNED_WITH_EVENTS}"
     );
     let row = client
         .query_opt(&client.prepare_cached(&sql).await?, &[&tenant_id, &id])
@@ -953,9 +955,9 @@ pub async fn expire_overdue(
                     completed_at = clock_timestamp(), updated_at = now() \
              FROM overdue WHERE r.id = overdue.id AND r.status = 'queued' \
              RETURNING {COLUMNS}, NULL::bigint AS base), \
-         {CLOSING_EVENTS} \
-         {}",
-        with_events("SELECT * FROM ev")
+         {CLOSING_EVENTS}, \
+         {APPENDED_CLOSING} \
+         {RETURNED_WITH_EVENTS}"
     );
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
@@ -989,9 +991,9 @@ pub async fn reap_expired(
          RETURNING {COLUMNS}, NULL::bigint AS base), \
          {FREE_CONVERSATIONS}, \
          {FREE_SLOTS}, \
-         {CLOSING_EVENTS} \
-         {}",
-        with_events("SELECT * FROM ev")
+         {CLOSING_EVENTS}, \
+         {APPENDED_CLOSING} \
+         {RETURNED_WITH_EVENTS}"
     );
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[&limit])
@@ -1045,15 +1047,12 @@ pub async fn sweep_waiting(
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    sweep(
-        client,
-        older_than,
-        limit,
-        "AND (session_id IS NOT NULL OR EXISTS (SELECT 1 FROM agents l WHERE l.tenant_id = q.tenant_id \
-              AND l.id = q.agent_id AND l.max_concurrency IS NOT NULL))",
-    )
-    .await
+    sweep(client, older_than, limit, WAITING_ALONE).await
 }
+
+/// The runs [`sweep_waiting`] looks at: of a session, or of an agent with a concurrency limit.
+const WAITING_ALONE: &str = "AND (session_id IS NOT NULL OR EXISTS (SELECT 1 FROM agents l \
+    WHERE l.tenant_id = q.tenant_id AND l.id = q.agent_id AND l.max_concurrency IS NOT NULL))";
 
 async fn sweep(
     client: &impl GenericClient,

@@ -232,27 +232,124 @@ pub fn blank_strings(code: &str) -> String {
     out
 }
 
-/// The `const NAME: &str = "…";` items of `code`, by name.
-pub fn string_consts(code: &str) -> BTreeMap<String, String> {
+/// The string values `code` names: its `const NAME: &str = "…";` items and its
+/// `let name = "…";` bindings, by name.
+pub fn string_bindings(code: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("const ") {
-        let after = &rest[at + 6..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let tail = after[name.len()..].trim_start();
-        if let Some(tail) = tail.strip_prefix(": &str")
-            && let Some(tail) = tail.trim_start().strip_prefix('=')
-            && tail.trim_start().starts_with('"')
-            && let Some(value) = string_literals(tail.trim_start()).into_iter().next()
-        {
-            out.insert(name.clone(), value);
+    for keyword in ["const ", "let "] {
+        let mut from = 0;
+        while let Some(at) = code[from..].find(keyword) {
+            let at = from + at;
+            from = at + keyword.len();
+            let boundary = code[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+            if !boundary {
+                continue;
+            }
+            let after = &code[from..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let mut tail = after[name.len()..].trim_start();
+            if let Some(typed) = tail.strip_prefix(": &str") {
+                tail = typed.trim_start();
+            } else if keyword == "const " {
+                continue;
+            }
+            if let Some(value) = tail.strip_prefix('=')
+                && value.trim_start().starts_with('"')
+                && let Some(value) = literal_at(value.trim_start())
+            {
+                out.insert(name, value);
+            }
         }
-        rest = &after[name.len()..];
     }
     out
+}
+
+/// The value of the string literal `code` starts with, if it starts with one.
+fn literal_at(code: &str) -> Option<String> {
+    if !code.starts_with('"') {
+        return None;
+    }
+    let chars: Vec<char> = code.chars().collect();
+    Some(read_string(&chars, 0).0)
+}
+
+/// Every string literal of `code` that is the template of a `format!` (the first argument).
+pub fn format_templates(code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("format!(") {
+        let start = from + at + "format!(".len();
+        let rest = code[start..].trim_start();
+        if let Some(template) = literal_at(rest) {
+            out.push(template);
+        }
+        from = start;
+    }
+    out
+}
+
+/// The arguments, as written, of every call of function `name` in `code` (`name(` after a
+/// non-identifier character: `super::name(` and `name(` both count; its definition does not).
+pub fn call_arguments(code: &str, name: &str) -> Vec<Vec<String>> {
+    let chars: Vec<char> = code.chars().collect();
+    let text: String = chars.iter().collect();
+    let needle = format!("{name}(");
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find(&needle) {
+        let at = from + at;
+        from = at + needle.len();
+        let before = text[..at].trim_end();
+        let ident_before = text[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ident_before || before.ends_with("fn") {
+            continue;
+        }
+        // Byte offset to char index: the sources are ASCII where calls are.
+        let mut i = text[..from].chars().count();
+        let (mut depth, mut args, mut current) = (0usize, Vec::new(), String::new());
+        while i < chars.len() {
+            let c = chars[i];
+            if c == '"' {
+                let (_, end) = read_string(&chars, i);
+                current.extend(&chars[i..end]);
+                i = end;
+                continue;
+            }
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' if depth == 0 => break,
+                ')' | ']' | '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    args.push(current.trim().to_owned());
+                    current.clear();
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(c);
+            i += 1;
+        }
+        if !current.trim().is_empty() {
+            args.push(current.trim().to_owned());
+        }
+        out.push(args);
+    }
+    out
+}
+
+/// The value of `expression` when it is a string literal, or the name of one of `bindings`.
+pub fn string_value(expression: &str, bindings: &BTreeMap<String, String>) -> Option<String> {
+    literal_at(expression.trim()).or_else(|| bindings.get(expression.trim()).cloned())
 }
 
 /// The modules of `modules` that `module` names through a `crate::` or `super::` path (itself,
