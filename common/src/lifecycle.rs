@@ -6,8 +6,9 @@
 //! creates the deliveries of those that ended. After the commit, [`announce`] does everything
 //! else, in this order: the metrics, the delivery ids (webhooks are what most callers wait for),
 //! the closing events, the runs put back in the queue, and the runs that may start now because
-//! these left: the next of each one's session, and the next of its agent when the run held one of
-//! the agent's slots or was still queued (it may have been the head of the agent's queue). A
+//! these left: the next of each one's session, the next of its agent when the run held one of
+//! the agent's slots or was still queued (it may have been the head of the agent's queue), and
+//! runs of its tenant that waited under the tenant's running quota. A
 //! publish that fails is not an error: the rows are the outbox, and the sweepers find them.
 
 use std::collections::HashMap;
@@ -127,6 +128,51 @@ pub async fn announce(pool: &deadpool_postgres::Pool, broker: &Broker, recorded:
     let from = recorded.from.unwrap_or(Left::Running);
     for run in recorded.runs.iter().filter(|r| r.status.is_terminal()) {
         start_next(pool, broker, run, from).await;
+    }
+    // Every run that left `running` makes room under its tenant's running quota, if it has one.
+    if from == Left::Running {
+        let mut tenants: Vec<&str> = recorded
+            .runs
+            .iter()
+            .filter(|r| r.tenant_limited)
+            .map(|r| r.tenant_id.as_str())
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        if !tenants.is_empty() {
+            start_next_of_tenants(pool, broker, &tenants).await;
+        }
+    }
+}
+
+/// Puts back in line the runs of `tenants` that waited for room under their running quota,
+/// and publishes them.
+async fn start_next_of_tenants(pool: &deadpool_postgres::Pool, broker: &Broker, tenants: &[&str]) {
+    let next = match pool.get().await {
+        Ok(client) => runs::next_for_tenants(&client, tenants).await,
+        Err(_) => {
+            tracing::warn!("cannot look for the tenants' next runs; the sweeper will");
+            return;
+        }
+    };
+    match next {
+        Ok(next) => {
+            for next in next {
+                if let Err(err) = broker
+                    .publish_id_in(
+                        &broker.topology().runs(),
+                        next.id,
+                        next.traceparent.as_deref(),
+                    )
+                    .await
+                {
+                    tracing::warn!(run_id = %next.id, error = %err, "cannot publish the next run; the sweeper will");
+                }
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot find the tenants' next runs; the sweeper will");
+        }
     }
 }
 

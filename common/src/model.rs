@@ -153,6 +153,9 @@ pub struct Run {
     pub artifacts: Vec<serde_json::Value>,
     /// The model this run asked for instead of its agent's.
     pub chat_model_id: Option<String>,
+    /// 0 to 100: within its tenant's share of the workers, a queued run with a higher priority
+    /// starts first.
+    pub priority: i32,
     /// The session the run belongs to (ChatHive's `sessionId`): its conversation is the
     /// tenant's, project's and session's.
     pub session_id: Option<String>,
@@ -171,6 +174,11 @@ pub struct Run {
     #[serde(skip)]
     #[schema(ignore)]
     pub holds_slot: bool,
+    /// Whether the run's tenant has a running quota (`maxRunning`), as the statement that
+    /// returned the run read it: a run of such a tenant that leaves `running` makes room.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub tenant_limited: bool,
     /// The number of the run's last event, as a claim read it (0 elsewhere).
     #[serde(skip)]
     #[schema(ignore)]

@@ -94,6 +94,18 @@ pub struct Problem {
     /// Where to read that run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_url: Option<String>,
+    /// The tenant quota that refused the request (`maxQueued`), and its value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+/// A tenant quota named by a 429.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
+pub struct Quota {
+    /// The tenant setting: `maxQueued`.
+    pub name: String,
+    /// Its value.
+    pub limit: i64,
 }
 
 /// One place where a body breaks a JSON Schema.
@@ -127,6 +139,7 @@ impl Problem {
             errors: None,
             run_id: None,
             run_url: None,
+            quota: None,
         }
     }
 }

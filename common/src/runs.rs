@@ -16,7 +16,8 @@ const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
     r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot, r.trace_id, \
-    r.traceparent";
+    r.traceparent, r.priority, \
+    (SELECT t.max_running IS NOT NULL FROM tenants t WHERE t.id = r.tenant_id) AS tenant_limited";
 
 /// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
 /// number its first closing event takes, or NULL to follow the run's last event): `completed`
@@ -86,6 +87,8 @@ pub struct NewRun {
     pub trigger: Option<TriggerOrigin>,
     /// The trace of the request that accepted it, when tracing is on.
     pub trace_id: Option<String>,
+    /// 0 to 100: within its tenant's share of the line, a higher one starts first.
+    pub priority: i32,
     /// That request's span, as a W3C `traceparent`.
     pub traceparent: Option<String>,
 }
@@ -150,18 +153,27 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
             .and_then(|a| serde_json::from_value(a).ok())
             .unwrap_or_default(),
         chat_model_id: row.try_get("chat_model_id")?,
+        priority: row.try_get("priority")?,
         conversation_id: row.try_get("conversation_id")?,
         last_seq: row.try_get("last_seq").unwrap_or(0),
         holds_slot: row.try_get("holds_slot").unwrap_or(false),
+        tenant_limited: row
+            .try_get::<_, Option<bool>>("tenant_limited")
+            .ok()
+            .flatten()
+            .unwrap_or(false),
         trace_id: row.try_get("trace_id")?,
         traceparent: row.try_get("traceparent")?,
         events: crate::events::from_json(row.try_get("events").ok().flatten()),
     })
 }
 
-/// Inserts a batch of runs as `queued` in one statement (group commit). Runs whose agent does not
-/// exist in their tenant (or lies outside the run's allowed projects) are skipped; the returned
-/// rows say which were inserted.
+/// Inserts a batch of runs as `queued` in one statement (group commit), each with its turn in
+/// the line (see `migrations/V16__fair_scheduling.sql`): a tenant's new runs are spaced
+/// 1/weight apart after the tenant's last turn or the head of the line, whichever is later, and
+/// the tenant's last turn moves on. Runs whose agent does not exist in their tenant (or lies
+/// outside the run's allowed projects), and runs past their tenant's `max_queued`, are skipped;
+/// the returned rows say which were inserted ([`refusal`] says why the others were not).
 pub async fn insert_batch(
     client: &impl GenericClient,
     runs: &[NewRun],
@@ -201,20 +213,49 @@ pub async fn insert_batch(
     let models: Vec<Option<&str>> = runs.iter().map(|r| r.chat_model_id.as_deref()).collect();
     let traces: Vec<Option<&str>> = runs.iter().map(|r| r.trace_id.as_deref()).collect();
     let parents: Vec<Option<&str>> = runs.iter().map(|r| r.traceparent.as_deref()).collect();
+    let priorities: Vec<i32> = runs.iter().map(|r| r.priority).collect();
     let sql = format!(
-        "INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
+        "WITH n AS ( \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+                                  $13::float8[], $14::text[], $15::text[], $16::text[], $17::int[]) \
+                  WITH ORDINALITY AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, \
+                                       projects, trigger_id, environment, session_id, missing, ttl, model, \
+                                       trace, parent, priority, ord)), \
+         ok AS ( \
+             SELECT n.*, a.project_id, a.max_attempts, t.weight, t.max_queued, \
+                    row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k \
+             FROM n JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
+                    JOIN tenants t ON t.id = n.tenant_id \
+             WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ','))), \
+         room AS ( \
+             SELECT q.tenant_id, q.max_queued - (SELECT count(*) FROM (SELECT 1 FROM runs x \
+                        WHERE x.tenant_id = q.tenant_id AND x.status = 'queued' LIMIT q.max_queued) c) AS left_ \
+             FROM (SELECT DISTINCT tenant_id, max_queued FROM ok WHERE max_queued IS NOT NULL) q), \
+         admitted AS ( \
+             SELECT ok.* FROM ok LEFT JOIN room ON room.tenant_id = ok.tenant_id \
+             WHERE room.left_ IS NULL OR ok.k <= room.left_), \
+         counts AS ( \
+             SELECT tenant_id, count(*)::float8 / max(weight) AS span, max(weight) AS weight, count(*) AS c \
+             FROM admitted GROUP BY tenant_id), \
+         {HEAD_OF_LINE}, \
+         turns AS ( \
+             INSERT INTO tenant_turns AS tt (tenant_id, finish) \
+             SELECT c.tenant_id, h.v + c.span FROM counts c CROSS JOIN head h \
+             ON CONFLICT (tenant_id) DO UPDATE \
+                 SET finish = greatest(tt.finish, (SELECT v FROM head)) \
+                              + (SELECT c.span FROM counts c WHERE c.tenant_id = tt.tenant_id) \
+             RETURNING tt.tenant_id, tt.finish) \
+         INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
-                                missing_placeholders, expires_at, chat_model_id, trace_id, traceparent) \
-         SELECT n.id, n.tenant_id, a.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
-                n.webhook_url, a.max_attempts, n.trigger_id, n.environment, n.session_id, \
-                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, n.parent \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], $7::text[], \
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::text[], \
-                     $15::text[], $16::text[]) \
-              AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, projects, trigger_id, \
-                   environment, session_id, missing, ttl, model, trace, parent) \
-         JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
-         WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ',')) \
+                                missing_placeholders, expires_at, chat_model_id, trace_id, traceparent, \
+                                priority, turn) \
+         SELECT n.id, n.tenant_id, n.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
+                n.webhook_url, n.max_attempts, n.trigger_id, n.environment, n.session_id, \
+                string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
+                n.parent, n.priority, \
+                tu.finish - (c.c - n.k)::float8 / c.weight \
+         FROM admitted n JOIN counts c ON c.tenant_id = n.tenant_id JOIN turns tu ON tu.tenant_id = n.tenant_id \
          RETURNING {COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;
@@ -238,10 +279,54 @@ pub async fn insert_batch(
                 &models,
                 &traces,
                 &parents,
+                &priorities,
             ],
         )
         .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// The CTE `head` (one row, `v`): the turn at the head of the line, or, when the line is empty,
+/// the last turn handed to any tenant, so that a tenant back after a pause starts level with
+/// the others rather than ahead of them.
+const HEAD_OF_LINE: &str = "head AS (SELECT coalesce( \
+    (SELECT l.turn FROM runs l WHERE l.status = 'queued' AND l.waiting IS NULL ORDER BY l.turn, l.id LIMIT 1), \
+    (SELECT max(f.finish) FROM tenant_turns f), 0) AS v)";
+
+/// Why [`insert_batch`] did not insert a run of `tenant_id` for `agent_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such agent in the tenant (or in the caller's projects).
+    NoAgent,
+    /// The tenant has `max_queued` runs queued already (the quota's value).
+    QueueFull(i32),
+}
+
+/// Says why a run was not inserted: asked only on that rare path.
+pub async fn refusal(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    agent_id: &str,
+    projects: Option<&[String]>,
+) -> Result<Refusal, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            &client
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.id = $2 \
+                                    AND ($3::text[] IS NULL OR a.project_id = ANY($3))), \
+                            (SELECT t.max_queued FROM tenants t WHERE t.id = $1)",
+                )
+                .await?,
+            &[&tenant_id, &agent_id, &projects],
+        )
+        .await?;
+    let exists: bool = row.try_get(0)?;
+    let quota: Option<i32> = row.try_get(1)?;
+    Ok(match (exists, quota) {
+        (true, Some(quota)) => Refusal::QueueFull(quota),
+        _ => Refusal::NoAgent,
+    })
 }
 
 /// One run of one tenant; `None` for another tenant's run as for a missing one.
@@ -358,7 +443,8 @@ pub async fn claim(
 /// [`claim`] for many runs in one statement. Returns the runs won; the others are someone
 /// else's, cancelled, finished, or waiting for their session. A run whose agent was deleted is
 /// still claimed (with the kind [`AgentSpec::DELETED`]), so that it fails instead of waiting
-/// forever. Repeated ids count once.
+/// forever. Repeated ids count once. Runs of agents with a concurrency limit are left alone:
+/// only [`claim_next`] starts them, having taken a slot.
 ///
 /// A run with a session is claimed only when no earlier run of its session is queued or running,
 /// and when it takes the session's conversation (created on first use), which no other run
@@ -385,26 +471,105 @@ pub async fn claim_many(
     claim_statement(client, &ids, owner, lease, false).await
 }
 
-/// The claim: `limited` takes only runs of agents with a concurrency limit (the caller holds a
-/// slot for each), the other form only runs of agents without one.
+/// What [`claim_next`] did.
+#[derive(Debug, Default)]
+pub struct Started {
+    /// The runs won, in the order they were picked.
+    pub runs: Vec<(Run, AgentSpec)>,
+    /// The pick stopped before it had looked for as many runs as were wanted (another claimer
+    /// held a lock it needed, or it took many runs out of line): the caller's unused messages
+    /// go back to the queue instead of being dropped.
+    pub cut_short: bool,
+}
+
+/// Claims up to `wanted` runs in fair order, in one transaction: `switchyard_pick` chooses
+/// them (the head of the line, then its tenant's best run; runs that cannot start now leave
+/// the line with what they wait for; a limited agent's slot is taken) and locks them, then
+/// the claim statement takes them as [`claim_many`] would. A picked run the claim did not win
+/// (its conversation was held after all) gives its slot back and waits out of line for its
+/// session, where the sweeper finds it if nobody puts it back.
+pub async fn claim_next(
+    client: &mut deadpool_postgres::Client,
+    wanted: usize,
+    owner: &str,
+    lease: Duration,
+) -> Result<Started, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
+    let row = tx
+        .query_one(
+            &tx.prepare_cached("SELECT picked, cut_short FROM switchyard_pick($1)")
+                .await?,
+            &[&wanted],
+        )
+        .await?;
+    let picked: Vec<Uuid> = row.try_get(0)?;
+    let cut_short: bool = row.try_get(1)?;
+    let mut started = Started {
+        runs: Vec::new(),
+        cut_short,
+    };
+    if !picked.is_empty() {
+        let mut ids = picked.clone();
+        ids.sort_unstable();
+        let mut won = claim_statement(&tx, &ids, owner, lease, true).await?;
+        if won.len() < picked.len() {
+            let lost: Vec<Uuid> = picked
+                .iter()
+                .filter(|id| !won.iter().any(|(run, _)| run.id == **id))
+                .copied()
+                .collect();
+            tx.execute(
+                &tx.prepare_cached(
+                    "WITH lost AS ( \
+                         UPDATE runs r SET waiting = 'session', enqueued_at = now() \
+                         WHERE r.id = ANY($1) AND r.status = 'queued' RETURNING r.tenant_id, r.agent_id) \
+                     UPDATE agents a SET running = greatest(a.running - f.n, 0) \
+                     FROM (SELECT tenant_id, agent_id, count(*) AS n FROM lost GROUP BY tenant_id, agent_id) f \
+                     WHERE a.tenant_id = f.tenant_id AND a.id = f.agent_id AND a.max_concurrency IS NOT NULL",
+                )
+                .await?,
+                &[&lost],
+            )
+            .await?;
+        }
+        // In the order they were picked: the fair order.
+        won.sort_by_key(|(run, _)| picked.iter().position(|id| *id == run.id));
+        started.runs = won;
+    }
+    tx.commit().await?;
+    Ok(started)
+}
+
+/// [`claim_statement`]'s filter without slots: runs of agents without a concurrency limit.
+const ONLY_UNLIMITED: &str = "AND NOT EXISTS (SELECT 1 FROM agents l WHERE l.tenant_id = r.tenant_id \
+    AND l.id = r.agent_id AND l.max_concurrency IS NOT NULL)";
+
+/// [`claim_statement`]'s `holds_slot` with slots taken: the runs of limited agents hold one.
+const HOLDS_IF_LIMITED: &str = "coalesce(a.max_concurrency IS NOT NULL, false)";
+
+/// The claim: with `slots_taken`, the caller took a slot of each limited agent's run (they
+/// are claimed holding it); without, runs of limited agents are not claimed.
 async fn claim_statement(
     client: &impl GenericClient,
     ids: &[Uuid],
     owner: &str,
     lease: Duration,
-    limited: bool,
+    slots_taken: bool,
 ) -> Result<Vec<(Run, AgentSpec)>, tokio_postgres::Error> {
     // An id for each conversation that this claim may have to create.
     let fresh: Vec<Uuid> = ids.iter().map(|_| Uuid::now_v7()).collect();
-    let which = if limited { "" } else { "NOT" };
+    let (only, holds) = if slots_taken {
+        ("", HOLDS_IF_LIMITED)
+    } else {
+        (ONLY_UNLIMITED, "false")
+    };
     let sql = format!(
         "WITH c AS ( \
              SELECT r.id, r.tenant_id, r.project_id, r.agent_id, r.session_id, x.fresh, \
                     r.started_at IS NULL AS first_claim \
              FROM runs r JOIN unnest($1::uuid[], $4::uuid[]) AS x(id, fresh) ON x.id = r.id \
-             WHERE r.status = 'queued' AND (r.expires_at IS NULL OR r.expires_at > now()) \
-               AND {which} EXISTS (SELECT 1 FROM agents l WHERE l.tenant_id = r.tenant_id \
-                                   AND l.id = r.agent_id AND l.max_concurrency IS NOT NULL) \
+             WHERE r.status = 'queued' AND (r.expires_at IS NULL OR r.expires_at > now()) {only} \
              ORDER BY r.id FOR UPDATE OF r), \
          turn AS ( \
              SELECT c.* FROM c WHERE c.session_id IS NOT NULL AND NOT EXISTS ( \
@@ -419,9 +584,9 @@ async fn claim_statement(
                  WHERE v.active_run_id IS NULL \
              RETURNING v.id AS conversation_id, v.active_run_id AS run_id) \
          UPDATE runs r SET status = 'running', attempt = r.attempt + 1, lease_owner = $2, \
-                lease_expires_at = now() + make_interval(secs => $3), \
+                lease_expires_at = now() + make_interval(secs => $3), waiting = NULL, \
                 started_at = coalesce(r.started_at, clock_timestamp()), updated_at = now(), \
-                conversation_id = coalesce(t.conversation_id, r.conversation_id), holds_slot = {limited} \
+                conversation_id = coalesce(t.conversation_id, r.conversation_id), holds_slot = {holds} \
          FROM c LEFT JOIN taken t ON t.run_id = c.id \
               LEFT JOIN agents a ON a.tenant_id = c.tenant_id AND a.id = c.agent_id \
          WHERE r.id = c.id AND r.status = 'queued' AND (c.session_id IS NULL OR t.run_id IS NOT NULL) \
@@ -472,88 +637,29 @@ async fn claim_statement(
     Ok(claimed)
 }
 
-/// Why some runs were not claimed, as far as it matters to the claimer.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Unclaimed {
-    /// Queued runs whose agent has a concurrency limit: [`claim_limited`] claims them.
-    pub limited: Vec<Uuid>,
-    /// Ids of no run at all (poison messages).
-    pub unknown: Vec<Uuid>,
-}
-
-/// Sorts `ids` that [`claim_many`] did not win.
-pub async fn why_unclaimed(
+/// The ids among `ids` that name no run at all (poison messages).
+pub async fn unknown(
     client: &impl GenericClient,
     ids: &[Uuid],
-) -> Result<Unclaimed, tokio_postgres::Error> {
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
         .query(
             &client
                 .prepare_cached(
-                    "SELECT x.id, r.id IS NULL, \
-                            coalesce(r.status = 'queued' AND a.max_concurrency IS NOT NULL, false) \
-                     FROM unnest($1::uuid[]) AS x(id) LEFT JOIN runs r ON r.id = x.id \
-                     LEFT JOIN agents a ON a.tenant_id = r.tenant_id AND a.id = r.agent_id",
+                    "SELECT x.id FROM unnest($1::uuid[]) AS x(id) \
+                     WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = x.id)",
                 )
                 .await?,
             &[&ids],
         )
         .await?;
-    let mut unclaimed = Unclaimed::default();
-    for row in rows {
-        let id: Uuid = row.try_get(0)?;
-        if row.try_get(1)? {
-            unclaimed.unknown.push(id);
-        } else if row.try_get(2)? {
-            unclaimed.limited.push(id);
-        }
-    }
-    Ok(unclaimed)
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
-/// [`claim`] for a run whose agent has a concurrency limit, in one transaction: takes a slot of
-/// the agent (a guarded UPDATE: `running < max_concurrency`, re-checked after any wait) only
-/// for the agent's earliest queued run, then claims it as usual (its session too). If either
-/// step fails, the transaction rolls back and nothing was taken. `None`: not its turn, no free
-/// slot, or someone else's.
-pub async fn claim_limited(
-    client: &mut deadpool_postgres::Client,
-    id: Uuid,
-    owner: &str,
-    lease: Duration,
-) -> Result<Option<(Run, AgentSpec)>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let slot = tx
-        .execute(
-            &tx.prepare_cached(
-                "UPDATE agents a SET running = a.running + 1 FROM runs r \
-                 WHERE r.id = $1 AND r.status = 'queued' \
-                   AND a.tenant_id = r.tenant_id AND a.id = r.agent_id \
-                   AND a.max_concurrency IS NOT NULL AND a.running < a.max_concurrency \
-                   AND NOT EXISTS (SELECT 1 FROM runs e WHERE e.tenant_id = r.tenant_id \
-                       AND e.agent_id = r.agent_id AND e.status = 'queued' AND e.id < r.id \
-                       AND (e.expires_at IS NULL OR e.expires_at > now()))",
-            )
-            .await?,
-            &[&id],
-        )
-        .await?;
-    if slot != 1 {
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    let claimed = claim_statement(&tx, &[id], owner, lease, true).await?.pop();
-    if claimed.is_some() {
-        tx.commit().await?;
-    } else {
-        tx.rollback().await?;
-    }
-    Ok(claimed)
-}
-
-/// The next run of `run`'s agent to start, if the agent has a concurrency limit and a free
-/// slot: its earliest queued run. Its message was refused while it was not first, so whoever
-/// frees a slot (or takes one and sees more free) publishes it.
+/// Puts back in line the next run of `run`'s agent, if the agent has a concurrency limit and
+/// a free slot and its best queued run (of those not waiting for something else) waits out of
+/// line for a slot. Called by whoever frees a slot, and by a worker that took one (more slots
+/// may be free than runs came forward).
 pub async fn next_for_agent(
     client: &impl GenericClient,
     run: &Run,
@@ -562,18 +668,53 @@ pub async fn next_for_agent(
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT e.id, e.traceparent FROM runs e \
-                     WHERE e.tenant_id = $1 AND e.agent_id = $2 AND e.status = 'queued' \
-                       AND (e.expires_at IS NULL OR e.expires_at > now()) \
-                       AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.id = $2 \
-                           AND a.max_concurrency IS NOT NULL AND a.running < a.max_concurrency) \
-                     ORDER BY e.id LIMIT 1",
+                    "UPDATE runs r SET waiting = NULL, enqueued_at = now() \
+                     WHERE r.id = (SELECT e.id FROM runs e \
+                         WHERE e.tenant_id = $1 AND e.agent_id = $2 AND e.status = 'queued' \
+                           AND (e.waiting IS NULL OR e.waiting = 'agent') \
+                           AND (e.expires_at IS NULL OR e.expires_at > now()) \
+                           AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.id = $2 \
+                               AND a.max_concurrency IS NOT NULL AND a.running < a.max_concurrency) \
+                         ORDER BY e.priority DESC, e.id LIMIT 1) \
+                       AND r.status = 'queued' AND r.waiting = 'agent' \
+                     RETURNING r.id, r.traceparent",
                 )
                 .await?,
             &[&run.tenant_id, &run.agent_id],
         )
         .await?;
     row.map(|r| next_of(&r)).transpose()
+}
+
+/// Puts back in line up to as many of each tenant's runs waiting for its running quota as it
+/// has room for (at most 100 a tenant), best first. Called with the tenants of runs that left
+/// `running` whose tenant has a quota.
+pub async fn next_for_tenants(
+    client: &impl GenericClient,
+    tenants: &[&str],
+) -> Result<Vec<Next>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &client
+                .prepare_cached(
+                    "WITH room AS ( \
+                         SELECT t.id, CASE WHEN t.max_running IS NULL THEN 100 \
+                             ELSE least(100, t.max_running - (SELECT count(*) FROM (SELECT 1 FROM runs x \
+                                  WHERE x.tenant_id = t.id AND x.status = 'running' LIMIT t.max_running) c)) END AS n \
+                         FROM tenants t WHERE t.id = ANY($1)), \
+                     chosen AS ( \
+                         SELECT w.id FROM room CROSS JOIN LATERAL ( \
+                             SELECT e.id FROM runs e WHERE e.tenant_id = room.id AND e.status = 'queued' \
+                               AND e.waiting = 'tenant' ORDER BY e.priority DESC, e.id \
+                             LIMIT greatest(room.n, 0) FOR UPDATE SKIP LOCKED) w) \
+                     UPDATE runs r SET waiting = NULL, enqueued_at = now() FROM chosen \
+                     WHERE r.id = chosen.id AND r.status = 'queued' RETURNING r.id, r.traceparent",
+                )
+                .await?,
+            &[&tenants],
+        )
+        .await?;
+    rows.iter().map(next_of).collect()
 }
 
 /// A queued run to publish: its id, and the `traceparent` of the request that accepted it.
@@ -1001,8 +1142,8 @@ pub async fn reap_expired(
     rows.iter().map(from_row).collect()
 }
 
-/// The next run of `run`'s session once `run` has left `running`: the earliest queued one. Its
-/// message was refused while the session was busy, so whoever frees the session publishes it.
+/// Puts back in line the next run of `run`'s session once `run` has left `running`: the
+/// earliest queued one, if it waits out of line (a run in line needs nobody's help).
 pub async fn next_in_session(
     client: &impl GenericClient,
     run: &Run,
@@ -1014,8 +1155,11 @@ pub async fn next_in_session(
         .query_opt(
             &client
                 .prepare_cached(
-                    "SELECT id, traceparent FROM runs WHERE tenant_id = $1 AND project_id = $2 \
-                     AND session_id = $3 AND status = 'queued' ORDER BY id LIMIT 1",
+                    "UPDATE runs r SET waiting = NULL, enqueued_at = now() \
+                     WHERE r.id = (SELECT e.id FROM runs e WHERE e.tenant_id = $1 AND e.project_id = $2 \
+                         AND e.session_id = $3 AND e.status = 'queued' ORDER BY e.id LIMIT 1) \
+                       AND r.status = 'queued' AND r.waiting IS NOT NULL \
+                     RETURNING r.id, r.traceparent",
                 )
                 .await?,
             &[&run.tenant_id, &run.project_id, session_id],
@@ -1024,60 +1168,68 @@ pub async fn next_in_session(
     row.map(|r| next_of(&r)).transpose()
 }
 
-/// Queued runs nobody claimed within `older_than` (their publish may have been lost): marks them
-/// as enqueued now and returns their ids, to be published again. Not a status change. A run that
-/// waits for its session (an earlier run of it is queued or running), or for a slot of its
-/// agent (it is not the agent's first queued run, or no slot is free), is not due: whoever frees
-/// the session or the slot publishes it.
+/// Runs in line that nobody claimed within `older_than` (their message may have been lost):
+/// marks them as enqueued now and returns their ids, to be published again. Not a status
+/// change. Runs waiting out of line are [`sweep_waiting`]'s.
 pub async fn sweep_unclaimed(
     client: &impl GenericClient,
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    sweep(client, older_than, limit, "").await
+    let rows = client
+        .query(
+            &client
+                .prepare_cached(
+                    "WITH stale AS ( \
+                         SELECT id FROM runs q WHERE status = 'queued' AND waiting IS NULL \
+                           AND enqueued_at < now() - make_interval(secs => $1) \
+                         ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
+                     UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id",
+                )
+                .await?,
+            &[&secs(older_than), &limit],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
-/// [`sweep_unclaimed`] for runs that wait their turn alone: runs of sessions and of agents with
-/// a concurrency limit. Meant to run even while run messages wait in the queue: such a run had
-/// its own message refused (and acked) while it was not its turn, so the one publish that starts
-/// it, by whoever freed the session or the slot, is all it has. Were that publish lost, the run
-/// must not wait for a backlog to drain.
+/// Runs waiting out of line for longer than `older_than` whose wait is over (their session's
+/// earlier runs ended; their agent has a free slot and they are its next; their tenant is under
+/// its running quota): puts them back in line and returns their ids, to be published. Meant to
+/// run even while run messages wait in the queue: such a run has no message of its own, only
+/// the one publish by whoever ended its wait. Were that lost, the run must not wait for a
+/// backlog to drain.
 pub async fn sweep_waiting(
     client: &impl GenericClient,
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    sweep(client, older_than, limit, WAITING_ALONE).await
-}
-
-/// The runs [`sweep_waiting`] looks at: of a session, or of an agent with a concurrency limit.
-const WAITING_ALONE: &str = "AND (session_id IS NOT NULL OR EXISTS (SELECT 1 FROM agents l \
-    WHERE l.tenant_id = q.tenant_id AND l.id = q.agent_id AND l.max_concurrency IS NOT NULL))";
-
-async fn sweep(
-    client: &impl GenericClient,
-    older_than: Duration,
-    limit: i64,
-    only: &str,
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let sql = format!(
-        "WITH stale AS ( \
-             SELECT id FROM runs q WHERE status = 'queued' {only} \
-               AND enqueued_at < now() - make_interval(secs => $1) \
-               AND (session_id IS NULL OR NOT EXISTS ( \
-                   SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
-                     AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
-                     AND (e.status = 'running' OR e.id < q.id))) \
-               AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = q.tenant_id AND a.id = q.agent_id \
-                   AND a.max_concurrency IS NOT NULL AND (a.running >= a.max_concurrency \
-                     OR EXISTS (SELECT 1 FROM runs f WHERE f.tenant_id = q.tenant_id \
-                         AND f.agent_id = q.agent_id AND f.status = 'queued' AND f.id < q.id))) \
-             ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
-         UPDATE runs r SET enqueued_at = now() FROM stale WHERE r.id = stale.id RETURNING r.id"
-    );
     let rows = client
         .query(
-            &client.prepare_cached(&sql).await?,
+            &client
+                .prepare_cached(
+                    "WITH over AS ( \
+                         SELECT id FROM runs q WHERE status = 'queued' AND waiting IS NOT NULL \
+                           AND enqueued_at < now() - make_interval(secs => $1) \
+                           AND (q.session_id IS NULL OR NOT EXISTS ( \
+                               SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
+                                 AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
+                                 AND (e.status = 'running' OR e.id < q.id))) \
+                           AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = q.tenant_id AND a.id = q.agent_id \
+                               AND a.max_concurrency IS NOT NULL AND (a.running >= a.max_concurrency \
+                                 OR EXISTS (SELECT 1 FROM runs f WHERE f.tenant_id = q.tenant_id \
+                                     AND f.agent_id = q.agent_id AND f.status = 'queued' \
+                                     AND (f.waiting IS NULL OR f.waiting = 'agent') \
+                                     AND (f.priority > q.priority OR (f.priority = q.priority AND f.id < q.id))))) \
+                           AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = q.tenant_id \
+                               AND t.max_running IS NOT NULL AND t.max_running <= (SELECT count(*) FROM ( \
+                                   SELECT 1 FROM runs x WHERE x.tenant_id = q.tenant_id AND x.status = 'running' \
+                                   LIMIT t.max_running) c)) \
+                         ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
+                     UPDATE runs r SET waiting = NULL, enqueued_at = now() FROM over \
+                     WHERE r.id = over.id RETURNING r.id",
+                )
+                .await?,
             &[&secs(older_than), &limit],
         )
         .await?;

@@ -16,6 +16,10 @@ impl IntoResponse for crate::verbs::error::VerbError {
         body.errors = self.violations;
         body.run_id = self.run_id.map(|id| id.to_string());
         body.run_url = self.run_id.map(|id| format!("/v1/runs/{id}"));
+        body.quota = self.quota.map(|quota| problem::Quota {
+            name: quota.0.to_owned(),
+            limit: quota.1,
+        });
         let status =
             StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(body)).into_response();

@@ -167,6 +167,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V13__trace_ids.sql"),
     include_str!("../../migrations/V14__console_sessions.sql"),
     include_str!("../../migrations/V15__hostile_tenants.sql"),
+    include_str!("../../migrations/V16__fair_scheduling.sql"),
 ];
 
 /// How many migrations the repository holds.

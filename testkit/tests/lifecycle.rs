@@ -339,9 +339,20 @@ async fn cancelling_the_head_of_an_agents_queue_starts_the_run_behind_it() {
     agent(&stack, "single", json!({"maxConcurrency": 1})).await;
     let head = create(&stack, json!({"agentId": "single", "message": "first"})).await;
     let behind = create(&stack, json!({"agentId": "single", "message": "second"})).await;
-    // As if a worker had taken both messages and refused the second one (not first in line):
-    // no message of either is left in the queue.
+    // As a worker leaves them when the agent's slot is held: the head waits out of line for a
+    // slot, the run behind it waits for the head, and both messages were spent on the pick.
     stack.purge("runs").await.expect("purge");
+    stack
+        .db
+        .client()
+        .await
+        .expect("client")
+        .execute(
+            "UPDATE runs SET waiting = 'agent' WHERE id = ANY($1::text[]::uuid[])",
+            &[&vec![head.clone(), behind.clone()]],
+        )
+        .await
+        .expect("out of line");
     assert_eq!(cancel(&stack, &head).await, json!({"success": true}));
     stack.add_worker().expect("worker starts");
     status_becomes(&stack, &behind, "completed").await;

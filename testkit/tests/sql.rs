@@ -22,12 +22,10 @@ const FILLED_AT_RUN_TIME: &[(&str, &[ValueSet])] = &[
     (
         "common::runs",
         &[
-            // `claim_statement`: runs of agents with a concurrency limit, or of those without.
-            &[("which", ""), ("limited", "true")],
-            &[("which", "NOT"), ("limited", "false")],
-            // `sweep`: every unclaimed run, or only those that wait their turn alone.
-            &[("only", "")],
-            &[("only", "@WAITING_ALONE")],
+            // `claim_statement`: picked runs whose limited agents' slots are taken, or runs of
+            // agents without a limit.
+            &[("only", ""), ("holds", "@HOLDS_IF_LIMITED")],
+            &[("only", "@ONLY_UNLIMITED"), ("holds", "false")],
         ],
     ),
     // `catalog::list_page`: filled from its callers' arguments by `list_page_callers` below.

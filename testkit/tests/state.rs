@@ -38,6 +38,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         trigger: None,
         trace_id: None,
         traceparent: None,
+        priority: 0,
     }
 }
 
@@ -604,6 +605,23 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
     won.sort();
     assert_eq!(won, vec![s1, o1]);
     assert!(claimed_ids(&pool, &[s2], "w2").await.is_empty(), "s1 runs");
+    // The fair pick takes the rest of the session out of line, and starts nothing.
+    let mut other = pool.get().await.expect("connection");
+    let picked = runs::claim_next(&mut other, 4, "w2", Duration::from_secs(30))
+        .await
+        .expect("pick");
+    assert!(picked.runs.is_empty() && !picked.cut_short);
+    let waiting: Vec<Option<String>> = client
+        .query(
+            "SELECT waiting FROM runs WHERE id = ANY($1) ORDER BY id",
+            &[&vec![s2, s3]],
+        )
+        .await
+        .expect("q")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(waiting, vec![Some("session".to_owned()); 2]);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
         runs::sweep_unclaimed(&client, Duration::ZERO, 10)
@@ -618,21 +636,20 @@ async fn a_session_runs_one_run_at_a_time_in_acceptance_order_and_keeps_its_conv
         .expect("q")
         .expect("completed");
     let conversation = done.conversation_id.expect("joined a conversation");
-    assert_eq!(
-        runs::next_in_session(&client, &done)
-            .await
-            .expect("q")
-            .map(|next| next.id),
-        Some(s2)
-    );
     let loner = insert(&pool, new_run("echo", None)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // Had the publish of the session's next run been lost, the sweeper puts it back in line.
     assert_eq!(
         runs::sweep_waiting(&client, Duration::ZERO, 10)
             .await
             .expect("sweep"),
         vec![s2],
-        "only the session's next run is due, and runs without a session are left alone"
+        "only the session's next run is due, and runs in line are left alone"
+    );
+    assert_eq!(
+        runs::next_in_session(&client, &done).await.expect("q"),
+        None,
+        "it is in line already"
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
     let mut swept = runs::sweep_unclaimed(&client, Duration::ZERO, 10)
@@ -936,18 +953,15 @@ async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_o
     runs::insert_batch(&pool.get().await.expect("connection"), &batch)
         .await
         .expect("insert");
-    // The plain claim leaves them to the limited path.
+    // The plain claim leaves them to the fair pick, which takes a slot for each.
     assert!(claimed_ids(&pool, &ids, "w").await.is_empty());
     let unknown = Uuid::now_v7();
     let mut offered = ids.clone();
     offered.push(unknown);
-    let unclaimed = runs::why_unclaimed(&pool.get().await.expect("c"), &offered)
+    let named_nothing = runs::unknown(&pool.get().await.expect("c"), &offered)
         .await
         .expect("q");
-    let mut limited = unclaimed.limited.clone();
-    limited.sort();
-    assert_eq!(limited, ids);
-    assert_eq!(unclaimed.unknown, vec![unknown]);
+    assert_eq!(named_nothing, vec![unknown]);
     let started = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut workers = Vec::new();
@@ -957,15 +971,16 @@ async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_o
             let owner = format!("w{w}");
             while started.lock().await.len() < ids.len() {
                 assert!(tokio::time::Instant::now() < deadline, "the runs stalled");
-                for id in &ids {
-                    let mut client = pool.get().await.expect("connection");
-                    let Some((run, agent)) = runs::claim_limited(&mut client, *id, &owner, Duration::from_secs(30))
-                        .await
-                        .expect("claim")
-                    else {
-                        continue;
-                    };
+                let mut client = pool.get().await.expect("connection");
+                let picked = runs::claim_next(&mut client, 2, &owner, Duration::from_secs(30))
+                    .await
+                    .expect("claim");
+                if picked.runs.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                for (run, agent) in picked.runs {
                     assert!(agent.limited);
+                    assert!(run.holds_slot);
                     let running: i64 = client
                         .query_one(
                             "SELECT count(*) FROM runs WHERE agent_id = 'capped' AND status = 'running'",
@@ -983,10 +998,12 @@ async fn racing_claims_never_pass_an_agents_concurrency_limit_and_take_runs_in_o
                     let at = run.started_at.expect("a claimed run has started");
                     started.lock().await.push((at, run.id));
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    runs::complete(&client, run.id, &owner, &serde_json::json!({"output": "ok"}))
+                    let done = runs::complete(&client, run.id, &owner, &serde_json::json!({"output": "ok"}))
                         .await
                         .expect("q")
                         .expect("completed");
+                    // What the lifecycle does once a slot is free: the agent's next run back in line.
+                    runs::next_for_agent(&client, &done).await.expect("next");
                 }
             }
         }));

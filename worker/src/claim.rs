@@ -1,5 +1,6 @@
-//! A run message becomes a run of this worker's: the claim (batched with concurrent ones into
-//! one statement; runs of limited agents take a slot each), then the message's disposition.
+//! A run message becomes a run of this worker's. A message is a turn, not an order: the claim
+//! (batched with concurrent ones into one transaction) starts the fairest runs there are, as
+//! many as there are messages (`runs::claim_next`), then each message gets its disposition.
 
 use std::time::Duration;
 
@@ -19,68 +20,45 @@ pub(crate) type Claimed = Result<Claim, String>;
 
 /// What a claim found for one message.
 pub(crate) enum Claim {
-    /// The run is ours to execute.
+    /// The run is ours to execute (not always the one the message named: a message is a turn
+    /// to start the fairest run, see `runs::claim_next`).
     Won(Box<(Run, AgentSpec)>),
-    /// Someone else's, finished, cancelled, or not its turn: ack and move on.
+    /// Nothing to start: ack and move on.
     Skip,
-    /// No such run: a poison message, for the dead-letter queue.
+    /// The pick stopped early (another claimer held what it needed): the message goes back to
+    /// the queue, so that no turn is lost.
+    Retry,
+    /// No such run, and nothing started with it: a poison message, for the dead-letter queue.
     Unknown,
 }
 
+/// How long a message whose turn was cut short waits before it is offered again.
+const RETRY_AFTER: Duration = Duration::from_millis(20);
+
+/// Claims, for a batch of run messages, as many runs as there are messages, in fair order
+/// (`runs::claim_next`). A message is answered with the run it named when that run was won;
+/// the other runs won go to the other messages in order.
 pub(crate) fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed> {
     Batcher::start(BATCH, BATCHES_IN_FLIGHT, move |ids: Vec<Uuid>| {
         let (pool, owner) = (pool.clone(), owner.clone());
         async move {
             let claimed = async {
                 let mut client = pool.get().await.context("getting a connection")?;
-                let mut won = runs::claim_many(&client, &ids, &owner, lease)
+                let started = runs::claim_next(&mut client, ids.len(), &owner, lease)
                     .await
                     .context("claiming runs")?;
-                let mut unknown = Vec::new();
-                // What went wrong after some runs were won: those stay won (they are ours now),
-                // the others are retried.
-                let mut trouble = None;
-                // Runs of agents with a concurrency limit each take a slot, one by one; ids of
-                // no run at all are poison. Only asked when some runs were not won, which is
-                // rare without limited agents and sessions.
-                if won.len() < ids.len() {
-                    let rest: Vec<Uuid> = ids
-                        .iter()
-                        .filter(|id| !won.iter().any(|(run, _)| run.id == **id))
-                        .copied()
-                        .collect();
-                    match runs::why_unclaimed(&client, &rest).await {
-                        Ok(unclaimed) => {
-                            unknown = unclaimed.unknown;
-                            for id in unclaimed.limited {
-                                match runs::claim_limited(&mut client, id, &owner, lease).await {
-                                    Ok(Some(claimed)) => won.push(claimed),
-                                    Ok(None) => {}
-                                    Err(err) => {
-                                        trouble = Some(format!("claiming a limited run: {err}"));
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Err(err) => trouble = Some(format!("looking at unclaimed runs: {err}")),
-                    }
-                }
-                anyhow::Ok((won, unknown, trouble))
+                // Messages left without a run: poison if they name no run at all. Asked only
+                // when some are left, which the fair pick makes rare under load.
+                let unknown = if started.runs.len() < ids.len() && !started.cut_short {
+                    runs::unknown(&client, &ids).await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                anyhow::Ok((started, unknown))
             }
             .await;
             match claimed {
-                Ok((won, unknown, trouble)) => {
-                    let mut won: std::collections::HashMap<Uuid, (Run, AgentSpec)> =
-                        won.into_iter().map(|c| (c.0.id, c)).collect();
-                    ids.iter()
-                        .map(|id| match won.remove(id) {
-                            Some(claimed) => Ok(Claim::Won(Box::new(claimed))),
-                            None if unknown.contains(id) => Ok(Claim::Unknown),
-                            None => trouble.clone().map_or(Ok(Claim::Skip), Err),
-                        })
-                        .collect()
-                }
+                Ok((started, unknown)) => answer(&ids, started, &unknown),
                 Err(err) => {
                     let cause = format!("{err:#}");
                     ids.iter().map(|_| Err(cause.clone())).collect()
@@ -88,6 +66,36 @@ pub(crate) fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uui
             }
         }
     })
+}
+
+/// Hands the runs won to the messages: each message that named a run won gets it, the rest of
+/// the runs go to the other messages in the order they were picked.
+fn answer(ids: &[Uuid], started: runs::Started, unknown: &[Uuid]) -> Vec<Claimed> {
+    let mut won: Vec<Option<(Run, AgentSpec)>> = started.runs.into_iter().map(Some).collect();
+    let mut answers: Vec<Option<Claimed>> = ids
+        .iter()
+        .map(|id| {
+            won.iter_mut()
+                .find(|w| w.as_ref().is_some_and(|(run, _)| run.id == *id))
+                .and_then(Option::take)
+                .map(|claimed| Ok(Claim::Won(Box::new(claimed))))
+        })
+        .collect();
+    let mut rest = won.into_iter().flatten();
+    for (answer, id) in answers.iter_mut().zip(ids) {
+        if answer.is_none() {
+            *answer = Some(Ok(match rest.next() {
+                Some(claimed) => Claim::Won(Box::new(claimed)),
+                None if started.cut_short => Claim::Retry,
+                None if unknown.contains(id) => Claim::Unknown,
+                None => Claim::Skip,
+            }));
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or(Ok(Claim::Skip)))
+        .collect()
 }
 
 /// A run message: claims the run (batched), and, won, acks the message and executes the run in
@@ -109,6 +117,22 @@ pub(crate) async fn handle(ctx: Ctx, delivery: Delivery) -> Handled {
     match claimed {
         Ok(Claim::Won(claimed)) => {
             let (run, agent) = *claimed;
+            // The message was a turn for another run: execute in the trace of the run's own
+            // acceptance, as it would have been under its own message.
+            let span = if run.id == run_id {
+                span.clone()
+            } else {
+                let own = tracing::info_span!(parent: None, "process", otel.name = "process turn", %run_id);
+                switchyard_common::telemetry::adopt_trace_parent(
+                    &own,
+                    run.traceparent
+                        .as_deref()
+                        .map(switchyard_common::telemetry::amqp_headers_of)
+                        .as_ref(),
+                );
+                own
+            };
+            let _own = span.enter();
             let execute_span = tracing::info_span!(
                 "execute",
                 otel.name = %format!("execute {}", agent.kind),
@@ -136,9 +160,10 @@ pub(crate) async fn handle(ctx: Ctx, delivery: Delivery) -> Handled {
             )
         }
         Ok(Claim::Skip) => {
-            tracing::debug!("run already claimed, cancelled, finished, or not its turn; skipping");
+            tracing::debug!("no run to start; skipping");
             Disposition::Ack.into()
         }
+        Ok(Claim::Retry) => Disposition::Requeue(RETRY_AFTER).into(),
         Ok(Claim::Unknown) => {
             tracing::warn!("no such run; dead-lettering the message");
             Disposition::DeadLetter.into()

@@ -51,6 +51,11 @@ pub struct CreateRun {
     /// Answer with the run's events as they happen (SSE), from its creation to its end, as
     /// `GET /v1/runs/{id}/events` would. `Accept: text/event-stream` does the same.
     stream: Option<bool>,
+    /// 0 to 100 (default 0): among its tenant's queued runs, a run with a higher priority starts
+    /// first; equal priorities start in the order they were accepted. It orders runs within
+    /// the tenant's fair share of the workers, never ahead of other tenants.
+    #[schema(minimum = 0, maximum = 100)]
+    priority: Option<i64>,
 }
 
 impl CreateRun {
@@ -67,6 +72,7 @@ impl CreateRun {
             chat_model_id: self.chat_model_id,
             ttl: self.ttl,
             stream: self.stream,
+            priority: self.priority,
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct RunInput {
     pub chat_model_id: Option<String>,
     pub ttl: Option<f64>,
     pub stream: Option<bool>,
+    pub priority: Option<i64>,
 }
 
 /// A checked run request: parse, don't validate.
@@ -60,6 +61,7 @@ struct RunRequest {
     ttl: Option<Duration>,
     chat_model_id: Option<String>,
     stream: bool,
+    priority: i32,
 }
 
 fn check(input: RunInput) -> Result<RunRequest, VerbError> {
@@ -150,9 +152,19 @@ fn check(input: RunInput) -> Result<RunRequest, VerbError> {
             ));
         }
     };
+    let priority = match input.priority {
+        None => 0,
+        Some(p) if (0..=100).contains(&p) => i32::try_from(p).unwrap_or(0),
+        Some(_) => {
+            return Err(VerbError::bad_request(
+                "`priority` must be a whole number from 0 to 100",
+            ));
+        }
+    };
     Ok(RunRequest {
         wait,
         ttl,
+        priority,
         chat_model_id: input.chat_model_id,
         stream: input.stream.unwrap_or(false),
         session_id: input.session_id,
@@ -247,6 +259,7 @@ pub(crate) async fn start_run(
         trigger: None,
         trace_id: switchyard_common::telemetry::current_trace_id(),
         traceparent: switchyard_common::telemetry::current_traceparent(),
+        priority: request.priority,
     };
     let run = enqueue_guarded(state, new, idempotency.is_some()).await?;
     Ok(RunStart {
@@ -388,7 +401,11 @@ pub async fn enqueue_guarded(
 /// was handed to the background publisher). A publish failure is not an error: the row is the
 /// outbox. 404 when the agent does not exist in the caller's tenant and projects.
 pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, VerbError> {
-    let agent_id = new.agent_id.clone();
+    let (tenant_id, agent_id, projects) = (
+        new.tenant_id.clone(),
+        new.agent_id.clone(),
+        new.projects.clone(),
+    );
     // Recording and publishing run in their own task: a client that hangs up mid-request cannot
     // leave a committed run unpublished (it would wait for the sweeper).
     let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
@@ -410,11 +427,7 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, VerbError> {
         .map_err(|_| VerbError::internal("the accept task ended without an answer"))?;
     let run = match stored {
         Ok(Some(run)) => run,
-        Ok(None) => {
-            return Err(VerbError::not_found(format!(
-                "agent `{agent_id}` was not found"
-            )));
-        }
+        Ok(None) => return Err(refused(state, &tenant_id, &agent_id, projects.as_deref()).await),
         Err(StoreError::Unavailable) => return Err(VerbError::unavailable()),
         Err(err @ StoreError::Internal(_)) => return Err(VerbError::internal(err)),
     };
@@ -422,6 +435,38 @@ pub async fn enqueue(state: &AppState, new: NewRun) -> Result<Run, VerbError> {
     count_invocation("accepted");
     Ok(run)
 }
+
+/// Why a run was not recorded: 404 when its agent does not exist in the caller's tenant and
+/// projects; 429 when the tenant has its `maxQueued` runs queued already.
+async fn refused(
+    state: &AppState,
+    tenant_id: &str,
+    agent_id: &str,
+    projects: Option<&[String]>,
+) -> VerbError {
+    let not_found = || VerbError::not_found(format!("agent `{agent_id}` was not found"));
+    let Ok(client) = state.pool.get().await else {
+        return VerbError::unavailable();
+    };
+    match runs::refusal(&client, tenant_id, agent_id, projects).await {
+        Ok(runs::Refusal::QueueFull(quota)) => {
+            count_invocation("rejected");
+            VerbError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "the tenant's quota of queued runs (maxQueued, {quota}) is reached; retry once some have started"
+                ),
+            )
+            .with_retry_after(QUEUE_FULL_RETRY_SECS)
+            .with_quota("maxQueued", i64::from(quota))
+        }
+        Ok(runs::Refusal::NoAgent) => not_found(),
+        Err(err) => VerbError::internal(err),
+    }
+}
+
+/// What a caller refused for a full queue is told to wait.
+const QUEUE_FULL_RETRY_SECS: u64 = 5;
 
 /// Counts an invocation by its outcome: `accepted`, `dropped`, `rejected` or `replayed`.
 pub fn count_invocation(outcome: &'static str) {

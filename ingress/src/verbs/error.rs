@@ -17,6 +17,8 @@ pub struct VerbError {
     pub(crate) run_id: Option<uuid::Uuid>,
     /// The exhausted limit: per minute, and seconds until its whole burst is back.
     pub(crate) rate_limit: Option<(u32, u64)>,
+    /// The tenant quota that refused the request, and its value.
+    pub(crate) quota: Option<Box<(&'static str, i64)>>,
 }
 
 impl VerbError {
@@ -29,6 +31,7 @@ impl VerbError {
             violations: None,
             run_id: None,
             rate_limit: None,
+            quota: None,
         }
     }
 
@@ -121,6 +124,12 @@ impl VerbError {
     ) -> Self {
         self.rate_limit = Some((per_minute, reset_secs));
         self.retry_after_secs = Some(retry_after_secs);
+        self
+    }
+
+    /// Names the tenant quota that refused the request (`quota` in the body).
+    pub fn with_quota(mut self, name: &'static str, limit: i64) -> Self {
+        self.quota = Some(Box::new((name, limit)));
         self
     }
 

@@ -1,0 +1,163 @@
+-- Fair scheduling across tenants (ARCHITECTURE.md, "The scheduler").
+--
+-- Every queued run has a `turn`: its place in the line that workers start runs from. Turns are
+-- handed out when a run is accepted, start-time fair queueing style: a tenant's runs are spaced
+-- 1/weight apart, after the tenant's last turn or the head of the line, whichever is later. So a
+-- tenant that floods the line spreads its runs far ahead, and a tenant that arrives later is
+-- placed near the head, between them. A worker takes the run at the head; within the head's
+-- tenant the run that starts is the tenant's best (priority, then acceptance order), which takes
+-- the head's turn. Nothing of this lives outside these rows: a crash of a worker or the broker
+-- loses no scheduling state.
+
+-- Set by the admin: the tenant's share of the line (weight 2 starts twice the runs of weight 1
+-- when both wait), the most runs it may have running, and the most it may have queued.
+ALTER TABLE tenants ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 100);
+ALTER TABLE tenants ADD COLUMN max_running integer CHECK (max_running BETWEEN 1 AND 100000);
+ALTER TABLE tenants ADD COLUMN max_queued integer CHECK (max_queued BETWEEN 1 AND 10000000);
+
+-- The last turn handed to each tenant's runs (the "finish tag").
+CREATE TABLE tenant_turns (
+    tenant_id text PRIMARY KEY REFERENCES tenants (id) ON DELETE CASCADE,
+    finish    double precision NOT NULL DEFAULT 0
+);
+CREATE INDEX tenant_turns_by_finish ON tenant_turns (finish);
+
+ALTER TABLE runs ADD COLUMN turn double precision;
+-- Higher starts first within the tenant's share.
+ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 100);
+-- NULL: in line. Otherwise what the queued run waits for, out of line, so that it holds up no
+-- other run: its session's earlier run, a slot of its agent, or its tenant's running quota.
+-- Whoever frees that puts it back in line (with its turn) and publishes it.
+ALTER TABLE runs ADD COLUMN waiting text CHECK (waiting IN ('session', 'agent', 'tenant'));
+
+-- Runs accepted before this migration keep their order.
+WITH ranked AS (
+    SELECT id, row_number() OVER (PARTITION BY tenant_id ORDER BY id) AS n
+    FROM runs WHERE status IN ('queued', 'running'))
+UPDATE runs r SET turn = ranked.n FROM ranked WHERE r.id = ranked.id;
+INSERT INTO tenant_turns (tenant_id, finish)
+SELECT t.id, coalesce((SELECT max(r.turn) FROM runs r WHERE r.tenant_id = t.id), 0) FROM tenants t;
+
+-- The line: the head is the first entry.
+CREATE INDEX runs_in_line ON runs (turn, id) WHERE status = 'queued' AND waiting IS NULL;
+-- A tenant's runs in line, best first.
+CREATE INDEX runs_in_line_by_tenant ON runs (tenant_id, priority DESC, id)
+    WHERE status = 'queued' AND waiting IS NULL;
+-- A tenant's runs waiting out of line, best first (the next to put back).
+CREATE INDEX runs_waiting_by_tenant ON runs (tenant_id, priority DESC, id)
+    WHERE status = 'queued' AND waiting IS NOT NULL;
+-- A tenant's running runs, counted against its running quota.
+CREATE INDEX runs_running_by_tenant ON runs (tenant_id) WHERE status = 'running';
+-- A limited agent's queued runs, best first.
+DROP INDEX runs_queued_by_agent;
+CREATE INDEX runs_queued_by_agent ON runs (tenant_id, agent_id, priority DESC, id) WHERE status = 'queued';
+
+-- Picks up to `wanted` runs to start, in fair order, and locks them (the caller claims them in
+-- the same transaction). Each step takes the head of the line, then its tenant's best run in
+-- line; a run that cannot start now is taken out of line with what it waits for, and the step
+-- goes on. A limited agent's slot is taken here. Never waits for a lock: a run another picker
+-- holds is skipped, and an agent row or tenant quota another picker holds ends the pick early
+-- (`cut_short`), so the caller hands its unused messages back rather than dropping them.
+CREATE FUNCTION switchyard_pick(wanted integer, OUT picked uuid[], OUT cut_short boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    head record;
+    best record;
+    quota integer;
+    running integer;
+    steps integer := 0;
+    tenants_picked text[] := '{}';
+BEGIN
+    picked := '{}';
+    cut_short := false;
+    WHILE cardinality(picked) < wanted LOOP
+        steps := steps + 1;
+        IF steps > 2 * wanted + 32 THEN
+            cut_short := true;
+            EXIT;
+        END IF;
+        SELECT r.id, r.tenant_id, r.turn INTO head FROM runs r
+        WHERE r.status = 'queued' AND r.waiting IS NULL AND r.id <> ALL (picked)
+          AND (r.expires_at IS NULL OR r.expires_at > now())
+        ORDER BY r.turn, r.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        EXIT WHEN NOT FOUND;
+        -- The head is locked by this transaction, so the tenant's best is at worst the head.
+        SELECT r.id, r.turn, r.tenant_id, r.project_id, r.agent_id, r.session_id, r.priority
+        INTO best FROM runs r
+        WHERE r.tenant_id = head.tenant_id AND r.status = 'queued' AND r.waiting IS NULL
+          AND r.id <> ALL (picked) AND (r.expires_at IS NULL OR r.expires_at > now())
+        ORDER BY r.priority DESC, r.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            cut_short := true;
+            EXIT;
+        END IF;
+
+        -- The tenant's running quota: counted under a transaction lock of the tenant's, so
+        -- pickers of one tenant see each other's claims. Past it, the tenant's runs leave the
+        -- line (a bounded chunk per step); each run of the tenant that ends puts one back.
+        SELECT t.max_running INTO quota FROM tenants t WHERE t.id = best.tenant_id;
+        IF quota IS NOT NULL THEN
+            IF NOT pg_try_advisory_xact_lock(16017, hashtext(best.tenant_id)) THEN
+                cut_short := true;
+                EXIT;
+            END IF;
+            SELECT count(*) INTO running FROM (
+                SELECT 1 FROM runs x WHERE x.tenant_id = best.tenant_id AND x.status = 'running'
+                LIMIT quota) c;
+            running := running + coalesce(array_length(array_positions(tenants_picked, best.tenant_id), 1), 0);
+            IF running >= quota THEN
+                UPDATE runs SET waiting = 'tenant', enqueued_at = now() WHERE id IN (
+                    SELECT x.id FROM runs x WHERE x.tenant_id = best.tenant_id
+                      AND x.status = 'queued' AND x.waiting IS NULL AND x.id <> ALL (picked)
+                    LIMIT 1000 FOR UPDATE SKIP LOCKED);
+                CONTINUE;
+            END IF;
+        END IF;
+
+        -- A session runs one run at a time, in acceptance order.
+        IF best.session_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM runs e WHERE e.tenant_id = best.tenant_id
+              AND e.project_id = best.project_id AND e.session_id = best.session_id
+              AND e.status IN ('queued', 'running') AND (e.status = 'running' OR e.id < best.id)) THEN
+            UPDATE runs SET waiting = 'session', enqueued_at = now() WHERE id = best.id;
+            CONTINUE;
+        END IF;
+
+        -- A limited agent starts its best queued run (of those not waiting for something else)
+        -- when it has a free slot, which the run takes now.
+        IF EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = best.tenant_id
+                     AND a.id = best.agent_id AND a.max_concurrency IS NOT NULL) THEN
+            IF EXISTS (
+                SELECT 1 FROM runs e WHERE e.tenant_id = best.tenant_id AND e.agent_id = best.agent_id
+                  AND e.status = 'queued' AND e.id <> best.id AND e.id <> ALL (picked)
+                  AND (e.waiting IS NULL OR e.waiting = 'agent')
+                  AND (e.expires_at IS NULL OR e.expires_at > now())
+                  AND (e.priority > best.priority OR (e.priority = best.priority AND e.id < best.id))) THEN
+                UPDATE runs SET waiting = 'agent', enqueued_at = now() WHERE id = best.id;
+                CONTINUE;
+            END IF;
+            PERFORM 1 FROM agents a WHERE a.tenant_id = best.tenant_id AND a.id = best.agent_id
+            FOR NO KEY UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                cut_short := true;
+                EXIT;
+            END IF;
+            UPDATE agents a SET running = a.running + 1
+            WHERE a.tenant_id = best.tenant_id AND a.id = best.agent_id
+              AND a.running < a.max_concurrency;
+            IF NOT FOUND THEN
+                UPDATE runs SET waiting = 'agent', enqueued_at = now() WHERE id = best.id;
+                CONTINUE;
+            END IF;
+        END IF;
+
+        -- The run starts on the head's turn; the head keeps the one the run had.
+        IF best.id <> head.id THEN
+            UPDATE runs SET turn = CASE WHEN id = head.id THEN best.turn ELSE head.turn END
+            WHERE id IN (head.id, best.id);
+        END IF;
+        picked := picked || best.id;
+        tenants_picked := tenants_picked || best.tenant_id;
+    END LOOP;
+END;
+$$;
