@@ -170,8 +170,8 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
 
 /// Inserts a batch of runs as `queued` in one statement (group commit), each with its turn in
 /// the line (see `migrations/V16__fair_scheduling.sql`): a tenant's new runs are spaced
-/// 1/weight apart after the tenant's last turn or the head of the line, whichever is later, and
-/// the tenant's last turn moves on. Runs whose agent does not exist in their tenant (or lies
+/// 1/weight apart from the tenant's next turn or the head of the line, whichever is later (a
+/// start tag, in fair-queueing terms), and the tenant's next turn moves on past them. Runs whose agent does not exist in their tenant (or lies
 /// outside the run's allowed projects), and runs past their tenant's `max_queued`, are skipped;
 /// the returned rows say which were inserted ([`refusal`] says why the others were not).
 pub async fn insert_batch(
@@ -254,7 +254,7 @@ pub async fn insert_batch(
                 n.webhook_url, n.max_attempts, n.trigger_id, n.environment, n.session_id, \
                 string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
                 n.parent, n.priority, \
-                tu.finish - (c.c - n.k)::float8 / c.weight \
+                tu.finish - (c.c - n.k + 1)::float8 / c.weight \
          FROM admitted n JOIN counts c ON c.tenant_id = n.tenant_id JOIN turns tu ON tu.tenant_id = n.tenant_id \
          RETURNING {COLUMNS}"
     );

@@ -1,0 +1,391 @@
+//! The scheduler on the real PostgreSQL: the order `runs::claim_next` starts runs in across
+//! tenants (weights), within a tenant (priority), around runs that wait (sessions, agent slots,
+//! tenant quotas), and what it costs with many tenants waiting. Whole-stack fairness, with three
+//! workers, is in `fairness.rs`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use switchyard_common::runs::{self, NewRun};
+use switchyard_common::{Run, db};
+use switchyard_testkit::TestDb;
+use uuid::Uuid;
+
+fn pool(db: &TestDb) -> Pool {
+    db::pool(&switchyard_common::config::DatabaseArgs {
+        database_url: db.url.clone(),
+        db_pool_size: 8,
+        db_timeout: Duration::from_secs(5),
+        db_statement_timeout: Duration::from_secs(10),
+    })
+    .expect("pool builds")
+}
+
+/// A tenant with a project `p` and an echo agent `echo` (and `capped`, limited to `cap` runs at
+/// once, when given).
+async fn tenant(pool: &Pool, id: &str, weight: i32, max_running: Option<i32>, cap: Option<i32>) {
+    let client = pool.get().await.expect("connection");
+    client
+        .batch_execute(&format!(
+            "INSERT INTO tenants (id, name, weight) VALUES ('{id}', '{id}', {weight}); \
+             INSERT INTO projects (tenant_id, id, name) VALUES ('{id}', 'p', 'p'); \
+             INSERT INTO agents (tenant_id, id, project_id, name, kind) VALUES ('{id}', 'echo', 'p', 'e', 'echo');"
+        ))
+        .await
+        .expect("tenant");
+    if let Some(max) = max_running {
+        client
+            .execute(
+                "UPDATE tenants SET max_running = $2 WHERE id = $1",
+                &[&id, &max],
+            )
+            .await
+            .expect("quota");
+    }
+    if let Some(cap) = cap {
+        client
+            .execute(
+                "INSERT INTO agents (tenant_id, id, project_id, name, kind, max_concurrency) \
+                 VALUES ($1, 'capped', 'p', 'c', 'echo', $2)",
+                &[&id, &cap],
+            )
+            .await
+            .expect("capped agent");
+    }
+}
+
+fn run_of(tenant: &str) -> NewRun {
+    NewRun {
+        id: Uuid::now_v7(),
+        tenant_id: tenant.into(),
+        agent_id: "echo".into(),
+        message: Some("hi".into()),
+        inputs: None,
+        metadata: serde_json::json!({}),
+        webhook_url: None,
+        session_id: None,
+        ttl: None,
+        chat_model_id: None,
+        projects: None,
+        trigger: None,
+        trace_id: None,
+        traceparent: None,
+        priority: 0,
+    }
+}
+
+/// Accepts `runs` in batches of 50, as the ingress's group commit would.
+async fn accept(pool: &Pool, runs: Vec<NewRun>) -> Vec<Run> {
+    let client = pool.get().await.expect("connection");
+    let mut inserted = Vec::new();
+    for chunk in runs.chunks(50) {
+        inserted.extend(runs::insert_batch(&client, chunk).await.expect("insert"));
+    }
+    inserted
+}
+
+/// Starts `n` runs, `per_pick` at a time, as workers would; returns them in the order started.
+async fn start(pool: &Pool, n: usize, per_pick: usize) -> Vec<Run> {
+    let mut client = pool.get().await.expect("connection");
+    let mut started = Vec::new();
+    while started.len() < n {
+        let picked = runs::claim_next(
+            &mut client,
+            per_pick.min(n - started.len()),
+            "w",
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("claim");
+        if picked.runs.is_empty() {
+            assert!(
+                picked.cut_short,
+                "nothing more to start after {}",
+                started.len()
+            );
+            continue;
+        }
+        started.extend(picked.runs.into_iter().map(|(run, _)| run));
+    }
+    started
+}
+
+fn count_by_tenant(runs: &[Run]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for run in runs {
+        *counts.entry(run.tenant_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+async fn complete(pool: &Pool, run: &Run) -> Run {
+    runs::complete(
+        &pool.get().await.expect("c"),
+        run.id,
+        "w",
+        &serde_json::json!({"output": "ok"}),
+    )
+    .await
+    .expect("complete")
+    .expect("it was running")
+}
+
+#[tokio::test]
+async fn a_tenant_that_arrives_behind_a_flood_starts_at_once() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "flood", 1, None, None).await;
+    tenant(&pool, "quiet", 1, None, None).await;
+    accept(&pool, (0..2000).map(|_| run_of("flood")).collect()).await;
+    // Some of the flood has started already when the quiet tenant sends its runs.
+    let first = start(&pool, 100, 16).await;
+    assert!(first.iter().all(|r| r.tenant_id == "flood"));
+    let quiet: Vec<Uuid> = accept(&pool, (0..5).map(|_| run_of("quiet")).collect())
+        .await
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    // Round robin from here: the quiet tenant's five are among the next ten started, not
+    // behind the 1,900 runs of the flood.
+    let next = start(&pool, 10, 4).await;
+    let started_quiet = next.iter().filter(|r| quiet.contains(&r.id)).count();
+    assert_eq!(started_quiet, 5, "{:?}", count_by_tenant(&next));
+}
+
+#[tokio::test]
+async fn weights_share_the_starts_two_to_one() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "heavy", 2, None, None).await;
+    tenant(&pool, "light", 1, None, None).await;
+    // Interleaved arrivals, and more than either will get started.
+    for _ in 0..4 {
+        accept(&pool, (0..150).map(|_| run_of("light")).collect()).await;
+        accept(&pool, (0..150).map(|_| run_of("heavy")).collect()).await;
+    }
+    let started = start(&pool, 600, 16).await;
+    let counts = count_by_tenant(&started);
+    let (heavy, light) = (counts["heavy"] as f64, counts["light"] as f64);
+    let ratio = heavy / light;
+    assert!(
+        (1.8..=2.2).contains(&ratio),
+        "weight 2 against 1 started {heavy} against {light} ({ratio:.2})"
+    );
+}
+
+#[tokio::test]
+async fn priority_orders_a_tenants_runs_within_its_share() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "a", 1, None, None).await;
+    tenant(&pool, "b", 1, None, None).await;
+    let mut batch = Vec::new();
+    for n in 0..6 {
+        batch.push(NewRun {
+            priority: if n % 3 == 2 { 50 } else { 0 },
+            message: Some(format!("a{n}")),
+            ..run_of("a")
+        });
+    }
+    let a = accept(&pool, batch).await;
+    let b = accept(&pool, (0..6).map(|_| run_of("b")).collect()).await;
+    let started = start(&pool, 12, 1).await;
+    // Within a: the two of priority 50 first, in acceptance order, then the rest in order.
+    let order: Vec<Uuid> = started
+        .iter()
+        .filter(|r| r.tenant_id == "a")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        order,
+        vec![a[2].id, a[5].id, a[0].id, a[1].id, a[3].id, a[4].id]
+    );
+    let order_b: Vec<Uuid> = started
+        .iter()
+        .filter(|r| r.tenant_id == "b")
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(order_b, b.iter().map(|r| r.id).collect::<Vec<_>>());
+    // Priority never takes a tenant past its share: neither gets ahead by more than a turn
+    // (a tie of turns goes to the earlier run).
+    let mut lead = 0i32;
+    for run in &started {
+        lead += if run.tenant_id == "a" { 1 } else { -1 };
+        assert!(
+            lead.abs() <= 2,
+            "{:?}",
+            started.iter().map(|r| &r.tenant_id).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_waiting_for_its_session_or_a_slot_holds_up_no_other_run() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, Some(1)).await;
+    let in_session = |message: &str| NewRun {
+        session_id: Some("s".into()),
+        message: Some(message.into()),
+        agent_id: "capped".into(),
+        ..run_of("t")
+    };
+    // The head of the capped agent's queue is a session's second run, behind the session's
+    // first; another run of the same agent and a run of another agent come after.
+    let first = accept(&pool, vec![in_session("one")]).await.remove(0);
+    let started = start(&pool, 1, 1).await;
+    assert_eq!(started[0].id, first.id);
+    let second = accept(&pool, vec![in_session("two")]).await.remove(0);
+    let other_agent = accept(&pool, vec![run_of("t")]).await.remove(0);
+    // The session's second run waits for the first; the agent's slot is held by the first, so
+    // nothing of `capped` can start; the run of the other agent starts.
+    let next = start(&pool, 1, 4).await;
+    assert_eq!(next[0].id, other_agent.id);
+    // The first ends: its session's next is put back in line, and starts.
+    let done = complete(&pool, &first).await;
+    let client = pool.get().await.expect("c");
+    let back = runs::next_in_session(&client, &done).await.expect("q");
+    assert_eq!(back.map(|n| n.id), Some(second.id));
+    let last = start(&pool, 1, 1).await;
+    assert_eq!(last[0].id, second.id);
+}
+
+#[tokio::test]
+async fn a_tenants_running_quota_holds_its_runs_back_but_not_others() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "capped", 1, Some(2), None).await;
+    tenant(&pool, "free", 1, None, None).await;
+    accept(&pool, (0..20).map(|_| run_of("capped")).collect()).await;
+    accept(&pool, (0..20).map(|_| run_of("free")).collect()).await;
+    let started = start(&pool, 22, 8).await;
+    let counts = count_by_tenant(&started);
+    assert_eq!(counts.get("capped"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("free"), Some(&20), "{counts:?}");
+    let mut client = pool.get().await.expect("c");
+    let more = runs::claim_next(&mut client, 4, "w", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(more.runs.is_empty(), "the capped tenant is at its quota");
+    // One ends: one of its runs is put back in line and starts; still never more than two.
+    let ended = started
+        .iter()
+        .find(|r| r.tenant_id == "capped")
+        .expect("one");
+    complete(&pool, ended).await;
+    let back = runs::next_for_tenants(&client, &["capped"])
+        .await
+        .expect("q");
+    assert_eq!(back.len(), 1);
+    let next = start(&pool, 1, 4).await;
+    assert_eq!(next[0].tenant_id, "capped");
+    let running: i64 = client
+        .query_one(
+            "SELECT count(*) FROM runs WHERE tenant_id = 'capped' AND status = 'running'",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(running, 2);
+}
+
+#[tokio::test]
+async fn the_queued_quota_refuses_runs_past_it() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let client = pool.get().await.expect("c");
+    client
+        .execute("UPDATE tenants SET max_queued = 3 WHERE id = 't'", &[])
+        .await
+        .expect("quota");
+    let inserted = accept(&pool, (0..5).map(|_| run_of("t")).collect()).await;
+    assert_eq!(inserted.len(), 3, "a batch is cut at the quota");
+    assert_eq!(
+        runs::refusal(&client, "t", "echo", None).await.expect("q"),
+        runs::Refusal::QueueFull(3)
+    );
+    assert_eq!(
+        runs::refusal(&client, "t", "nobody", None)
+            .await
+            .expect("q"),
+        runs::Refusal::NoAgent
+    );
+    // Starting one makes room for one.
+    start(&pool, 1, 1).await;
+    assert_eq!(
+        accept(&pool, (0..2).map(|_| run_of("t")).collect())
+            .await
+            .len(),
+        1
+    );
+}
+
+/// What one pick costs, in the database's own work: buffers touched, which neither the machine's
+/// drift nor a slow client changes. With a thousand tenants waiting it must stay within twice
+/// the cost with ten.
+#[tokio::test]
+async fn a_picks_cost_does_not_grow_with_the_tenants_waiting() {
+    let mut costs = Vec::new();
+    // The same 5,000 runs waiting, of 10 tenants or of 1,000.
+    for tenants in [10usize, 1000] {
+        let db = TestDb::create().await.expect("test db");
+        let pool = pool(&db);
+        let client = pool.get().await.expect("c");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO tenants (id, name) SELECT 't' || n, 'x' FROM generate_series(1, {tenants}) n; \
+                 INSERT INTO projects (tenant_id, id, name) SELECT 't' || n, 'p', 'p' FROM generate_series(1, {tenants}) n; \
+                 INSERT INTO agents (tenant_id, id, project_id, name, kind) \
+                     SELECT 't' || n, 'echo', 'p', 'e', 'echo' FROM generate_series(1, {tenants}) n;"
+            ))
+            .await
+            .expect("tenants");
+        let each = 5000 / tenants;
+        // Arriving round robin, as many tenants' runs would.
+        let batch: Vec<NewRun> = (0..each)
+            .flat_map(|_| (1..=tenants).map(|n| run_of(&format!("t{n}"))))
+            .collect();
+        accept(&pool, batch).await;
+        client
+            .batch_execute("VACUUM ANALYZE runs")
+            .await
+            .expect("analyze");
+        let mut total = 0i64;
+        for _ in 0..20 {
+            let rows = client
+                .query(
+                    "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT * FROM switchyard_pick(8)",
+                    &[],
+                )
+                .await
+                .expect("explain");
+            let plan: serde_json::Value = rows[0].get(0);
+            let node = &plan[0]["Plan"];
+            total += node["Shared Hit Blocks"].as_i64().unwrap_or(0)
+                + node["Shared Read Blocks"].as_i64().unwrap_or(0);
+            // Start what was picked (the explained pick rolled nothing forward but its swaps),
+            // so that the next pick finds the next heads.
+            let started = runs::claim_next(
+                &mut pool.get().await.expect("c"),
+                8,
+                "w",
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("claim");
+            assert_eq!(started.runs.len(), 8);
+        }
+        costs.push(total);
+    }
+    assert!(costs[0] > 0, "the pick touched no buffer? {costs:?}");
+    assert!(
+        costs[1] <= costs[0] * 2,
+        "20 picks with 1,000 tenants waiting touched {} buffers, against {} with 10",
+        costs[1],
+        costs[0]
+    );
+    eprintln!("buffers touched by 20 picks of 8: {costs:?} (10 tenants, 1,000 tenants)");
+}
