@@ -26,9 +26,27 @@ ALTER TABLE runs ADD COLUMN turn double precision;
 -- Higher starts first within the tenant's share.
 ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 100);
 -- NULL: in line. Otherwise what the queued run waits for, out of line, so that it holds up no
--- other run: its session's earlier run, a slot of its agent, or its tenant's running quota.
+-- other run: its session's earlier run, a slot of its agent, its tenant's running quota, or room
+-- under its concurrency key's cap.
 -- Whoever frees that puts it back in line (with its turn) and publishes it.
-ALTER TABLE runs ADD COLUMN waiting text CHECK (waiting IN ('session', 'agent', 'tenant'));
+ALTER TABLE runs ADD COLUMN waiting text CHECK (waiting IN ('session', 'agent', 'tenant', 'key'));
+
+-- An agent's concurrency key: `sessionId`, or a JSON pointer into the run's inputs (`/inputs/…`,
+-- a trigger's body) or metadata (`/metadata/…`), and the most runs of one key running at once.
+ALTER TABLE agents ADD COLUMN concurrency_key text CHECK (length(concurrency_key) <= 256);
+ALTER TABLE agents ADD COLUMN max_concurrency_per_key integer
+    CHECK (max_concurrency_per_key BETWEEN 1 AND 1000);
+-- The run's key (at most 255 characters; a longer value is kept as its digest) and its cap, as
+-- its agent named them when the run was accepted.
+ALTER TABLE runs ADD COLUMN concurrency_key text;
+ALTER TABLE runs ADD COLUMN key_cap integer;
+
+-- A JSON pointer's path (`a/b~1c`, without the first slash) as `#>>` takes it.
+CREATE FUNCTION switchyard_pointer_path(pointer text) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT coalesce(array_agg(replace(replace(p, '~1', '/'), '~0', '~') ORDER BY o), '{}')
+    FROM unnest(string_to_array(pointer, '/')) WITH ORDINALITY AS u(p, o)
+$$;
 
 -- Runs accepted before this migration keep their order.
 WITH ranked AS (
@@ -48,6 +66,11 @@ CREATE INDEX runs_waiting_by_tenant ON runs (tenant_id, priority DESC, id)
     WHERE status = 'queued' AND waiting IS NOT NULL;
 -- A tenant's running runs, counted against its running quota.
 CREATE INDEX runs_running_by_tenant ON runs (tenant_id) WHERE status = 'running';
+-- A key's running runs, counted against its cap; a key's runs waiting for it, best first.
+CREATE INDEX runs_running_by_key ON runs (tenant_id, agent_id, concurrency_key)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
+CREATE INDEX runs_waiting_by_key ON runs (tenant_id, agent_id, concurrency_key, priority DESC, id)
+    WHERE status = 'queued' AND waiting = 'key';
 -- A limited agent's queued runs, best first.
 DROP INDEX runs_queued_by_agent;
 CREATE INDEX runs_queued_by_agent ON runs (tenant_id, agent_id, priority DESC, id) WHERE status = 'queued';
@@ -67,6 +90,8 @@ DECLARE
     running integer;
     steps integer := 0;
     tenants_picked text[] := '{}';
+    keys_picked text[] := '{}';
+    key_of text;
 BEGIN
     picked := '{}';
     cut_short := false;
@@ -82,7 +107,8 @@ BEGIN
         ORDER BY r.turn, r.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
         -- The head is locked by this transaction, so the tenant's best is at worst the head.
-        SELECT r.id, r.turn, r.tenant_id, r.project_id, r.agent_id, r.session_id, r.priority
+        SELECT r.id, r.turn, r.tenant_id, r.project_id, r.agent_id, r.session_id, r.priority,
+               r.concurrency_key, r.key_cap
         INTO best FROM runs r
         WHERE r.tenant_id = head.tenant_id AND r.status = 'queued' AND r.waiting IS NULL
           AND r.id <> ALL (picked) AND (r.expires_at IS NULL OR r.expires_at > now())
@@ -123,6 +149,26 @@ BEGIN
             CONTINUE;
         END IF;
 
+        -- A concurrency key has at most its cap of runs running: counted under a transaction
+        -- lock of the key's, like the tenant's quota.
+        key_of := NULL;
+        IF best.concurrency_key IS NOT NULL AND best.key_cap IS NOT NULL THEN
+            key_of := best.tenant_id || '/' || best.agent_id || '/' || best.concurrency_key;
+            IF NOT pg_try_advisory_xact_lock(16018, hashtext(key_of)) THEN
+                cut_short := true;
+                EXIT;
+            END IF;
+            SELECT count(*) INTO running FROM (
+                SELECT 1 FROM runs x WHERE x.tenant_id = best.tenant_id AND x.agent_id = best.agent_id
+                  AND x.concurrency_key = best.concurrency_key AND x.status = 'running'
+                LIMIT best.key_cap) c;
+            running := running + coalesce(array_length(array_positions(keys_picked, key_of), 1), 0);
+            IF running >= best.key_cap THEN
+                UPDATE runs SET waiting = 'key', enqueued_at = now() WHERE id = best.id;
+                CONTINUE;
+            END IF;
+        END IF;
+
         -- A limited agent starts its best queued run (of those not waiting for something else)
         -- when it has a free slot, which the run takes now.
         IF EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = best.tenant_id
@@ -158,6 +204,9 @@ BEGIN
         END IF;
         picked := picked || best.id;
         tenants_picked := tenants_picked || best.tenant_id;
+        IF key_of IS NOT NULL THEN
+            keys_picked := keys_picked || key_of;
+        END IF;
     END LOOP;
 END;
 $$;

@@ -176,12 +176,14 @@ async fn start_next_of_tenants(pool: &deadpool_postgres::Pool, broker: &Broker, 
     }
 }
 
-/// Publishes the runs that may start because `run` left `from`: the next of its session, and the
-/// next of its agent when `run` held a slot or was queued. Used by [`announce`], and by a worker
+/// Publishes the runs that may start because `run` left `from`: the next of its session, the
+/// next of its agent when `run` held a slot or was queued, and the next of its concurrency key
+/// when it was running. Used by [`announce`], and by a worker
 /// whose recording lost its race (the winner may have been an earlier try of its own).
 pub async fn start_next(pool: &deadpool_postgres::Pool, broker: &Broker, run: &Run, from: Left) {
     let asks_agent = run.holds_slot || from == Left::Queued;
-    if run.session_id.is_none() && !asks_agent {
+    let asks_key = run.key_cap.is_some() && from == Left::Running;
+    if run.session_id.is_none() && !asks_agent && !asks_key {
         return;
     }
     let Ok(client) = pool.get().await else {
@@ -205,6 +207,9 @@ pub async fn start_next(pool: &deadpool_postgres::Pool, broker: &Broker, run: &R
             "session",
         )
         .await;
+    }
+    if asks_key {
+        publish_next(broker, runs::next_for_key(&client, run).await, run, "key").await;
     }
 }
 

@@ -156,6 +156,13 @@ pub struct Run {
     /// 0 to 100: within its tenant's share of the workers, a queued run with a higher priority
     /// starts first.
     pub priority: i32,
+    /// The run's concurrency key, when its agent names one (`concurrencyKey`): at most the
+    /// agent's `maxConcurrencyPerKey` runs of one key run at once.
+    pub concurrency_key: Option<String>,
+    /// That cap, as the agent set it when the run was accepted.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub key_cap: Option<i32>,
     /// The session the run belongs to (ChatHive's `sessionId`): its conversation is the
     /// tenant's, project's and session's.
     pub session_id: Option<String>,

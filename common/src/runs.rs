@@ -16,7 +16,7 @@ const COLUMNS: &str = "r.id, r.status, r.tenant_id, r.project_id, r.agent_id, r.
     r.metadata, r.webhook_url, r.result, r.error_code, r.error_message, r.attempt, r.max_attempts, \
     r.created_at, r.started_at, r.completed_at, r.trigger_id, r.environment, r.session_id, \
     r.conversation_id, r.usage, r.artifacts, r.chat_model_id, r.holds_slot, r.trace_id, \
-    r.traceparent, r.priority, \
+    r.traceparent, r.priority, r.concurrency_key, r.key_cap, \
     (SELECT t.max_running IS NOT NULL FROM tenants t WHERE t.id = r.tenant_id) AS tenant_limited";
 
 /// The closing events of every run in `done` (a CTE that returned [`COLUMNS`] and `base`, the
@@ -154,6 +154,8 @@ pub fn from_row(row: &Row) -> Result<Run, tokio_postgres::Error> {
             .unwrap_or_default(),
         chat_model_id: row.try_get("chat_model_id")?,
         priority: row.try_get("priority")?,
+        concurrency_key: row.try_get("concurrency_key")?,
+        key_cap: row.try_get("key_cap")?,
         conversation_id: row.try_get("conversation_id")?,
         last_seq: row.try_get("last_seq").unwrap_or(0),
         holds_slot: row.try_get("holds_slot").unwrap_or(false),
@@ -224,7 +226,8 @@ pub async fn insert_batch(
                                        trace, parent, priority, ord)), \
          ok AS ( \
              SELECT n.*, a.project_id, a.max_attempts, t.weight, t.max_queued, \
-                    row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k \
+                    row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k, \
+                    {RUN_KEY} AS ckey, a.max_concurrency_per_key AS key_cap \
              FROM n JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
                     JOIN tenants t ON t.id = n.tenant_id \
              WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ','))), \
@@ -249,12 +252,15 @@ pub async fn insert_batch(
          INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
                                 missing_placeholders, expires_at, chat_model_id, trace_id, traceparent, \
-                                priority, turn) \
+                                priority, turn, concurrency_key, key_cap) \
          SELECT n.id, n.tenant_id, n.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, n.max_attempts, n.trigger_id, n.environment, n.session_id, \
                 string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
                 n.parent, n.priority, \
-                tu.finish - (c.c - n.k + 1)::float8 / c.weight \
+                tu.finish - (c.c - n.k + 1)::float8 / c.weight, \
+                CASE WHEN length(n.ckey) > 255 THEN 'sha256:' || encode(sha256(convert_to(n.ckey, 'UTF8')), 'hex') \
+                     ELSE n.ckey END, \
+                CASE WHEN n.ckey IS NOT NULL THEN n.key_cap END \
          FROM admitted n JOIN counts c ON c.tenant_id = n.tenant_id JOIN turns tu ON tu.tenant_id = n.tenant_id \
          RETURNING {COLUMNS}"
     );
@@ -285,6 +291,15 @@ pub async fn insert_batch(
         .await?;
     rows.iter().map(from_row).collect()
 }
+
+/// A run's concurrency key, from its agent (`a`) and the new run (`n`): the session id, or the
+/// text at a JSON pointer into its inputs or metadata (a string as it is, anything else as JSON).
+const RUN_KEY: &str = "CASE WHEN a.concurrency_key IS NULL THEN NULL \
+    WHEN a.concurrency_key = 'sessionId' THEN n.session_id \
+    WHEN a.concurrency_key LIKE '/inputs/%' \
+        THEN n.inputs #>> switchyard_pointer_path(substr(a.concurrency_key, 9)) \
+    WHEN a.concurrency_key LIKE '/metadata/%' \
+        THEN n.metadata #>> switchyard_pointer_path(substr(a.concurrency_key, 11)) END";
 
 /// The CTE `head` (one row, `v`): the turn at the head of the line, or, when the line is empty,
 /// the last turn handed to any tenant, so that a tenant back after a pause starts level with
@@ -681,6 +696,33 @@ pub async fn next_for_agent(
                 )
                 .await?,
             &[&run.tenant_id, &run.agent_id],
+        )
+        .await?;
+    row.map(|r| next_of(&r)).transpose()
+}
+
+/// Puts back in line the best run waiting for room under `run`'s concurrency key, once `run`
+/// has left `running`.
+pub async fn next_for_key(
+    client: &impl GenericClient,
+    run: &Run,
+) -> Result<Option<Next>, tokio_postgres::Error> {
+    let Some(key) = &run.concurrency_key else {
+        return Ok(None);
+    };
+    let row = client
+        .query_opt(
+            &client
+                .prepare_cached(
+                    "UPDATE runs r SET waiting = NULL, enqueued_at = now() \
+                     WHERE r.id = (SELECT e.id FROM runs e WHERE e.tenant_id = $1 AND e.agent_id = $2 \
+                         AND e.concurrency_key = $3 AND e.status = 'queued' AND e.waiting = 'key' \
+                         ORDER BY e.priority DESC, e.id LIMIT 1) \
+                       AND r.status = 'queued' AND r.waiting = 'key' \
+                     RETURNING r.id, r.traceparent",
+                )
+                .await?,
+            &[&run.tenant_id, &run.agent_id, key],
         )
         .await?;
     row.map(|r| next_of(&r)).transpose()
@@ -1195,7 +1237,7 @@ pub async fn sweep_unclaimed(
 
 /// Runs waiting out of line for longer than `older_than` whose wait is over (their session's
 /// earlier runs ended; their agent has a free slot and they are its next; their tenant is under
-/// its running quota): puts them back in line and returns their ids, to be published. Meant to
+/// its running quota; their concurrency key under its cap): puts them back in line and returns their ids, to be published. Meant to
 /// run even while run messages wait in the queue: such a run has no message of its own, only
 /// the one publish by whoever ended its wait. Were that lost, the run must not wait for a
 /// backlog to drain.
@@ -1221,6 +1263,10 @@ pub async fn sweep_waiting(
                                      AND f.agent_id = q.agent_id AND f.status = 'queued' \
                                      AND (f.waiting IS NULL OR f.waiting = 'agent') \
                                      AND (f.priority > q.priority OR (f.priority = q.priority AND f.id < q.id))))) \
+                           AND NOT (q.waiting = 'key' AND q.key_cap <= (SELECT count(*) FROM ( \
+                               SELECT 1 FROM runs x WHERE x.tenant_id = q.tenant_id AND x.agent_id = q.agent_id \
+                                 AND x.concurrency_key = q.concurrency_key AND x.status = 'running' \
+                               LIMIT q.key_cap) k)) \
                            AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = q.tenant_id \
                                AND t.max_running IS NOT NULL AND t.max_running <= (SELECT count(*) FROM ( \
                                    SELECT 1 FROM runs x WHERE x.tenant_id = q.tenant_id AND x.status = 'running' \

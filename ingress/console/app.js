@@ -189,6 +189,22 @@ function runLabel(run, link = true) {
     link ? h('a', { href: `#/runs/${run.id}` }, text) : text);
 }
 
+// The tenant's runs queued and running now, and its scheduling settings; only a key that may
+// read its tenant (tenant-wide, with `manage`) sees them.
+async function tenantUsage() {
+  let t;
+  try {
+    ({ data: t } = await api('GET', tenantPath()));
+  } catch {
+    return null;
+  }
+  const parts = [`${t.queued} queued`, `${t.running} running`];
+  if (t.maxRunning) parts[1] += ` (at most ${t.maxRunning})`;
+  if (t.maxQueued) parts[0] += ` (at most ${t.maxQueued})`;
+  parts.push(`weight ${t.weight}`);
+  return h('p', { class: 'panel', id: 'tenant-usage', 'aria-label': 'Your tenant now' }, parts.join(' · '));
+}
+
 async function renderRuns(params, seq = current) {
   const q = new URLSearchParams(params);
   const form = h('form', { class: 'panel grid', id: 'run-filters', 'aria-label': 'Filter runs' },
@@ -212,6 +228,7 @@ async function renderRuns(params, seq = current) {
     query.set(k, k === 'since' ? new Date(v).toISOString() : v);
   }
   const { data } = await api('GET', `/v1/runs?${query}`);
+  const usage = await tenantUsage();
   const rows = data.map((run) => h('tr', { dataset: { run: run.id } },
     h('td', {}, runLabel(run)),
     h('td', { class: 'status' }, badge(run.status)),
@@ -223,7 +240,7 @@ async function renderRuns(params, seq = current) {
     h('caption', { class: 'muted' }, `The latest ${data.length === 1 ? 'run' : `${data.length} runs`}; runs still going update as they go`),
     h('thead', {}, h('tr', {}, ['Run', 'Status', 'Agent', 'Trigger', 'Environment', 'Created'].map((c) => h('th', { scope: 'col' }, c)))),
     h('tbody', {}, rows));
-  if (!page(seq, 'Runs', form, data.length ? table : h('p', { class: 'panel muted' }, 'No runs match.'))) return;
+  if (!page(seq, 'Runs', usage, form, data.length ? table : h('p', { class: 'panel muted' }, 'No runs match.'))) return;
   // Live status for the runs still going: two streams at most, so that a browser's few
   // connections to one host stay free for everything else.
   for (const run of data.filter((r) => !terminal(r.status)).slice(0, 2)) {

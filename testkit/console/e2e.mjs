@@ -84,6 +84,8 @@ try {
   const row = page.locator(`tr[data-run="${run.id}"]`);
   await row.waitFor();
   if (!(await row.locator('.api').count())) throw new Error('an API invocation lacks the [API] prefix');
+  const usage = await page.locator('#tenant-usage').textContent();
+  if (!/^\d+ queued · \d+ running · weight 1$/.test(usage)) throw new Error(`the tenant's counts read "${usage}"`);
   const before = (await row.locator('.badge').textContent()).trim();
   if (before === 'completed') throw new Error('the run ended before the list showed it; nothing to watch');
   await page.evaluate(() => { window.notReloaded = true; });

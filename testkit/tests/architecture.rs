@@ -167,7 +167,12 @@ fn every_run_ending_transition_goes_through_the_lifecycle() {
                     m.path
                 );
             }
-            for next in ["next_for_agent(", "next_in_session(", "next_for_tenants("] {
+            for next in [
+                "next_for_agent(",
+                "next_in_session(",
+                "next_for_tenants(",
+                "next_for_key(",
+            ] {
                 assert!(
                     lifecycle || !m.code.contains(&format!("runs::{next}")),
                     "{krate}::{} looks for the next run itself; only lifecycle does",

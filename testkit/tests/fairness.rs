@@ -43,7 +43,7 @@ async fn tenant(stack: &Stack, id: &str, weight: i32, delay_ms: u64) -> String {
         id,
         "test",
         &key,
-        &[Scope::Trigger, Scope::RunsRead],
+        &[Scope::Trigger, Scope::RunsRead, Scope::Manage],
     )
     .await
     .expect("key");
@@ -339,5 +339,101 @@ async fn tenant_quotas_answer_429_naming_the_quota_and_show_the_counts() {
         .await
         .expect("patch");
     assert_eq!(bad.status(), 422);
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_of_one_concurrency_key_never_overlap_while_other_keys_run() {
+    let stack = Stack::start(three_workers()).await.expect("stack starts");
+    let key = tenant(&stack, "keys", 1, 0).await;
+    let manage = |body: Value| {
+        stack
+            .http
+            .post(format!(
+                "{}/manage/tenants/keys/projects/p/agents",
+                stack.base_url
+            ))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let half = manage(json!({"id": "half", "name": "half", "kind": "echo",
+        "concurrencyKey": "/inputs/customer"}))
+    .await
+    .expect("request");
+    assert_eq!(half.status(), 422, "a key needs its cap");
+    let made = manage(json!({"id": "per-customer", "name": "per customer", "kind": "echo",
+        "config": {"delayMs": 300}, "concurrencyKey": "/inputs/customer", "maxConcurrencyPerKey": 1}))
+    .await
+    .expect("request");
+    assert_eq!(made.status(), 201);
+    let ids: Vec<Uuid> = futures::stream::iter(0..8)
+        .map(|i| {
+            let key = key.clone();
+            let stack = &stack;
+            async move {
+                let customer = if i % 2 == 0 { "acme" } else { "globex" };
+                let answer: Value = stack
+                    .http
+                    .post(format!("{}/v1/runs", stack.base_url))
+                    .bearer_auth(&key)
+                    .json(&json!({"agentId": "per-customer", "inputs": {"customer": customer}}))
+                    .send()
+                    .await
+                    .expect("request")
+                    .json()
+                    .await
+                    .expect("json");
+                assert_eq!(answer["concurrencyKey"], customer, "{answer}");
+                answer["id"]
+                    .as_str()
+                    .expect("id")
+                    .parse::<Uuid>()
+                    .expect("uuid")
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let client = stack.db.client().await.expect("client");
+    poll(Duration::from_secs(60), || async {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'",
+                &[&ids],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n == 8).then_some(())
+    })
+    .await
+    .expect("every run completes");
+    // No two runs of one customer overlapped; runs of the two customers did.
+    let overlaps = |same: bool| {
+        let client = &client;
+        let ids = &ids;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM runs a JOIN runs b ON a.id < b.id \
+                         AND a.started_at < b.completed_at AND b.started_at < a.completed_at \
+                         WHERE a.id = ANY($1) AND b.id = ANY($1) \
+                           AND (a.concurrency_key = b.concurrency_key) = {same}"
+                    ),
+                    &[ids],
+                )
+                .await
+                .expect("q")
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(overlaps(true).await, 0, "two runs of one key ran at once");
+    assert!(
+        overlaps(false).await > 0,
+        "the two keys never ran side by side"
+    );
     stack.shutdown().await;
 }

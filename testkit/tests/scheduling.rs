@@ -389,3 +389,105 @@ async fn a_picks_cost_does_not_grow_with_the_tenants_waiting() {
     );
     eprintln!("buffers touched by 20 picks of 8: {costs:?} (10 tenants, 1,000 tenants)");
 }
+
+#[tokio::test]
+async fn a_concurrency_key_at_its_cap_holds_up_no_other_key() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let client = pool.get().await.expect("c");
+    client
+        .execute(
+            "INSERT INTO agents (tenant_id, id, project_id, name, kind, concurrency_key, \
+                                 max_concurrency_per_key) \
+             VALUES ('t', 'keyed', 'p', 'k', 'echo', '/inputs/customer', 1)",
+            &[],
+        )
+        .await
+        .expect("agent");
+    let of = |customer: &str| NewRun {
+        agent_id: "keyed".into(),
+        inputs: Some(serde_json::json!({ "customer": customer })),
+        ..run_of("t")
+    };
+    let runs = accept(
+        &pool,
+        vec![of("k1"), of("k1"), of("k1"), of("k2"), of("k2")],
+    )
+    .await;
+    assert_eq!(runs[0].concurrency_key.as_deref(), Some("k1"));
+    // One of each key starts; the rest of each key waits out of line, holding up nobody.
+    let started = start(&pool, 2, 8).await;
+    let ids: Vec<Uuid> = started.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![runs[0].id, runs[3].id]);
+    let mut again = pool.get().await.expect("c");
+    let more = runs::claim_next(&mut again, 8, "w", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(more.runs.is_empty());
+    // k1's run ends: k1's next is put back in line and starts.
+    let done = complete(&pool, &started[0]).await;
+    let back = runs::next_for_key(&client, &done).await.expect("q");
+    assert_eq!(back.map(|n| n.id), Some(runs[1].id));
+    let next = start(&pool, 1, 8).await;
+    assert_eq!(next[0].id, runs[1].id);
+}
+
+#[tokio::test]
+async fn a_concurrency_key_is_read_from_inputs_metadata_or_the_session() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let client = pool.get().await.expect("c");
+    for (id, key) in [
+        ("by-input", "/inputs/a~1b/0"),
+        ("by-meta", "/metadata/org"),
+        ("by-session", "sessionId"),
+    ] {
+        client
+            .execute(
+                "INSERT INTO agents (tenant_id, id, project_id, name, kind, concurrency_key, \
+                                     max_concurrency_per_key) VALUES ('t', $1, 'p', 'k', 'echo', $2, 2)",
+                &[&id, &key],
+            )
+            .await
+            .expect("agent");
+    }
+    let long = "x".repeat(300);
+    let runs = accept(
+        &pool,
+        vec![
+            NewRun {
+                agent_id: "by-input".into(),
+                inputs: Some(serde_json::json!({"a/b": [7]})),
+                ..run_of("t")
+            },
+            NewRun {
+                agent_id: "by-meta".into(),
+                metadata: serde_json::json!({"org": long}),
+                ..run_of("t")
+            },
+            NewRun {
+                agent_id: "by-session".into(),
+                session_id: Some("s-1".into()),
+                ..run_of("t")
+            },
+            NewRun {
+                agent_id: "by-input".into(),
+                inputs: Some(serde_json::json!({"other": 1})),
+                ..run_of("t")
+            },
+        ],
+    )
+    .await;
+    assert_eq!(runs[0].concurrency_key.as_deref(), Some("7"));
+    let hashed = runs[1].concurrency_key.as_deref().expect("a key");
+    assert!(
+        hashed.starts_with("sha256:") && hashed.len() == 7 + 64,
+        "{hashed}"
+    );
+    assert_eq!(runs[2].concurrency_key.as_deref(), Some("s-1"));
+    assert_eq!(runs[3].concurrency_key, None, "no value, no key");
+    assert_eq!(runs[0].key_cap, Some(2));
+    assert_eq!(runs[3].key_cap, None);
+}

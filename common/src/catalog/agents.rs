@@ -251,6 +251,12 @@ pub struct Agent {
     pub timeout_seconds: i32,
     /// Most runs of this agent running at once, across every worker; `null` for no limit.
     pub max_concurrency: Option<i32>,
+    /// What groups this agent's runs for `maxConcurrencyPerKey`: `sessionId`, or a JSON pointer
+    /// into a run's inputs (`/inputs/…`; a trigger's body is its run's inputs) or metadata
+    /// (`/metadata/…`).
+    pub concurrency_key: Option<String>,
+    /// Most runs of one concurrency key running at once.
+    pub max_concurrency_per_key: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -280,6 +286,12 @@ pub struct AgentSpec {
     /// Most runs running at once, across every worker (none by default).
     #[schema(minimum = 1, maximum = 1000)]
     pub max_concurrency: Option<i32>,
+    /// `sessionId`, `/inputs/<JSON pointer>` or `/metadata/<JSON pointer>`: the value that
+    /// groups runs for `maxConcurrencyPerKey` (given together).
+    #[schema(max_length = 256)]
+    pub concurrency_key: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_concurrency_per_key: Option<i32>,
     /// Read-only; accepted and ignored.
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
@@ -311,6 +323,10 @@ pub struct AgentPatch {
     timeout_seconds: Option<i32>,
     #[schema(minimum = 1, maximum = 1000)]
     max_concurrency: Option<i32>,
+    #[schema(max_length = 256)]
+    concurrency_key: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
+    max_concurrency_per_key: Option<i32>,
     project_id: Option<String>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
@@ -328,6 +344,8 @@ struct Valid {
     max_attempts: i32,
     timeout_seconds: i32,
     max_concurrency: Option<i32>,
+    concurrency_key: Option<String>,
+    max_concurrency_per_key: Option<i32>,
 }
 
 /// Checks an agent as a whole. `may_use_credentials` is false for a project-limited key, which
@@ -372,6 +390,10 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
     {
         return Err(Error::invalid("`maxConcurrency` must be from 1 to 1000"));
     }
+    check_concurrency_key(
+        spec.concurrency_key.as_deref(),
+        spec.max_concurrency_per_key,
+    )?;
     if let Some(cred) = &spec.credential_reference_id
         && !super::valid_id(cred)
     {
@@ -387,11 +409,44 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
         max_attempts,
         timeout_seconds,
         max_concurrency: spec.max_concurrency,
+        concurrency_key: spec.concurrency_key,
+        max_concurrency_per_key: spec.max_concurrency_per_key,
     })
 }
 
+/// `concurrencyKey` and `maxConcurrencyPerKey` come together; the key is `sessionId` or a JSON
+/// pointer under `/inputs/` or `/metadata/`.
+fn check_concurrency_key(key: Option<&str>, cap: Option<i32>) -> Result<(), Error> {
+    match (key, cap) {
+        (None, None) => Ok(()),
+        (Some(_), None) | (None, Some(_)) => Err(Error::invalid(
+            "`concurrencyKey` and `maxConcurrencyPerKey` are given together",
+        )),
+        (Some(_), Some(cap)) if !(1..=1000).contains(&cap) => Err(Error::invalid(
+            "`maxConcurrencyPerKey` must be from 1 to 1000",
+        )),
+        (Some(key), Some(_)) => {
+            let pointer = key
+                .strip_prefix("/inputs/")
+                .or_else(|| key.strip_prefix("/metadata/"));
+            let valid = key == "sessionId"
+                || (key.len() <= 256
+                    && pointer.is_some_and(|p| !p.is_empty() && !p.contains('\0')));
+            if valid {
+                Ok(())
+            } else {
+                Err(Error::invalid(
+                    "`concurrencyKey` must be `sessionId`, or a JSON pointer of at most 256 \
+                     characters under `/inputs/` or `/metadata/`",
+                ))
+            }
+        }
+    }
+}
+
 const COLUMNS: &str = "id, project_id, name, description, kind, config, credential_id, \
-    max_attempts, timeout_seconds, max_concurrency, created_at, updated_at";
+    max_attempts, timeout_seconds, max_concurrency, concurrency_key, max_concurrency_per_key, \
+    created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
     Ok(Agent {
@@ -405,6 +460,8 @@ fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
         max_attempts: row.try_get("max_attempts")?,
         timeout_seconds: row.try_get("timeout_seconds")?,
         max_concurrency: row.try_get("max_concurrency")?,
+        concurrency_key: row.try_get("concurrency_key")?,
+        max_concurrency_per_key: row.try_get("max_concurrency_per_key")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -426,8 +483,9 @@ pub async fn create(
         .query_opt(
             &format!(
                 "INSERT INTO agents (tenant_id, id, project_id, name, description, kind, config, \
-                                     credential_id, max_attempts, timeout_seconds, max_concurrency) \
-                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10, $11 FROM projects p \
+                                     credential_id, max_attempts, timeout_seconds, max_concurrency, \
+                                     concurrency_key, max_concurrency_per_key) \
+                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM projects p \
                  WHERE p.tenant_id = $1 AND p.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -443,6 +501,8 @@ pub async fn create(
                 &v.max_attempts,
                 &v.timeout_seconds,
                 &v.max_concurrency,
+                &v.concurrency_key,
+                &v.max_concurrency_per_key,
             ],
         )
         .await
@@ -527,6 +587,8 @@ pub async fn update(
         max_attempts: Some(current.max_attempts),
         timeout_seconds: Some(current.timeout_seconds),
         max_concurrency: current.max_concurrency,
+        concurrency_key: current.concurrency_key,
+        max_concurrency_per_key: current.max_concurrency_per_key,
         created_at: None,
         updated_at: None,
     })
@@ -543,7 +605,8 @@ pub async fn update(
             &format!(
                 "UPDATE agents SET name = $4, description = $5, kind = $6, config = $7, \
                      credential_id = $8, max_attempts = $9, timeout_seconds = $10, \
-                     max_concurrency = $11, updated_at = now() \
+                     max_concurrency = $11, concurrency_key = $12, max_concurrency_per_key = $13, \
+                     updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING {COLUMNS}"
             ),
             &[
@@ -558,6 +621,8 @@ pub async fn update(
                 &v.max_attempts,
                 &v.timeout_seconds,
                 &v.max_concurrency,
+                &v.concurrency_key,
+                &v.max_concurrency_per_key,
             ],
         )
         .await

@@ -7,7 +7,9 @@
 //! - SSE fan-out: how long a run's live events take from their commit to many clients streaming
 //!   them from two ingress replicas;
 //! - webhook delivery: how fast one notifier drains a backlog of deliveries, to runs' own
-//!   `webhookUrl` or fanned out to webhook endpoints.
+//!   `webhookUrl` or fanned out to webhook endpoints;
+//! - the noisy neighbour: quiet tenants' wait behind another tenant's flood, the throughput beside
+//!   one tenant alone, and what one pick of the scheduler costs with 10 or 1,000 tenants waiting.
 //!
 //! Run it through `scripts/bench.sh`, which builds the release binaries first.
 
@@ -21,6 +23,9 @@ use clap::Parser;
 use serde_json::{Value, json};
 use switchyard_testkit::{Stack, StackOptions, postgres_base, unique};
 use tokio::sync::Semaphore;
+
+#[path = "bench/noisy.rs"]
+mod noisy;
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +70,17 @@ struct Args {
     /// `webhookUrl`).
     #[arg(long, value_delimiter = ',', default_value = "0,4")]
     delivery_endpoints: Vec<usize>,
+    /// Runs of the loud tenant in the noisy-neighbour measurement (0: skip it).
+    #[arg(long, default_value_t = 3000)]
+    noisy_runs: usize,
+    /// Milliseconds each of those runs takes.
+    #[arg(long, default_value_t = 1000)]
+    noisy_delay_ms: u64,
+    /// Quiet tenants arriving behind the flood, and the runs each sends.
+    #[arg(long, default_value_t = 10)]
+    quiet_tenants: usize,
+    #[arg(long, default_value_t = 3)]
+    quiet_runs: usize,
     /// The endpoints' `maxConcurrency` values to measure delivery at (10 is the default).
     #[arg(long, value_delimiter = ',', default_value = "10,64")]
     delivery_max_concurrency: Vec<u32>,
@@ -744,6 +760,42 @@ async fn main() -> anyhow::Result<()> {
     for &clients in &args.sse_clients {
         eprintln!("[bench] SSE fan-out to {clients} clients");
         println!("{}", sse_fanout(clients).await?);
+    }
+
+    if args.noisy_runs > 0 {
+        println!(
+            "\n### The noisy neighbour ({} workers × 16; one tenant's flood, then quiet tenants)\n",
+            args.workers
+        );
+        println!(
+            "A loud tenant sends its flood of slow runs; two seconds later each quiet tenant sends a few. Throughput is"
+        );
+        println!(
+            "runs per second from the first start to the last end, beside the same number of runs sent by the loud"
+        );
+        println!(
+            "tenant alone (same session). Wait: a quiet run's acceptance to its start, from the runs' timestamps.\n"
+        );
+        println!(
+            "| load | alone, runs/s | shared, runs/s | quiet wait p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|"
+        );
+        eprintln!("[bench] noisy neighbour");
+        let noisy = noisy::Noisy {
+            workers: args.workers,
+            flood: args.noisy_runs,
+            delay_ms: args.noisy_delay_ms,
+            quiet_tenants: args.quiet_tenants,
+            quiet_runs: args.quiet_runs,
+        };
+        println!("{}", noisy::measure(&noisy).await?);
+        println!(
+            "\nOne pick of the scheduler (`runs::claim_next` of 8, the claim included), 5,000 runs waiting:\n"
+        );
+        println!("| tenants waiting | ms per pick |\n|---|---|");
+        for tenants in [10, 1000] {
+            eprintln!("[bench] pick cost with {tenants} tenants");
+            println!("| {tenants} | {:.2} |", noisy::pick_cost(tenants).await?);
+        }
     }
 
     println!("\n### Webhook delivery (one notifier draining a backlog)\n");
