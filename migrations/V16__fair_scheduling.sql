@@ -36,6 +36,9 @@ ALTER TABLE runs ADD COLUMN waiting text CHECK (waiting IN ('session', 'agent', 
 ALTER TABLE agents ADD COLUMN concurrency_key text CHECK (length(concurrency_key) <= 256);
 ALTER TABLE agents ADD COLUMN max_concurrency_per_key integer
     CHECK (max_concurrency_per_key BETWEEN 1 AND 1000);
+-- The priority of the runs an agent or a trigger starts, when the caller gives none.
+ALTER TABLE agents ADD COLUMN priority integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 100);
+ALTER TABLE triggers ADD COLUMN priority integer CHECK (priority BETWEEN 0 AND 100);
 -- The run's key (at most 255 characters; a longer value is kept as its digest) and its cap, as
 -- its agent named them when the run was accepted.
 ALTER TABLE runs ADD COLUMN concurrency_key text;

@@ -87,8 +87,9 @@ pub struct NewRun {
     pub trigger: Option<TriggerOrigin>,
     /// The trace of the request that accepted it, when tracing is on.
     pub trace_id: Option<String>,
-    /// 0 to 100: within its tenant's share of the line, a higher one starts first.
-    pub priority: i32,
+    /// 0 to 100: within its tenant's share of the line, a higher one starts first. `None`: the
+    /// agent's `priority`.
+    pub priority: Option<i32>,
     /// That request's span, as a W3C `traceparent`.
     pub traceparent: Option<String>,
 }
@@ -215,7 +216,7 @@ pub async fn insert_batch(
     let models: Vec<Option<&str>> = runs.iter().map(|r| r.chat_model_id.as_deref()).collect();
     let traces: Vec<Option<&str>> = runs.iter().map(|r| r.trace_id.as_deref()).collect();
     let parents: Vec<Option<&str>> = runs.iter().map(|r| r.traceparent.as_deref()).collect();
-    let priorities: Vec<i32> = runs.iter().map(|r| r.priority).collect();
+    let priorities: Vec<Option<i32>> = runs.iter().map(|r| r.priority).collect();
     let sql = format!(
         "WITH n AS ( \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
@@ -227,7 +228,7 @@ pub async fn insert_batch(
          ok AS ( \
              SELECT n.*, a.project_id, a.max_attempts, t.weight, t.max_queued, \
                     row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k, \
-                    {RUN_KEY} AS ckey, a.max_concurrency_per_key AS key_cap \
+                    {RUN_KEY} AS ckey, a.max_concurrency_per_key AS key_cap, a.priority AS agent_priority \
              FROM n JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
                     JOIN tenants t ON t.id = n.tenant_id \
              WHERE n.projects IS NULL OR a.project_id = ANY(string_to_array(n.projects, ','))), \
@@ -256,7 +257,7 @@ pub async fn insert_batch(
          SELECT n.id, n.tenant_id, n.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, n.max_attempts, n.trigger_id, n.environment, n.session_id, \
                 string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
-                n.parent, n.priority, \
+                n.parent, coalesce(n.priority, n.agent_priority), \
                 tu.finish - (c.c - n.k + 1)::float8 / c.weight, \
                 CASE WHEN length(n.ckey) > 255 THEN 'sha256:' || encode(sha256(convert_to(n.ckey, 'UTF8')), 'hex') \
                      ELSE n.ckey END, \

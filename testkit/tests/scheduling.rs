@@ -71,7 +71,7 @@ fn run_of(tenant: &str) -> NewRun {
         trigger: None,
         trace_id: None,
         traceparent: None,
-        priority: 0,
+        priority: None,
     }
 }
 
@@ -183,7 +183,7 @@ async fn priority_orders_a_tenants_runs_within_its_share() {
     let mut batch = Vec::new();
     for n in 0..6 {
         batch.push(NewRun {
-            priority: if n % 3 == 2 { 50 } else { 0 },
+            priority: (n % 3 == 2).then_some(50),
             message: Some(format!("a{n}")),
             ..run_of("a")
         });

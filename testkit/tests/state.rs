@@ -38,7 +38,7 @@ fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
         trigger: None,
         trace_id: None,
         traceparent: None,
-        priority: 0,
+        priority: None,
     }
 }
 

@@ -920,3 +920,50 @@ async fn a_sessions_runs_execute_one_at_a_time_in_order_across_three_workers() {
     assert_eq!(run["result"]["history"][38]["content"], "a19");
     f.stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_triggers_or_agents_priority_is_the_default_of_its_runs() {
+    let f = Fixture::with(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await;
+    let agent = patch(
+        &f.stack,
+        &format!("/manage/tenants/{}/projects/shop/agents/echo", f.tenant),
+        &f.key,
+        json!({"priority": 20}),
+    )
+    .await;
+    assert_eq!(agent.status.as_u16(), 200, "{}", agent.body);
+    assert_eq!(agent.body["data"]["priority"], 20);
+    f.trigger(
+        "echo",
+        json!({"id": "urgent", "name": "Urgent", "priority": 80}),
+    )
+    .await;
+    f.trigger("echo", json!({"id": "plain", "name": "Plain"}))
+        .await;
+    let (status, run) = f.invoke("urgent", json!({"text": "now"})).await;
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(run["priority"], 80, "the trigger's");
+    let (_, run) = f.invoke("plain", json!({"text": "later"})).await;
+    assert_eq!(run["priority"], 20, "the agent's");
+    let direct = post(
+        &f.stack,
+        "/v1/runs",
+        &f.key,
+        json!({"agentId": "echo", "message": "mine", "priority": 5}),
+    )
+    .await;
+    assert_eq!(direct.body["priority"], 5, "the caller's own");
+    let bad = post(
+        &f.stack,
+        "/v1/runs",
+        &f.key,
+        json!({"agentId": "echo", "message": "mine", "priority": 101}),
+    )
+    .await;
+    assert_problem(&bad, 400, "bad_request");
+    f.stack.shutdown().await;
+}

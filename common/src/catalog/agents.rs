@@ -257,6 +257,8 @@ pub struct Agent {
     pub concurrency_key: Option<String>,
     /// Most runs of one concurrency key running at once.
     pub max_concurrency_per_key: Option<i32>,
+    /// The priority (0 to 100) of its runs that do not give one.
+    pub priority: i32,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -292,6 +294,9 @@ pub struct AgentSpec {
     pub concurrency_key: Option<String>,
     #[schema(minimum = 1, maximum = 1000)]
     pub max_concurrency_per_key: Option<i32>,
+    /// The priority of its runs that do not give one (0 to 100, default 0).
+    #[schema(minimum = 0, maximum = 100)]
+    pub priority: Option<i32>,
     /// Read-only; accepted and ignored.
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
@@ -327,6 +332,8 @@ pub struct AgentPatch {
     concurrency_key: Option<String>,
     #[schema(minimum = 1, maximum = 1000)]
     max_concurrency_per_key: Option<i32>,
+    #[schema(minimum = 0, maximum = 100)]
+    priority: Option<i32>,
     project_id: Option<String>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
@@ -346,6 +353,7 @@ struct Valid {
     max_concurrency: Option<i32>,
     concurrency_key: Option<String>,
     max_concurrency_per_key: Option<i32>,
+    priority: i32,
 }
 
 /// Checks an agent as a whole. `may_use_credentials` is false for a project-limited key, which
@@ -394,6 +402,10 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
         spec.concurrency_key.as_deref(),
         spec.max_concurrency_per_key,
     )?;
+    let priority = spec.priority.unwrap_or(0);
+    if !(0..=100).contains(&priority) {
+        return Err(Error::invalid("`priority` must be from 0 to 100"));
+    }
     if let Some(cred) = &spec.credential_reference_id
         && !super::valid_id(cred)
     {
@@ -411,6 +423,7 @@ fn validate(spec: AgentSpec, may_use_credentials: bool) -> Result<Valid, Error> 
         max_concurrency: spec.max_concurrency,
         concurrency_key: spec.concurrency_key,
         max_concurrency_per_key: spec.max_concurrency_per_key,
+        priority,
     })
 }
 
@@ -446,7 +459,7 @@ fn check_concurrency_key(key: Option<&str>, cap: Option<i32>) -> Result<(), Erro
 
 const COLUMNS: &str = "id, project_id, name, description, kind, config, credential_id, \
     max_attempts, timeout_seconds, max_concurrency, concurrency_key, max_concurrency_per_key, \
-    created_at, updated_at";
+    priority, created_at, updated_at";
 
 fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
     Ok(Agent {
@@ -462,6 +475,7 @@ fn from_row(row: &Row) -> Result<Agent, tokio_postgres::Error> {
         max_concurrency: row.try_get("max_concurrency")?,
         concurrency_key: row.try_get("concurrency_key")?,
         max_concurrency_per_key: row.try_get("max_concurrency_per_key")?,
+        priority: row.try_get("priority")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -484,8 +498,8 @@ pub async fn create(
             &format!(
                 "INSERT INTO agents (tenant_id, id, project_id, name, description, kind, config, \
                                      credential_id, max_attempts, timeout_seconds, max_concurrency, \
-                                     concurrency_key, max_concurrency_per_key) \
-                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM projects p \
+                                     concurrency_key, max_concurrency_per_key, priority) \
+                 SELECT $1, $2, p.id, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 FROM projects p \
                  WHERE p.tenant_id = $1 AND p.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -503,6 +517,7 @@ pub async fn create(
                 &v.max_concurrency,
                 &v.concurrency_key,
                 &v.max_concurrency_per_key,
+                &v.priority,
             ],
         )
         .await
@@ -589,6 +604,7 @@ pub async fn update(
         max_concurrency: current.max_concurrency,
         concurrency_key: current.concurrency_key,
         max_concurrency_per_key: current.max_concurrency_per_key,
+        priority: Some(current.priority),
         created_at: None,
         updated_at: None,
     })
@@ -606,6 +622,7 @@ pub async fn update(
                 "UPDATE agents SET name = $4, description = $5, kind = $6, config = $7, \
                      credential_id = $8, max_attempts = $9, timeout_seconds = $10, \
                      max_concurrency = $11, concurrency_key = $12, max_concurrency_per_key = $13, \
+                     priority = $14, \
                      updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND id = $3 RETURNING {COLUMNS}"
             ),
@@ -623,6 +640,7 @@ pub async fn update(
                 &v.max_concurrency,
                 &v.concurrency_key,
                 &v.max_concurrency_per_key,
+                &v.priority,
             ],
         )
         .await

@@ -224,6 +224,8 @@ pub struct Trigger {
     pub wait_timeout_seconds: i32,
     /// Invocations per minute across every caller; `null` for none beyond the keys' own limits.
     pub rate_limit_per_minute: Option<i32>,
+    /// The priority (0 to 100) of the runs it starts; `null` for its agent's.
+    pub priority: Option<i32>,
     /// Bumped by every update.
     pub version: i32,
     #[serde(with = "time::serde::rfc3339")]
@@ -274,6 +276,9 @@ pub struct TriggerSpec {
     /// Invocations per minute across every caller (1 to 1,000,000).
     #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i32>,
+    /// The priority of the runs it starts (0 to 100; default: its agent's).
+    #[schema(minimum = 0, maximum = 100)]
+    pub priority: Option<i32>,
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
     pub created_at: Option<Value>,
@@ -320,6 +325,8 @@ pub struct TriggerPatch {
     wait_timeout_seconds: Option<i32>,
     #[schema(minimum = 1, maximum = 1000000)]
     rate_limit_per_minute: Option<i32>,
+    #[schema(minimum = 0, maximum = 100)]
+    priority: Option<i32>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
     #[schema(value_type = Option<String>)]
@@ -344,6 +351,7 @@ struct Valid {
     wait_for_response: bool,
     wait_timeout_seconds: i32,
     rate_limit_per_minute: Option<i32>,
+    priority: Option<i32>,
 }
 
 /// Whether `key` is a valid trigger key: `[a-zA-Z0-9_-]`, 1 to 255.
@@ -620,6 +628,9 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
     {
         return Err(Error::invalid("the referenced credential does not exist"));
     }
+    if spec.priority.is_some_and(|p| !(0..=100).contains(&p)) {
+        return Err(Error::invalid("`priority` must be from 0 to 100"));
+    }
     if spec
         .rate_limit_per_minute
         .is_some_and(|n| !(1..=1_000_000).contains(&n))
@@ -650,13 +661,14 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
         wait_for_response: spec.wait_for_response.unwrap_or(false),
         wait_timeout_seconds,
         rate_limit_per_minute: spec.rate_limit_per_minute,
+        priority: spec.priority,
     })
 }
 
 const COLUMNS: &str = "id, project_id, agent_id, name, description, enabled, key, input_schema, \
     message_template, output_transform, filters, authentication, signature_verification, \
     signing_secret_credential_id, webhook_url, ignore_duplicates, wait_for_response, \
-    wait_timeout_seconds, rate_limit_per_minute, version, created_at, updated_at";
+    wait_timeout_seconds, rate_limit_per_minute, priority, version, created_at, updated_at";
 
 /// The stored row, with the authentication digests still in it (for merging a PATCH).
 struct Stored {
@@ -704,6 +716,7 @@ fn from_row(row: &Row) -> Result<Stored, tokio_postgres::Error> {
             wait_for_response: row.try_get("wait_for_response")?,
             wait_timeout_seconds: row.try_get("wait_timeout_seconds")?,
             rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
+            priority: row.try_get("priority")?,
             version: row.try_get("version")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -738,9 +751,10 @@ pub async fn create(
                 "INSERT INTO triggers (tenant_id, id, project_id, agent_id, name, description, enabled, \
                      key, input_schema, message_template, output_transform, filters, authentication, \
                      signature_verification, signing_secret_credential_id, webhook_url, \
-                     ignore_duplicates, wait_for_response, wait_timeout_seconds, rate_limit_per_minute) \
+                     ignore_duplicates, wait_for_response, wait_timeout_seconds, rate_limit_per_minute, \
+                     priority) \
                  SELECT a.tenant_id, $4, a.project_id, a.id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                        $15, $16, $17, $18, $19, $20 \
+                        $15, $16, $17, $18, $19, $20, $21 \
                  FROM agents a WHERE a.tenant_id = $1 AND a.project_id = $2 AND a.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -765,6 +779,7 @@ pub async fn create(
                 &v.wait_for_response,
                 &v.wait_timeout_seconds,
                 &v.rate_limit_per_minute,
+                &v.priority,
             ],
         )
         .await
@@ -914,6 +929,7 @@ pub async fn update(
         "waitForResponse": t.wait_for_response,
         "waitTimeoutSeconds": t.wait_timeout_seconds,
         "rateLimitPerMinute": t.rate_limit_per_minute,
+        "priority": t.priority,
     });
     merge_top_level(
         &mut merged,
@@ -942,7 +958,7 @@ pub async fn update(
                      authentication = $13, signature_verification = $14, \
                      signing_secret_credential_id = $15, webhook_url = $16, ignore_duplicates = $17, \
                      wait_for_response = $18, wait_timeout_seconds = $19, rate_limit_per_minute = $20, \
-                     version = version + 1, \
+                     priority = $21, version = version + 1, \
                      updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND agent_id = $3 AND id = $4 \
                  RETURNING {COLUMNS}"
@@ -968,6 +984,7 @@ pub async fn update(
                 &v.wait_for_response,
                 &v.wait_timeout_seconds,
                 &v.rate_limit_per_minute,
+                &v.priority,
             ],
         )
         .await

@@ -61,7 +61,7 @@ struct RunRequest {
     ttl: Option<Duration>,
     chat_model_id: Option<String>,
     stream: bool,
-    priority: i32,
+    priority: Option<i32>,
 }
 
 fn check(input: RunInput) -> Result<RunRequest, VerbError> {
@@ -153,8 +153,8 @@ fn check(input: RunInput) -> Result<RunRequest, VerbError> {
         }
     };
     let priority = match input.priority {
-        None => 0,
-        Some(p) if (0..=100).contains(&p) => i32::try_from(p).unwrap_or(0),
+        None => None,
+        Some(p) if (0..=100).contains(&p) => i32::try_from(p).ok(),
         Some(_) => {
             return Err(VerbError::bad_request(
                 "`priority` must be a whole number from 0 to 100",

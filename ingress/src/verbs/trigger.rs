@@ -482,7 +482,7 @@ pub(crate) async fn start_trigger(
         }),
         trace_id: switchyard_common::telemetry::current_trace_id(),
         traceparent: switchyard_common::telemetry::current_traceparent(),
-        priority: 0,
+        priority: trigger.priority,
     };
     Ok(Started::New(shown(
         accept::enqueue_guarded(state, new, guarded).await?,

@@ -185,7 +185,7 @@ pub async fn pick_cost(tenants: usize) -> anyhow::Result<f64> {
             trigger: None,
             trace_id: None,
             traceparent: None,
-            priority: 0,
+            priority: None,
         })
         .collect();
     {
