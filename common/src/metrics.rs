@@ -20,7 +20,8 @@ pub const INVOCATIONS: &str = "switchyard_invocations_total";
 pub const RUNS_FINISHED: &str = "switchyard_runs_finished_total";
 /// Runs now `queued` and `running` (label `status`), sampled from Postgres by the workers.
 pub const RUNS: &str = "switchyard_runs";
-/// From queued to claimed, per claim.
+/// From queued to first claimed, by `priority` band (`0`, `1-49`, `50-100`) and the tenant's
+/// `weight` band (`1`, `2-4`, `5-19`, `20-100`).
 pub const QUEUE_LAG: &str = "switchyard_run_queue_lag_seconds";
 /// From claimed to finished, per attempt, by `tenant` and `agent`.
 pub const EXECUTION: &str = "switchyard_run_execution_seconds";

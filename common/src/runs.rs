@@ -112,13 +112,34 @@ pub fn observe_finished(runs: &[Run]) {
 }
 
 /// Times how long runs claimed for the first time waited since they were accepted
-/// (`switchyard_run_queue_lag_seconds`).
-fn observe_claimed<'a>(runs: impl Iterator<Item = &'a Run>) {
-    for run in runs {
+/// (`switchyard_run_queue_lag_seconds`), by the band of the run's priority and of its tenant's
+/// weight: a few label values each, whatever the tenants do.
+fn observe_claimed<'a>(runs: impl Iterator<Item = (&'a Run, i32)>) {
+    for (run, weight) in runs {
         if let Some(started) = run.started_at {
-            metrics::histogram!(crate::metrics::QUEUE_LAG)
-                .record((started - run.created_at).as_seconds_f64().max(0.0));
+            metrics::histogram!(crate::metrics::QUEUE_LAG,
+                "priority" => priority_band(run.priority), "weight" => weight_band(weight))
+            .record((started - run.created_at).as_seconds_f64().max(0.0));
         }
+    }
+}
+
+/// A run's priority as a metric label: `0`, `1-49` or `50-100`.
+pub fn priority_band(priority: i32) -> &'static str {
+    match priority {
+        ..=0 => "0",
+        1..=49 => "1-49",
+        _ => "50-100",
+    }
+}
+
+/// A tenant's weight as a metric label: `1`, `2-4`, `5-19` or `20-100`.
+pub fn weight_band(weight: i32) -> &'static str {
+    match weight {
+        ..=1 => "1",
+        2..=4 => "2-4",
+        5..=19 => "5-19",
+        _ => "20-100",
     }
 }
 
@@ -610,7 +631,7 @@ async fn claim_statement(
              (SELECT coalesce(max(e.seq), 0) FROM run_events e WHERE e.run_id = r.id) AS last_seq, \
              a.kind AS agent_kind, a.config AS agent_config, a.timeout_seconds AS agent_timeout, \
              a.credential_id AS agent_credential, a.max_concurrency IS NOT NULL AS agent_limited, \
-             c.first_claim"
+             c.first_claim, (SELECT w.weight FROM tenants w WHERE w.id = r.tenant_id) AS tenant_weight"
     );
     let rows = client
         .query(
@@ -648,7 +669,14 @@ async fn claim_statement(
         .iter()
         .zip(&claimed)
         .filter(|(row, _)| row.try_get::<_, bool>("first_claim").unwrap_or(false))
-        .map(|(_, (run, _))| run);
+        .map(|(row, (run, _))| {
+            let weight = row
+                .try_get::<_, Option<i32>>("tenant_weight")
+                .ok()
+                .flatten()
+                .unwrap_or(1);
+            (run, weight)
+        });
     observe_claimed(firsts);
     Ok(claimed)
 }
