@@ -67,6 +67,8 @@ CREATE INDEX runs_in_line_by_tenant ON runs (tenant_id, priority DESC, id)
 -- A tenant's runs waiting out of line, best first (the next to put back).
 CREATE INDEX runs_waiting_by_tenant ON runs (tenant_id, priority DESC, id)
     WHERE status = 'queued' AND waiting IS NOT NULL;
+-- Runs waiting out of line, oldest look first (the sweeper of waits that are over).
+CREATE INDEX runs_waiting_sweep ON runs (enqueued_at) WHERE status = 'queued' AND waiting IS NOT NULL;
 -- A tenant's running runs, counted against its running quota.
 CREATE INDEX runs_running_by_tenant ON runs (tenant_id) WHERE status = 'running';
 -- A key's running runs, counted against its cap; a key's runs waiting for it, best first.

@@ -1275,14 +1275,15 @@ pub async fn sweep_waiting(
     older_than: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    // Every run looked at is marked as looked at now, so a run whose wait goes on is looked at
+    // again only after `older_than`: a sweep costs at most `limit` rows, however many wait.
     let rows = client
         .query(
             &client
                 .prepare_cached(
-                    "WITH over AS ( \
-                         SELECT id FROM runs q WHERE status = 'queued' AND waiting IS NOT NULL \
-                           AND enqueued_at < now() - make_interval(secs => $1) \
-                           AND (q.session_id IS NULL OR NOT EXISTS ( \
+                    "WITH due AS ( \
+                         SELECT q.id, ( \
+                             (q.session_id IS NULL OR NOT EXISTS ( \
                                SELECT 1 FROM runs e WHERE e.tenant_id = q.tenant_id AND e.project_id = q.project_id \
                                  AND e.session_id = q.session_id AND e.status IN ('queued', 'running') \
                                  AND (e.status = 'running' OR e.id < q.id))) \
@@ -1299,14 +1300,23 @@ pub async fn sweep_waiting(
                            AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.id = q.tenant_id \
                                AND t.max_running IS NOT NULL AND t.max_running <= (SELECT count(*) FROM ( \
                                    SELECT 1 FROM runs x WHERE x.tenant_id = q.tenant_id AND x.status = 'running' \
-                                   LIMIT t.max_running) c)) \
-                         ORDER BY enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
-                     UPDATE runs r SET waiting = NULL, enqueued_at = now() FROM over \
-                     WHERE r.id = over.id RETURNING r.id",
+                                   LIMIT t.max_running) c))) AS over \
+                         FROM runs q WHERE q.status = 'queued' AND q.waiting IS NOT NULL \
+                           AND q.enqueued_at < now() - make_interval(secs => $1) \
+                         ORDER BY q.enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
+                     UPDATE runs r SET waiting = CASE WHEN due.over THEN NULL ELSE r.waiting END, \
+                            enqueued_at = now() \
+                     FROM due WHERE r.id = due.id RETURNING r.id, due.over",
                 )
                 .await?,
             &[&secs(older_than), &limit],
         )
         .await?;
-    rows.iter().map(|r| r.try_get(0)).collect()
+    let mut over = Vec::new();
+    for row in rows {
+        if row.try_get::<_, bool>(1)? {
+            over.push(row.try_get(0)?);
+        }
+    }
+    Ok(over)
 }

@@ -437,3 +437,46 @@ async fn runs_of_one_concurrency_key_never_overlap_while_other_keys_run() {
     );
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_run_left_out_of_line_is_swept_back_even_with_the_queue_empty() {
+    let mut stack = Stack::start(StackOptions {
+        workers: 0,
+        sweep_after: "1s",
+        ..StackOptions::default()
+    })
+    .await
+    .expect("stack starts");
+    let key = tenant(&stack, "t", 1, 0).await;
+    let client = stack.db.client().await.expect("client");
+    client
+        .execute(
+            "UPDATE agents SET max_concurrency = 1 WHERE tenant_id = 't' AND id = 'slow'",
+            &[],
+        )
+        .await
+        .expect("limit");
+    let ids = flood(&stack, &key, 1).await;
+    // As a worker leaves it when the agent's slot is held, and the publish that would have put
+    // it back once the slot was free is lost: out of line, no message anywhere.
+    stack.purge("runs").await.expect("purge");
+    client
+        .execute(
+            "UPDATE runs SET waiting = 'agent' WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .expect("out of line");
+    stack.add_worker().expect("worker");
+    poll(Duration::from_secs(30), || async {
+        let status: String = client
+            .query_one("SELECT status FROM runs WHERE id = $1", &[&ids[0]])
+            .await
+            .ok()?
+            .get(0);
+        (status == "completed").then_some(())
+    })
+    .await
+    .expect("the sweeper puts it back in line and it runs");
+    stack.shutdown().await;
+}

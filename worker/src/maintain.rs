@@ -102,12 +102,11 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     // lost one: republishing would only pile duplicates onto a backlog. Sweep once it drains.
     // An unknown count (a slow broker) counts as a backlog.
     let backlog = ctx.broker.ready_count(&topology.runs()).await;
-    // The next runs of sessions are swept whatever the backlog: their messages are not in it.
-    let unclaimed = if backlog == Some(0) {
-        runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?
-    } else {
-        runs::sweep_waiting(&client, config.sweep_after, SWEEP_BATCH).await?
-    };
+    // Runs waiting out of line are swept whatever the backlog: they have no message in it.
+    let mut unclaimed = runs::sweep_waiting(&client, config.sweep_after, SWEEP_BATCH).await?;
+    if backlog == Some(0) {
+        unclaimed.extend(runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?);
+    }
     if !unclaimed.is_empty() {
         let sent = ctx
             .broker
