@@ -22,7 +22,9 @@ CREATE TABLE tenant_turns (
 );
 CREATE INDEX tenant_turns_by_finish ON tenant_turns (finish);
 
-ALTER TABLE runs ADD COLUMN turn double precision;
+-- 0 for a run recorded without one (by an ingress older than this migration, during a rolling
+-- deploy): the front of the line, rather than never.
+ALTER TABLE runs ADD COLUMN turn double precision NOT NULL DEFAULT 0;
 -- Higher starts first within the tenant's share.
 ALTER TABLE runs ADD COLUMN priority integer NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 100);
 -- NULL: in line. Otherwise what the queued run waits for, out of line, so that it holds up no
@@ -69,6 +71,8 @@ CREATE INDEX runs_waiting_by_tenant ON runs (tenant_id, priority DESC, id)
     WHERE status = 'queued' AND waiting IS NOT NULL;
 -- Runs waiting out of line, oldest look first (the sweeper of waits that are over).
 CREATE INDEX runs_waiting_sweep ON runs (enqueued_at) WHERE status = 'queued' AND waiting IS NOT NULL;
+-- The latest turn started: the line's virtual time.
+CREATE INDEX runs_running_by_turn ON runs (turn) WHERE status = 'running';
 -- A tenant's running runs, counted against its running quota.
 CREATE INDEX runs_running_by_tenant ON runs (tenant_id) WHERE status = 'running';
 -- A key's running runs, counted against its cap; a key's runs waiting for it, best first.
@@ -80,13 +84,59 @@ CREATE INDEX runs_waiting_by_key ON runs (tenant_id, agent_id, concurrency_key, 
 DROP INDEX runs_queued_by_agent;
 CREATE INDEX runs_queued_by_agent ON runs (tenant_id, agent_id, priority DESC, id) WHERE status = 'queued';
 
+-- The line's virtual time, where a tenant with nothing waiting starts: the latest turn started
+-- (the greatest turn running), else the head of the line, else the last turn handed out. Runs
+-- start in turn order, so it moves forward as they start; turns handed out again to runs back
+-- from a wait (`switchyard_ready`) never pull it back.
+CREATE FUNCTION switchyard_now_turn() RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT max(r.turn) FROM runs r WHERE r.status = 'running'),
+        (SELECT l.turn FROM runs l WHERE l.status = 'queued' AND l.waiting IS NULL
+         ORDER BY l.turn, l.id LIMIT 1),
+        (SELECT max(f.finish) FROM tenant_turns f),
+        0)
+$$;
+
+-- Puts back in line the runs among `ids` that wait out of line, each with a fresh turn of its
+-- tenant's, as a new run of the tenant would get: a wait earns no credit, so a tenant whose
+-- runs come back from waits (for its sessions, its slots, its quota) still gets only its share.
+-- Returns the runs put back, to be published.
+CREATE FUNCTION switchyard_ready(ids uuid[]) RETURNS TABLE (id uuid, traceparent text)
+LANGUAGE sql AS $$
+    WITH chosen AS (
+        SELECT r.id, r.tenant_id,
+               row_number() OVER (PARTITION BY r.tenant_id ORDER BY r.priority DESC, r.id) AS k
+        FROM runs r WHERE r.id = ANY (ids) AND r.status = 'queued' AND r.waiting IS NOT NULL),
+    counts AS (
+        SELECT c.tenant_id, count(*) AS n, max(t.weight) AS weight
+        FROM chosen c JOIN tenants t ON t.id = c.tenant_id GROUP BY c.tenant_id),
+    head AS (SELECT switchyard_now_turn() AS v),
+    turns AS (
+        INSERT INTO tenant_turns AS tt (tenant_id, finish)
+        SELECT c.tenant_id, h.v + c.n::float8 / c.weight FROM counts c CROSS JOIN head h
+        ORDER BY c.tenant_id
+        ON CONFLICT (tenant_id) DO UPDATE
+            SET finish = greatest(tt.finish, (SELECT v FROM head))
+                         + (SELECT c.n::float8 / c.weight FROM counts c WHERE c.tenant_id = tt.tenant_id)
+        RETURNING tt.tenant_id, tt.finish)
+    UPDATE runs r SET waiting = NULL, enqueued_at = now(),
+           turn = tu.finish - (cn.n - c.k + 1)::float8 / cn.weight
+    FROM chosen c JOIN counts cn ON cn.tenant_id = c.tenant_id JOIN turns tu ON tu.tenant_id = c.tenant_id
+    WHERE r.id = c.id AND r.status = 'queued' AND r.waiting IS NOT NULL
+    RETURNING r.id, r.traceparent
+$$;
+
 -- Picks up to `wanted` runs to start, in fair order, and locks them (the caller claims them in
 -- the same transaction). Each step takes the head of the line, then its tenant's best run in
 -- line; a run that cannot start now is taken out of line with what it waits for, and the step
 -- goes on. A limited agent's slot is taken here. Never waits for a lock: a run another picker
 -- holds is skipped, and an agent row or tenant quota another picker holds ends the pick early
 -- (`cut_short`), so the caller hands its unused messages back rather than dropping them.
-CREATE FUNCTION switchyard_pick(wanted integer, OUT picked uuid[], OUT cut_short boolean)
+-- `passed`: runs this pick locked and left in line (a head whose tenant started another run, or
+-- waited): another picker skipped them meanwhile, so the caller publishes them again.
+CREATE FUNCTION switchyard_pick(wanted integer, OUT picked uuid[], OUT cut_short boolean,
+                                OUT passed uuid[])
 LANGUAGE plpgsql AS $$
 DECLARE
     head record;
@@ -97,9 +147,11 @@ DECLARE
     tenants_picked text[] := '{}';
     keys_picked text[] := '{}';
     key_of text;
+    heads uuid[] := '{}';
 BEGIN
     picked := '{}';
     cut_short := false;
+    passed := '{}';
     WHILE cardinality(picked) < wanted LOOP
         steps := steps + 1;
         IF steps > 2 * wanted + 32 THEN
@@ -111,6 +163,7 @@ BEGIN
           AND (r.expires_at IS NULL OR r.expires_at > now())
         ORDER BY r.turn, r.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         EXIT WHEN NOT FOUND;
+        heads := heads || head.id;
         -- The head is locked by this transaction, so the tenant's best is at worst the head.
         SELECT r.id, r.turn, r.tenant_id, r.project_id, r.agent_id, r.session_id, r.priority,
                r.concurrency_key, r.key_cap
@@ -213,5 +266,7 @@ BEGIN
             keys_picked := keys_picked || key_of;
         END IF;
     END LOOP;
+    SELECT coalesce(array_agg(r.id), '{}') INTO passed FROM runs r
+    WHERE r.id = ANY (heads) AND r.id <> ALL (picked) AND r.status = 'queued' AND r.waiting IS NULL;
 END;
 $$;

@@ -123,10 +123,15 @@ pub async fn announce(pool: &deadpool_postgres::Pool, broker: &Broker, recorded:
             tracing::warn!(error = %err, "runs requeued but not published; the sweeper will");
         }
     }
-    // A run back in the queue is still its session's and agent's next: only ended runs make
-    // room for others.
+    // Every run that left `running` gave back its agent's slot and its key's room, handed back
+    // or not; a run back in the queue is still its session's next, which `next_in_session`
+    // finds in line and leaves alone.
     let from = recorded.from.unwrap_or(Left::Running);
-    for run in recorded.runs.iter().filter(|r| r.status.is_terminal()) {
+    for run in recorded
+        .runs
+        .iter()
+        .filter(|r| r.status.is_terminal() || from == Left::Running)
+    {
         start_next(pool, broker, run, from).await;
     }
     // Every run that left `running` makes room under its tenant's running quota, if it has one.
@@ -149,7 +154,7 @@ pub async fn announce(pool: &deadpool_postgres::Pool, broker: &Broker, recorded:
 /// and publishes them.
 async fn start_next_of_tenants(pool: &deadpool_postgres::Pool, broker: &Broker, tenants: &[&str]) {
     let next = match pool.get().await {
-        Ok(client) => runs::next_for_tenants(&client, tenants).await,
+        Ok(mut client) => runs::next_for_tenants(&mut client, tenants).await,
         Err(_) => {
             tracing::warn!("cannot look for the tenants' next runs; the sweeper will");
             return;
@@ -186,7 +191,7 @@ pub async fn start_next(pool: &deadpool_postgres::Pool, broker: &Broker, run: &R
     if run.session_id.is_none() && !asks_agent && !asks_key {
         return;
     }
-    let Ok(client) = pool.get().await else {
+    let Ok(mut client) = pool.get().await else {
         tracing::warn!(run_id = %run.id, "cannot look for the next runs; the sweeper will");
         return;
     };
@@ -209,7 +214,13 @@ pub async fn start_next(pool: &deadpool_postgres::Pool, broker: &Broker, run: &R
         .await;
     }
     if asks_key {
-        publish_next(broker, runs::next_for_key(&client, run).await, run, "key").await;
+        publish_next(
+            broker,
+            runs::next_for_key(&mut client, run).await,
+            run,
+            "key",
+        )
+        .await;
     }
 }
 

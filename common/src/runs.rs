@@ -266,7 +266,7 @@ pub async fn insert_batch(
          {HEAD_OF_LINE}, \
          turns AS ( \
              INSERT INTO tenant_turns AS tt (tenant_id, finish) \
-             SELECT c.tenant_id, h.v + c.span FROM counts c CROSS JOIN head h \
+             SELECT c.tenant_id, h.v + c.span FROM counts c CROSS JOIN head h ORDER BY c.tenant_id \
              ON CONFLICT (tenant_id) DO UPDATE \
                  SET finish = greatest(tt.finish, (SELECT v FROM head)) \
                               + (SELECT c.span FROM counts c WHERE c.tenant_id = tt.tenant_id) \
@@ -323,12 +323,10 @@ const RUN_KEY: &str = "CASE WHEN a.concurrency_key IS NULL THEN NULL \
     WHEN a.concurrency_key LIKE '/metadata/%' \
         THEN n.metadata #>> switchyard_pointer_path(substr(a.concurrency_key, 11)) END";
 
-/// The CTE `head` (one row, `v`): the turn at the head of the line, or, when the line is empty,
-/// the last turn handed to any tenant, so that a tenant back after a pause starts level with
-/// the others rather than ahead of them.
-const HEAD_OF_LINE: &str = "head AS (SELECT coalesce( \
-    (SELECT l.turn FROM runs l WHERE l.status = 'queued' AND l.waiting IS NULL ORDER BY l.turn, l.id LIMIT 1), \
-    (SELECT max(f.finish) FROM tenant_turns f), 0) AS v)";
+/// The CTE `head` (one row, `v`): the line's virtual time (`switchyard_now_turn`: the latest
+/// turn started, else the head of the line, else the last turn handed out), where a tenant with
+/// nothing waiting starts, level with the others rather than ahead of them.
+const HEAD_OF_LINE: &str = "head AS (SELECT switchyard_now_turn() AS v)";
 
 /// Why [`insert_batch`] did not insert a run of `tenant_id` for `agent_id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,6 +515,9 @@ pub struct Started {
     /// held a lock it needed, or it took many runs out of line): the caller's unused messages
     /// go back to the queue instead of being dropped.
     pub cut_short: bool,
+    /// Runs the pick locked and left in line: another claimer may have passed them by while they
+    /// were locked, spending its message on nothing, so the caller publishes them again.
+    pub passed: Vec<Uuid>,
 }
 
 /// Claims up to `wanted` runs in fair order, in one transaction: `switchyard_pick` chooses
@@ -535,16 +536,18 @@ pub async fn claim_next(
     let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
     let row = tx
         .query_one(
-            &tx.prepare_cached("SELECT picked, cut_short FROM switchyard_pick($1)")
+            &tx.prepare_cached("SELECT picked, cut_short, passed FROM switchyard_pick($1)")
                 .await?,
             &[&wanted],
         )
         .await?;
     let picked: Vec<Uuid> = row.try_get(0)?;
     let cut_short: bool = row.try_get(1)?;
+    let passed: Vec<Uuid> = row.try_get(2)?;
     let mut started = Started {
         runs: Vec::new(),
         cut_short,
+        passed,
     };
     if !picked.is_empty() {
         let mut ids = picked.clone();
@@ -712,16 +715,14 @@ pub async fn next_for_agent(
         .query_opt(
             &client
                 .prepare_cached(
-                    "UPDATE runs r SET waiting = NULL, enqueued_at = now() \
-                     WHERE r.id = (SELECT e.id FROM runs e \
+                    "SELECT id, traceparent FROM switchyard_ready(ARRAY( \
+                         SELECT e.id FROM runs e \
                          WHERE e.tenant_id = $1 AND e.agent_id = $2 AND e.status = 'queued' \
                            AND (e.waiting IS NULL OR e.waiting = 'agent') \
                            AND (e.expires_at IS NULL OR e.expires_at > now()) \
                            AND EXISTS (SELECT 1 FROM agents a WHERE a.tenant_id = $1 AND a.id = $2 \
                                AND a.max_concurrency IS NOT NULL AND a.running < a.max_concurrency) \
-                         ORDER BY e.priority DESC, e.id LIMIT 1) \
-                       AND r.status = 'queued' AND r.waiting = 'agent' \
-                     RETURNING r.id, r.traceparent",
+                         ORDER BY e.priority DESC, e.id LIMIT 1))",
                 )
                 .await?,
             &[&run.tenant_id, &run.agent_id],
@@ -733,27 +734,34 @@ pub async fn next_for_agent(
 /// Puts back in line the best run waiting for room under `run`'s concurrency key, once `run`
 /// has left `running`.
 pub async fn next_for_key(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     run: &Run,
 ) -> Result<Option<Next>, tokio_postgres::Error> {
     let Some(key) = &run.concurrency_key else {
         return Ok(None);
     };
-    let row = client
+    // The pick marks a key's runs as waiting under this lock: taken first, it makes the query
+    // below see every mark committed before it (a statement's snapshot is taken at its start).
+    let tx = client.transaction().await?;
+    tx.execute(
+        &tx.prepare_cached("SELECT pg_advisory_xact_lock(16018, hashtext($1))")
+            .await?,
+        &[&format!("{}/{}/{key}", run.tenant_id, run.agent_id)],
+    )
+    .await?;
+    let row = tx
         .query_opt(
-            &client
-                .prepare_cached(
-                    "UPDATE runs r SET waiting = NULL, enqueued_at = now() \
-                     WHERE r.id = (SELECT e.id FROM runs e WHERE e.tenant_id = $1 AND e.agent_id = $2 \
-                         AND e.concurrency_key = $3 AND e.status = 'queued' AND e.waiting = 'key' \
-                         ORDER BY e.priority DESC, e.id LIMIT 1) \
-                       AND r.status = 'queued' AND r.waiting = 'key' \
-                     RETURNING r.id, r.traceparent",
-                )
-                .await?,
+            &tx.prepare_cached(
+                "SELECT id, traceparent FROM switchyard_ready(ARRAY( \
+                     SELECT e.id FROM runs e WHERE e.tenant_id = $1 AND e.agent_id = $2 \
+                       AND e.concurrency_key = $3 AND e.status = 'queued' AND e.waiting = 'key' \
+                     ORDER BY e.priority DESC, e.id LIMIT 1))",
+            )
+            .await?,
             &[&run.tenant_id, &run.agent_id, key],
         )
         .await?;
+    tx.commit().await?;
     row.map(|r| next_of(&r)).transpose()
 }
 
@@ -761,30 +769,40 @@ pub async fn next_for_key(
 /// has room for (at most 100 a tenant), best first. Called with the tenants of runs that left
 /// `running` whose tenant has a quota.
 pub async fn next_for_tenants(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     tenants: &[&str],
 ) -> Result<Vec<Next>, tokio_postgres::Error> {
-    let rows = client
+    // The pick marks a tenant's runs as waiting under this lock (see `next_for_key`); taken in
+    // one order, so readers of several tenants never wait for each other in a cycle.
+    let mut sorted = tenants.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let tx = client.transaction().await?;
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(16017, hashtext($1))")
+        .await?;
+    for tenant in &sorted {
+        tx.execute(&lock, &[tenant]).await?;
+    }
+    let rows = tx
         .query(
-            &client
-                .prepare_cached(
-                    "WITH room AS ( \
-                         SELECT t.id, CASE WHEN t.max_running IS NULL THEN 100 \
-                             ELSE least(100, t.max_running - (SELECT count(*) FROM (SELECT 1 FROM runs x \
-                                  WHERE x.tenant_id = t.id AND x.status = 'running' LIMIT t.max_running) c)) END AS n \
-                         FROM tenants t WHERE t.id = ANY($1)), \
-                     chosen AS ( \
-                         SELECT w.id FROM room CROSS JOIN LATERAL ( \
-                             SELECT e.id FROM runs e WHERE e.tenant_id = room.id AND e.status = 'queued' \
-                               AND e.waiting = 'tenant' ORDER BY e.priority DESC, e.id \
-                             LIMIT greatest(room.n, 0) FOR UPDATE SKIP LOCKED) w) \
-                     UPDATE runs r SET waiting = NULL, enqueued_at = now() FROM chosen \
-                     WHERE r.id = chosen.id AND r.status = 'queued' RETURNING r.id, r.traceparent",
-                )
-                .await?,
-            &[&tenants],
+            &tx.prepare_cached(
+                "WITH room AS ( \
+                     SELECT t.id, CASE WHEN t.max_running IS NULL THEN 100 \
+                         ELSE least(100, t.max_running - (SELECT count(*) FROM (SELECT 1 FROM runs x \
+                              WHERE x.tenant_id = t.id AND x.status = 'running' LIMIT t.max_running) c)) END AS n \
+                     FROM tenants t WHERE t.id = ANY($1)) \
+                 SELECT id, traceparent FROM switchyard_ready(ARRAY( \
+                     SELECT w.id FROM room CROSS JOIN LATERAL ( \
+                         SELECT e.id FROM runs e WHERE e.tenant_id = room.id AND e.status = 'queued' \
+                           AND e.waiting = 'tenant' ORDER BY e.priority DESC, e.id \
+                         LIMIT greatest(room.n, 0)) w))",
+            )
+            .await?,
+            &[&sorted],
         )
         .await?;
+    tx.commit().await?;
     rows.iter().map(next_of).collect()
 }
 
@@ -1226,11 +1244,9 @@ pub async fn next_in_session(
         .query_opt(
             &client
                 .prepare_cached(
-                    "UPDATE runs r SET waiting = NULL, enqueued_at = now() \
-                     WHERE r.id = (SELECT e.id FROM runs e WHERE e.tenant_id = $1 AND e.project_id = $2 \
-                         AND e.session_id = $3 AND e.status = 'queued' ORDER BY e.id LIMIT 1) \
-                       AND r.status = 'queued' AND r.waiting IS NOT NULL \
-                     RETURNING r.id, r.traceparent",
+                    "SELECT id, traceparent FROM switchyard_ready(ARRAY( \
+                         SELECT e.id FROM runs e WHERE e.tenant_id = $1 AND e.project_id = $2 \
+                           AND e.session_id = $3 AND e.status = 'queued' ORDER BY e.id LIMIT 1))",
                 )
                 .await?,
             &[&run.tenant_id, &run.project_id, session_id],
@@ -1304,8 +1320,7 @@ pub async fn sweep_waiting(
                          FROM runs q WHERE q.status = 'queued' AND q.waiting IS NOT NULL \
                            AND q.enqueued_at < now() - make_interval(secs => $1) \
                          ORDER BY q.enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
-                     UPDATE runs r SET waiting = CASE WHEN due.over THEN NULL ELSE r.waiting END, \
-                            enqueued_at = now() \
+                     UPDATE runs r SET enqueued_at = now() \
                      FROM due WHERE r.id = due.id RETURNING r.id, due.over",
                 )
                 .await?,
@@ -1315,8 +1330,20 @@ pub async fn sweep_waiting(
     let mut over = Vec::new();
     for row in rows {
         if row.try_get::<_, bool>(1)? {
-            over.push(row.try_get(0)?);
+            over.push(row.try_get::<_, Uuid>(0)?);
         }
     }
-    Ok(over)
+    if over.is_empty() {
+        return Ok(over);
+    }
+    // Back in line with fresh turns, like any run whose wait ended.
+    let rows = client
+        .query(
+            &client
+                .prepare_cached("SELECT id FROM switchyard_ready($1)")
+                .await?,
+            &[&over],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
 }

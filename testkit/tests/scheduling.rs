@@ -274,7 +274,7 @@ async fn a_tenants_running_quota_holds_its_runs_back_but_not_others() {
         .find(|r| r.tenant_id == "capped")
         .expect("one");
     complete(&pool, ended).await;
-    let back = runs::next_for_tenants(&client, &["capped"])
+    let back = runs::next_for_tenants(&mut client, &["capped"])
         .await
         .expect("q");
     assert_eq!(back.len(), 1);
@@ -395,7 +395,7 @@ async fn a_concurrency_key_at_its_cap_holds_up_no_other_key() {
     let db = TestDb::create().await.expect("test db");
     let pool = pool(&db);
     tenant(&pool, "t", 1, None, None).await;
-    let client = pool.get().await.expect("c");
+    let mut client = pool.get().await.expect("c");
     client
         .execute(
             "INSERT INTO agents (tenant_id, id, project_id, name, kind, concurrency_key, \
@@ -427,7 +427,7 @@ async fn a_concurrency_key_at_its_cap_holds_up_no_other_key() {
     assert!(more.runs.is_empty());
     // k1's run ends: k1's next is put back in line and starts.
     let done = complete(&pool, &started[0]).await;
-    let back = runs::next_for_key(&client, &done).await.expect("q");
+    let back = runs::next_for_key(&mut client, &done).await.expect("q");
     assert_eq!(back.map(|n| n.id), Some(runs[1].id));
     let next = start(&pool, 1, 8).await;
     assert_eq!(next[0].id, runs[1].id);

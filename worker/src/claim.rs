@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deadpool_postgres::Pool;
 use lapin::message::Delivery;
-use switchyard_common::amqp::{self, Disposition, Handled};
+use switchyard_common::amqp::{self, Broker, Disposition, Handled};
 use switchyard_common::batch::Batcher;
 use switchyard_common::{AgentSpec, Run, runs};
 use tracing::Instrument as _;
@@ -25,8 +25,8 @@ pub(crate) enum Claim {
     Won(Box<(Run, AgentSpec)>),
     /// Nothing to start: ack and move on.
     Skip,
-    /// The pick stopped early (another claimer held what it needed): the message goes back to
-    /// the queue, so that no turn is lost.
+    /// The pick stopped early (another claimer held what it needed): the turn is published again
+    /// (then the message acked), so that none is lost.
     Retry,
     /// No such run, and nothing started with it: a poison message, for the dead-letter queue.
     Unknown,
@@ -38,15 +38,28 @@ const RETRY_AFTER: Duration = Duration::from_millis(20);
 /// Claims, for a batch of run messages, as many runs as there are messages, in fair order
 /// (`runs::claim_next`). A message is answered with the run it named when that run was won;
 /// the other runs won go to the other messages in order.
-pub(crate) fn claimer(pool: Pool, owner: String, lease: Duration) -> Batcher<Uuid, Claimed> {
+pub(crate) fn claimer(
+    pool: Pool,
+    broker: Broker,
+    owner: String,
+    lease: Duration,
+) -> Batcher<Uuid, Claimed> {
     Batcher::start(BATCH, BATCHES_IN_FLIGHT, move |ids: Vec<Uuid>| {
-        let (pool, owner) = (pool.clone(), owner.clone());
+        let (pool, broker, owner) = (pool.clone(), broker.clone(), owner.clone());
         async move {
             let claimed = async {
                 let mut client = pool.get().await.context("getting a connection")?;
                 let started = runs::claim_next(&mut client, ids.len(), &owner, lease)
                     .await
                     .context("claiming runs")?;
+                // Runs the pick held and left in line: another claimer may have passed them by.
+                if !started.passed.is_empty()
+                    && let Err(err) = broker
+                        .publish_ids(&broker.topology().runs(), &started.passed)
+                        .await
+                {
+                    tracing::warn!(error = %err, "cannot publish runs left in line; the sweeper will");
+                }
                 // Messages left without a run: poison if they name no run at all. Asked only
                 // when some are left, which the fair pick makes rare under load.
                 let unknown = if started.runs.len() < ids.len() && !started.cut_short {
@@ -163,7 +176,19 @@ pub(crate) async fn handle(ctx: Ctx, delivery: Delivery) -> Handled {
             tracing::debug!("no run to start; skipping");
             Disposition::Ack.into()
         }
-        Ok(Claim::Retry) => Disposition::Requeue(RETRY_AFTER).into(),
+        // A fresh message rather than a requeue: a requeue counts toward the queue's delivery
+        // limit, past which a turn would be dead-lettered.
+        Ok(Claim::Retry) => {
+            tokio::time::sleep(RETRY_AFTER).await;
+            match ctx
+                .broker
+                .publish_id(&ctx.broker.topology().runs(), run_id)
+                .await
+            {
+                Ok(_) => Disposition::Ack.into(),
+                Err(_) => Disposition::Requeue(Duration::from_secs(1)).into(),
+            }
+        }
         Ok(Claim::Unknown) => {
             tracing::warn!("no such run; dead-lettering the message");
             Disposition::DeadLetter.into()

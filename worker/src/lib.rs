@@ -232,7 +232,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http,
         guard,
         master_key,
-        claims: claim::claimer(pool.clone(), owner.clone(), config.lease),
+        claims: claim::claimer(pool.clone(), broker.clone(), owner.clone(), config.lease),
         completions: finish::completer(pool.clone(), broker.clone(), owner.clone()),
         pool,
         broker: broker.clone(),

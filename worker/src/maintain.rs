@@ -102,8 +102,14 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
     // lost one: republishing would only pile duplicates onto a backlog. Sweep once it drains.
     // An unknown count (a slow broker) counts as a backlog.
     let backlog = ctx.broker.ready_count(&topology.runs()).await;
-    // Runs waiting out of line are swept whatever the backlog: they have no message in it.
-    let mut unclaimed = runs::sweep_waiting(&client, config.sweep_after, SWEEP_BATCH).await?;
+    // Runs waiting out of line are swept whatever the backlog: they have no message in it. A
+    // sweep that fails does not keep the others from running.
+    let mut unclaimed = runs::sweep_waiting(&client, config.sweep_after, SWEEP_BATCH)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot sweep runs waiting out of line");
+            Vec::new()
+        });
     if backlog == Some(0) {
         unclaimed.extend(runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?);
     }
