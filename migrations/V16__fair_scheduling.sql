@@ -104,10 +104,17 @@ $$;
 -- Returns the runs put back, to be published.
 CREATE FUNCTION switchyard_ready(ids uuid[]) RETURNS TABLE (id uuid, traceparent text)
 LANGUAGE sql AS $$
-    WITH chosen AS (
-        SELECT r.id, r.tenant_id,
-               row_number() OVER (PARTITION BY r.tenant_id ORDER BY r.priority DESC, r.id) AS k
-        FROM runs r WHERE r.id = ANY (ids) AND r.status = 'queued' AND r.waiting IS NOT NULL),
+    -- Locked first, on what no pick changes: a pick that is sending one of them out of line
+    -- holds it, and the lock returns the row as that pick committed it, mark included (a plain
+    -- read would miss the mark, and the run would wait for the sweeper). Only then filtered.
+    WITH locked AS (
+        SELECT r.id, r.tenant_id, r.priority, r.waiting FROM runs r
+        WHERE r.id = ANY (ids) AND r.status = 'queued'
+        ORDER BY r.id FOR UPDATE),
+    chosen AS (
+        SELECT l.id, l.tenant_id,
+               row_number() OVER (PARTITION BY l.tenant_id ORDER BY l.priority DESC, l.id) AS k
+        FROM locked l WHERE l.waiting IS NOT NULL),
     counts AS (
         SELECT c.tenant_id, count(*) AS n, max(t.weight) AS weight
         FROM chosen c JOIN tenants t ON t.id = c.tenant_id GROUP BY c.tenant_id),
@@ -123,7 +130,7 @@ LANGUAGE sql AS $$
     UPDATE runs r SET waiting = NULL, enqueued_at = now(),
            turn = tu.finish - (cn.n - c.k + 1)::float8 / cn.weight
     FROM chosen c JOIN counts cn ON cn.tenant_id = c.tenant_id JOIN turns tu ON tu.tenant_id = c.tenant_id
-    WHERE r.id = c.id AND r.status = 'queued' AND r.waiting IS NOT NULL
+    WHERE r.id = c.id AND r.status = 'queued'
     RETURNING r.id, r.traceparent
 $$;
 

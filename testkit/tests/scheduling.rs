@@ -491,3 +491,61 @@ async fn a_concurrency_key_is_read_from_inputs_metadata_or_the_session() {
     assert_eq!(runs[0].key_cap, Some(2));
     assert_eq!(runs[3].key_cap, None);
 }
+
+/// A run that ends while a pick is sending the next run of its session out of line (the pick has
+/// not committed yet) still puts that run back: the put-back waits for the pick's lock on the
+/// run, then sees its mark.
+#[tokio::test]
+async fn a_run_sent_out_of_line_while_its_wait_ends_is_put_back() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let in_session = |message: &str| NewRun {
+        session_id: Some("s".into()),
+        message: Some(message.into()),
+        ..run_of("t")
+    };
+    let first = accept(&pool, vec![in_session("one")]).await.remove(0);
+    let running = start(&pool, 1, 1).await.remove(0);
+    assert_eq!(running.id, first.id);
+    let second = accept(&pool, vec![in_session("two")]).await.remove(0);
+    // A pick, not yet committed, sends the second out of line: its session's first is running.
+    let mut picker = pool.get().await.expect("c");
+    let pick = picker.transaction().await.expect("tx");
+    let row = pick
+        .query_one("SELECT picked FROM switchyard_pick(1)", &[])
+        .await
+        .expect("pick");
+    assert!(row.get::<_, Vec<Uuid>>(0).is_empty());
+    // Meanwhile the first ends, and its put-back of the session's next looks.
+    let done = complete(&pool, &first).await;
+    let readier = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let client = pool.get().await.expect("c");
+            runs::next_in_session(&client, &done).await.expect("q")
+        })
+    };
+    // It waits for the pick's lock on the run...
+    let watcher = pool.get().await.expect("c");
+    switchyard_testkit::poll(Duration::from_secs(10), || async {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%switchyard_ready%'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (waiting > 0).then_some(())
+    })
+    .await
+    .expect("the put-back waits for the pick");
+    // ...and once the pick commits, sees the mark and puts the run back.
+    pick.commit().await.expect("commit");
+    let back = readier.await.expect("task");
+    assert_eq!(back.map(|n| n.id), Some(second.id));
+    let started = start(&pool, 1, 1).await;
+    assert_eq!(started[0].id, second.id);
+}
