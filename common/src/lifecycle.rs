@@ -162,17 +162,8 @@ async fn start_next_of_tenants(pool: &deadpool_postgres::Pool, broker: &Broker, 
     };
     match next {
         Ok(next) => {
-            for next in next {
-                if let Err(err) = broker
-                    .publish_id_in(
-                        &broker.topology().runs(),
-                        next.id,
-                        next.traceparent.as_deref(),
-                    )
-                    .await
-                {
-                    tracing::warn!(run_id = %next.id, error = %err, "cannot publish the next run; the sweeper will");
-                }
+            for next in &next {
+                publish_one(broker, next, "tenant").await;
             }
         }
         Err(err) => {
@@ -246,21 +237,24 @@ async fn publish_next(
     whose: &'static str,
 ) {
     match next {
-        Ok(Some(next)) => {
-            if let Err(err) = broker
-                .publish_id_in(
-                    &broker.topology().runs(),
-                    next.id,
-                    next.traceparent.as_deref(),
-                )
-                .await
-            {
-                tracing::warn!(run_id = %next.id, whose, error = %err, "cannot publish the next run; the sweeper will");
-            }
-        }
+        Ok(Some(next)) => publish_one(broker, &next, whose).await,
         Ok(None) => {}
         Err(err) => {
             tracing::warn!(run_id = %after.id, whose, error = %err, "cannot find the next run; the sweeper will");
         }
+    }
+}
+
+/// Publishes a run put back in line, in the trace of the request that accepted it.
+async fn publish_one(broker: &Broker, next: &runs::Next, whose: &'static str) {
+    if let Err(err) = broker
+        .publish_id_in(
+            &broker.topology().runs(),
+            next.id,
+            next.traceparent.as_deref(),
+        )
+        .await
+    {
+        tracing::warn!(run_id = %next.id, whose, error = %err, "cannot publish the next run; the sweeper will");
     }
 }

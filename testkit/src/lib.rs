@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod fake_llm;
+pub mod fixtures;
 pub mod otlp;
 pub mod py;
 pub mod receiver;

@@ -7,72 +7,50 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use switchyard_common::catalog::api_keys::{self, Scope};
-use switchyard_testkit::{ADMIN_TOKEN, Stack, StackOptions, poll};
+use switchyard_common::catalog::api_keys::Scope;
+use switchyard_testkit::{ADMIN_TOKEN, Stack, StackOptions, fixtures, poll};
 use uuid::Uuid;
 
 /// A tenant with weight `weight`, a project `p`, an echo agent `slow` taking `delay_ms`, and a
-/// key that may trigger runs and read them.
+/// key that may trigger runs, read them and manage the tenant's resources.
 async fn tenant(stack: &Stack, id: &str, weight: i32, delay_ms: u64) -> String {
     let client = stack.db.client().await.expect("client");
-    client
-        .execute(
-            "INSERT INTO tenants (id, name, weight) VALUES ($1, $1, $2)",
-            &[&id, &weight],
-        )
-        .await
-        .expect("tenant");
-    client
-        .execute(
-            "INSERT INTO projects (tenant_id, id, name) VALUES ($1, 'p', 'p')",
-            &[&id],
-        )
-        .await
-        .expect("project");
-    client
-        .execute(
-            "INSERT INTO agents (tenant_id, id, project_id, name, kind, config) \
-             VALUES ($1, 'slow', 'p', 'slow', 'echo', $2)",
-            &[&id, &json!({ "delayMs": delay_ms })],
-        )
-        .await
-        .expect("agent");
-    let key = api_keys::generate();
-    api_keys::insert_raw(
+    fixtures::tenant_with_slow_agent(
         &client,
         id,
-        "test",
-        &key,
+        weight,
+        delay_ms,
         &[Scope::Trigger, Scope::RunsRead, Scope::Manage],
     )
     .await
-    .expect("key");
-    key
+    .expect("tenant")
 }
 
 /// Creates `n` runs of `slow` with `key`, 16 requests at a time; returns their ids.
 async fn flood(stack: &Stack, key: &str, n: usize) -> Vec<Uuid> {
-    futures::stream::iter(0..n)
-        .map(|i| async move {
-            let answer = stack
-                .http
-                .post(format!("{}/v1/runs", stack.base_url))
-                .bearer_auth(key)
-                .json(&json!({"agentId": "slow", "message": format!("run {i}")}))
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(answer.status(), 202);
-            let body: Value = answer.json().await.expect("json");
-            body["id"]
-                .as_str()
-                .expect("id")
-                .parse::<Uuid>()
-                .expect("uuid")
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await
+    let ids = fixtures::post_runs(stack, key, n, 16).await;
+    assert_eq!(ids.len(), n, "every run was accepted");
+    ids
+}
+
+/// Waits until every run of `ids` has completed.
+async fn all_completed(
+    client: &tokio_postgres::Client,
+    ids: &[Uuid],
+    within: Duration,
+) -> anyhow::Result<()> {
+    poll(within, || async {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'",
+                &[&ids],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (usize::try_from(n).ok()? == ids.len()).then_some(())
+    })
+    .await
 }
 
 fn three_workers() -> StackOptions {
@@ -234,19 +212,9 @@ async fn a_worker_killed_while_it_schedules_loses_and_duplicates_nothing() {
     .expect("some runs complete");
     stack.workers[0].kill9();
     let client = stack.db.client().await.expect("client");
-    poll(Duration::from_secs(90), || async {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'",
-                &[&ids],
-            )
-            .await
-            .ok()?
-            .get(0);
-        (n == ids.len() as i64).then_some(())
-    })
-    .await
-    .expect("every run completes, those of the killed worker included");
+    all_completed(&client, &ids, Duration::from_secs(90))
+        .await
+        .expect("every run completes, those of the killed worker included");
     let once: i64 = client
         .query_one(
             "SELECT count(*) FROM (SELECT run_id FROM run_events WHERE run_id = ANY($1) \
@@ -396,19 +364,9 @@ async fn runs_of_one_concurrency_key_never_overlap_while_other_keys_run() {
         .collect()
         .await;
     let client = stack.db.client().await.expect("client");
-    poll(Duration::from_secs(60), || async {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'completed'",
-                &[&ids],
-            )
-            .await
-            .ok()?
-            .get(0);
-        (n == 8).then_some(())
-    })
-    .await
-    .expect("every run completes");
+    all_completed(&client, &ids, Duration::from_secs(60))
+        .await
+        .expect("every run completes");
     // No two runs of one customer overlapped; runs of the two customers did.
     let overlaps = |same: bool| {
         let client = &client;

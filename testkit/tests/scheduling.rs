@@ -56,23 +56,7 @@ async fn tenant(pool: &Pool, id: &str, weight: i32, max_running: Option<i32>, ca
 }
 
 fn run_of(tenant: &str) -> NewRun {
-    NewRun {
-        id: Uuid::now_v7(),
-        tenant_id: tenant.into(),
-        agent_id: "echo".into(),
-        message: Some("hi".into()),
-        inputs: None,
-        metadata: serde_json::json!({}),
-        webhook_url: None,
-        session_id: None,
-        ttl: None,
-        chat_model_id: None,
-        projects: None,
-        trigger: None,
-        trace_id: None,
-        traceparent: None,
-        priority: None,
-    }
+    switchyard_testkit::fixtures::new_run(tenant, "echo")
 }
 
 /// Accepts `runs` in batches of 50, as the ingress's group commit would.
@@ -334,13 +318,7 @@ async fn a_picks_cost_does_not_grow_with_the_tenants_waiting() {
         let db = TestDb::create().await.expect("test db");
         let pool = pool(&db);
         let client = pool.get().await.expect("c");
-        client
-            .batch_execute(&format!(
-                "INSERT INTO tenants (id, name) SELECT 't' || n, 'x' FROM generate_series(1, {tenants}) n; \
-                 INSERT INTO projects (tenant_id, id, name) SELECT 't' || n, 'p', 'p' FROM generate_series(1, {tenants}) n; \
-                 INSERT INTO agents (tenant_id, id, project_id, name, kind) \
-                     SELECT 't' || n, 'echo', 'p', 'e', 'echo' FROM generate_series(1, {tenants}) n;"
-            ))
+        switchyard_testkit::fixtures::many_tenants(&client, tenants)
             .await
             .expect("tenants");
         let each = 5000 / tenants;

@@ -24,21 +24,10 @@ fn pool(db: &TestDb) -> Pool {
 
 fn new_run(agent: &str, webhook: Option<&str>) -> NewRun {
     NewRun {
-        id: Uuid::now_v7(),
-        tenant_id: "default".into(),
-        agent_id: agent.into(),
         message: Some("hello".into()),
-        inputs: None,
         metadata: serde_json::json!({"k": "v"}),
         webhook_url: webhook.map(str::to_owned),
-        session_id: None,
-        ttl: None,
-        chat_model_id: None,
-        projects: None,
-        trigger: None,
-        trace_id: None,
-        traceparent: None,
-        priority: None,
+        ..switchyard_testkit::fixtures::new_run("default", agent)
     }
 }
 

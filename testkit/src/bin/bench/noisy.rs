@@ -6,12 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
-use serde_json::json;
-use switchyard_common::catalog::api_keys::{self, Scope};
+use switchyard_common::catalog::api_keys::Scope;
 use switchyard_common::runs::{self, NewRun};
-use switchyard_testkit::{Stack, StackOptions, TestDb, poll};
-use uuid::Uuid;
+use switchyard_testkit::{Stack, StackOptions, TestDb, fixtures, poll};
 
 use super::{ms, percentile};
 
@@ -27,44 +24,12 @@ pub struct Noisy {
 /// A tenant with an echo agent `slow` taking `delay_ms`, and a key that may trigger runs.
 async fn tenant(stack: &Stack, id: &str, delay_ms: u64) -> anyhow::Result<String> {
     let client = stack.db.client().await?;
-    client
-        .execute("INSERT INTO tenants (id, name) VALUES ($1, $1)", &[&id])
-        .await?;
-    client
-        .execute(
-            "INSERT INTO projects (tenant_id, id, name) VALUES ($1, 'p', 'p')",
-            &[&id],
-        )
-        .await?;
-    client
-        .execute(
-            "INSERT INTO agents (tenant_id, id, project_id, name, kind, config) \
-             VALUES ($1, 'slow', 'p', 'slow', 'echo', $2)",
-            &[&id, &json!({ "delayMs": delay_ms })],
-        )
-        .await?;
-    let key = api_keys::generate();
-    api_keys::insert_raw(&client, id, "bench", &key, &[Scope::Trigger]).await?;
-    Ok(key)
+    fixtures::tenant_with_slow_agent(&client, id, 1, delay_ms, &[Scope::Trigger]).await
 }
 
-/// Sends `n` runs of `slow` with `key`, `concurrency` at a time.
+/// Sends `n` runs of `slow` with `key`, `concurrency` at a time; how many were accepted.
 async fn send(stack: &Stack, key: &str, n: usize, concurrency: usize) -> usize {
-    futures::stream::iter(0..n)
-        .map(|i| async move {
-            stack
-                .http
-                .post(format!("{}/v1/runs", stack.base_url))
-                .bearer_auth(key)
-                .json(&json!({"agentId": "slow", "message": format!("run {i}")}))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 202)
-        })
-        .buffer_unordered(concurrency)
-        .filter(|ok| std::future::ready(*ok))
-        .count()
-        .await
+    fixtures::post_runs(stack, key, n, concurrency).await.len()
 }
 
 /// One stack: the loud tenant's flood, then (with `quiet`) the quiet tenants' runs; or the
@@ -153,14 +118,7 @@ pub async fn measure(noisy: &Noisy) -> anyhow::Result<String> {
 pub async fn pick_cost(tenants: usize) -> anyhow::Result<f64> {
     let db = TestDb::create().await?;
     let client = db.client().await?;
-    client
-        .batch_execute(&format!(
-            "INSERT INTO tenants (id, name) SELECT 't' || n, 'x' FROM generate_series(1, {tenants}) n; \
-             INSERT INTO projects (tenant_id, id, name) SELECT 't' || n, 'p', 'p' FROM generate_series(1, {tenants}) n; \
-             INSERT INTO agents (tenant_id, id, project_id, name, kind) \
-                 SELECT 't' || n, 'echo', 'p', 'e', 'echo' FROM generate_series(1, {tenants}) n;"
-        ))
-        .await?;
+    fixtures::many_tenants(&client, tenants).await?;
     let pool = switchyard_common::db::pool(&switchyard_common::config::DatabaseArgs {
         database_url: db.url.clone(),
         db_pool_size: 2,
@@ -170,23 +128,7 @@ pub async fn pick_cost(tenants: usize) -> anyhow::Result<f64> {
     let each = 5000 / tenants;
     let batch: Vec<NewRun> = (0..each)
         .flat_map(|_| (1..=tenants).map(|n| format!("t{n}")))
-        .map(|tenant_id| NewRun {
-            id: Uuid::now_v7(),
-            tenant_id,
-            agent_id: "echo".into(),
-            message: Some("x".into()),
-            inputs: None,
-            metadata: json!({}),
-            webhook_url: None,
-            session_id: None,
-            ttl: None,
-            chat_model_id: None,
-            projects: None,
-            trigger: None,
-            trace_id: None,
-            traceparent: None,
-            priority: None,
-        })
+        .map(|tenant_id| fixtures::new_run(&tenant_id, "echo"))
         .collect();
     {
         let client = pool.get().await?;
