@@ -518,6 +518,8 @@ pub struct Started {
     /// Runs the pick locked and left in line: another claimer may have passed them by while they
     /// were locked, spending its message on nothing, so the caller publishes them again.
     pub passed: Vec<Uuid>,
+    /// The messages, of those given to [`claim_for_messages`], that name no run at all.
+    pub unknown: Vec<Uuid>,
 }
 
 /// Claims up to `wanted` runs in fair order, in one transaction: `switchyard_pick` chooses
@@ -532,22 +534,53 @@ pub async fn claim_next(
     owner: &str,
     lease: Duration,
 ) -> Result<Started, tokio_postgres::Error> {
+    let tokens: Vec<Option<Uuid>> = vec![None; wanted];
+    claim_turns(client, &tokens, owner, lease).await
+}
+
+/// [`claim_next`] for the run messages of a worker's batch, one turn each: the messages that
+/// name no run at all are poison (`Started::unknown`) and are no turn, so a run is never spent
+/// on one.
+pub async fn claim_for_messages(
+    client: &mut deadpool_postgres::Client,
+    messages: &[Uuid],
+    owner: &str,
+    lease: Duration,
+) -> Result<Started, tokio_postgres::Error> {
+    let tokens: Vec<Option<Uuid>> = messages.iter().copied().map(Some).collect();
+    claim_turns(client, &tokens, owner, lease).await
+}
+
+async fn claim_turns(
+    client: &mut deadpool_postgres::Client,
+    tokens: &[Option<Uuid>],
+    owner: &str,
+    lease: Duration,
+) -> Result<Started, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
+    let named: Vec<Uuid> = tokens.iter().flatten().copied().collect();
+    let blank = i32::try_from(tokens.len() - named.len()).unwrap_or(i32::MAX);
     let row = tx
         .query_one(
-            &tx.prepare_cached("SELECT picked, cut_short, passed FROM switchyard_pick($1)")
-                .await?,
-            &[&wanted],
+            &tx.prepare_cached(
+                "SELECT p.picked, p.cut_short, p.passed, u.unknown \
+                 FROM (SELECT coalesce(array_agg(x), '{}') AS unknown FROM unnest($1::uuid[]) x \
+                       WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = x)) u \
+                 CROSS JOIN LATERAL switchyard_pick(cardinality($1::uuid[]) - cardinality(u.unknown) + $2) p",
+            )
+            .await?,
+            &[&named, &blank],
         )
         .await?;
     let picked: Vec<Uuid> = row.try_get(0)?;
     let cut_short: bool = row.try_get(1)?;
     let passed: Vec<Uuid> = row.try_get(2)?;
+    let unknown: Vec<Uuid> = row.try_get(3)?;
     let mut started = Started {
         runs: Vec::new(),
         cut_short,
         passed,
+        unknown,
     };
     if !picked.is_empty() {
         let mut ids = picked.clone();
@@ -682,25 +715,6 @@ async fn claim_statement(
         });
     observe_claimed(firsts);
     Ok(claimed)
-}
-
-/// The ids among `ids` that name no run at all (poison messages).
-pub async fn unknown(
-    client: &impl GenericClient,
-    ids: &[Uuid],
-) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "SELECT x.id FROM unnest($1::uuid[]) AS x(id) \
-                     WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = x.id)",
-                )
-                .await?,
-            &[&ids],
-        )
-        .await?;
-    rows.iter().map(|r| r.try_get(0)).collect()
 }
 
 /// Puts back in line the next run of `run`'s agent, if the agent has a concurrency limit and

@@ -527,3 +527,27 @@ async fn a_run_sent_out_of_line_while_its_wait_ends_is_put_back() {
     let started = start(&pool, 1, 1).await;
     assert_eq!(started[0].id, second.id);
 }
+
+/// A message naming no run is poison: no run is started on its turn, and the worker is told, so
+/// that it dead-letters it while the real messages of its batch start their runs.
+#[tokio::test]
+async fn a_message_naming_no_run_is_no_turn() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let runs = accept(&pool, vec![run_of("t"), run_of("t")]).await;
+    let poison = Uuid::now_v7();
+    let mut client = pool.get().await.expect("c");
+    let started = runs::claim_for_messages(
+        &mut client,
+        &[poison, runs[1].id],
+        "w",
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("claim");
+    assert_eq!(started.unknown, vec![poison]);
+    assert_eq!(started.runs.len(), 1, "one turn, for the one real message");
+    // The fairest run started, whichever the message named.
+    assert_eq!(started.runs[0].0.id, runs[0].id);
+}

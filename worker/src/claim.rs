@@ -49,7 +49,7 @@ pub(crate) fn claimer(
         async move {
             let claimed = async {
                 let mut client = pool.get().await.context("getting a connection")?;
-                let started = runs::claim_next(&mut client, ids.len(), &owner, lease)
+                let started = runs::claim_for_messages(&mut client, &ids, &owner, lease)
                     .await
                     .context("claiming runs")?;
                 // Runs the pick held and left in line: another claimer may have passed them by.
@@ -60,13 +60,7 @@ pub(crate) fn claimer(
                 {
                     tracing::warn!(error = %err, "cannot publish runs left in line; the sweeper will");
                 }
-                // Messages left without a run: poison if they name no run at all. Asked only
-                // when some are left, which the fair pick makes rare under load.
-                let unknown = if started.runs.len() < ids.len() && !started.cut_short {
-                    runs::unknown(&client, &ids).await.unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+                let unknown = started.unknown.clone();
                 anyhow::Ok((started, unknown))
             }
             .await;
@@ -82,7 +76,8 @@ pub(crate) fn claimer(
 }
 
 /// Hands the runs won to the messages: each message that named a run won gets it, the rest of
-/// the runs go to the other messages in the order they were picked.
+/// the runs go to the other messages in the order they were picked, never to a poison one (the
+/// pick started no run for it).
 fn answer(ids: &[Uuid], started: runs::Started, unknown: &[Uuid]) -> Vec<Claimed> {
     let mut won: Vec<Option<(Run, AgentSpec)>> = started.runs.into_iter().map(Some).collect();
     let mut answers: Vec<Option<Claimed>> = ids
@@ -97,11 +92,14 @@ fn answer(ids: &[Uuid], started: runs::Started, unknown: &[Uuid]) -> Vec<Claimed
     let mut rest = won.into_iter().flatten();
     for (answer, id) in answers.iter_mut().zip(ids) {
         if answer.is_none() {
-            *answer = Some(Ok(match rest.next() {
-                Some(claimed) => Claim::Won(Box::new(claimed)),
-                None if started.cut_short => Claim::Retry,
-                None if unknown.contains(id) => Claim::Unknown,
-                None => Claim::Skip,
+            *answer = Some(Ok(if unknown.contains(id) {
+                Claim::Unknown
+            } else {
+                match rest.next() {
+                    Some(claimed) => Claim::Won(Box::new(claimed)),
+                    None if started.cut_short => Claim::Retry,
+                    None => Claim::Skip,
+                }
             }));
         }
     }
