@@ -417,6 +417,42 @@ impl Stack {
             .await?)
     }
 
+    /// The scheduler's view of the runs still queued or running (status, what a queued run
+    /// waits for, its turn, its lease), and of `also`: for the message of a test whose run
+    /// did not finish, to tell a stuck run from a slow one.
+    pub async fn scheduler_view(&self, also: &str) -> String {
+        let Ok(client) = self.db.client().await else {
+            return "the database is unreachable".into();
+        };
+        let rows = client
+            .query(
+                "SELECT r.id::text, r.status, coalesce(r.waiting, '-'), r.turn, r.attempt, \
+                        coalesce(r.lease_owner, '-'), r.enqueued_at::text \
+                 FROM runs r WHERE r.status IN ('queued', 'running') OR r.id::text = $1 ORDER BY r.id",
+                &[&also],
+            )
+            .await;
+        match rows {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} waiting={} turn={} attempt={} lease={} enqueued={}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, f64>(3),
+                        r.get::<_, i32>(4),
+                        r.get::<_, String>(5),
+                        r.get::<_, String>(6)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(err) => format!("cannot read the runs: {err}"),
+        }
+    }
+
     /// Starts one more ingress on the same database and broker prefix, and waits until it is
     /// ready; returns it with its base URL.
     pub async fn add_ingress(&self) -> anyhow::Result<(Proc, String)> {

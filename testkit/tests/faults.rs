@@ -32,12 +32,18 @@ async fn start_slow_run(
 }
 
 async fn wait_status(stack: &Stack, id: &str, status: &str, timeout: Duration) -> Value {
-    poll(timeout, || async {
+    let found = poll(timeout, || async {
         let run = stack.get_run(id).await.ok()?;
         (run["status"] == status).then_some(run)
     })
-    .await
-    .unwrap_or_else(|_| panic!("run {id} did not become {status}"))
+    .await;
+    match found {
+        Ok(run) => run,
+        Err(_) => panic!(
+            "run {id} did not become {status}; runs:\n{}",
+            stack.scheduler_view(id).await
+        ),
+    }
 }
 
 #[tokio::test]

@@ -61,34 +61,10 @@ async fn status_becomes(stack: &Stack, run_id: &str, status: &str) -> Value {
     .await;
     match found {
         Ok(run) => run,
-        Err(_) => {
-            // What the scheduler saw, to tell a stuck run from a slow one.
-            let client = stack.db.client().await.expect("db");
-            let rows = client
-                .query(
-                    "SELECT r.id::text, r.status, r.waiting, r.turn, r.enqueued_at::text, a.running \
-                     FROM runs r LEFT JOIN agents a ON a.tenant_id = r.tenant_id AND a.id = r.agent_id \
-                     WHERE r.status IN ('queued', 'running') OR r.id::text = $1 ORDER BY r.id",
-                    &[&run_id],
-                )
-                .await
-                .expect("runs");
-            let seen: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{} {} {:?} {} {} slots={:?}",
-                        r.get::<_, String>(0),
-                        r.get::<_, String>(1),
-                        r.get::<_, Option<String>>(2),
-                        r.get::<_, f64>(3),
-                        r.get::<_, String>(4),
-                        r.get::<_, Option<i32>>(5)
-                    )
-                })
-                .collect();
-            panic!("run {run_id} did not become {status}; runs: {seen:#?}")
-        }
+        Err(_) => panic!(
+            "run {run_id} did not become {status}; runs:\n{}",
+            stack.scheduler_view(run_id).await
+        ),
     }
 }
 
