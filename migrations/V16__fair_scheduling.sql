@@ -169,7 +169,16 @@ BEGIN
         WHERE r.status = 'queued' AND r.waiting IS NULL AND r.id <> ALL (picked)
           AND (r.expires_at IS NULL OR r.expires_at > now())
         ORDER BY r.turn, r.id LIMIT 1 FOR UPDATE SKIP LOCKED;
-        EXIT WHEN NOT FOUND;
+        IF NOT FOUND THEN
+            -- Runs in line that someone else holds (another pick, a put-back looking at them)
+            -- may still need this turn: hand it back rather than spend it on nothing.
+            IF EXISTS (SELECT 1 FROM runs r WHERE r.status = 'queued' AND r.waiting IS NULL
+                         AND r.id <> ALL (picked) AND r.id <> ALL (heads)
+                         AND (r.expires_at IS NULL OR r.expires_at > now())) THEN
+                cut_short := true;
+            END IF;
+            EXIT;
+        END IF;
         heads := heads || head.id;
         -- The head is locked by this transaction, so the tenant's best is at worst the head.
         SELECT r.id, r.turn, r.tenant_id, r.project_id, r.agent_id, r.session_id, r.priority,

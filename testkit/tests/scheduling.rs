@@ -551,3 +551,28 @@ async fn a_message_naming_no_run_is_no_turn() {
     // The fairest run started, whichever the message named.
     assert_eq!(started.runs[0].0.id, runs[0].id);
 }
+
+/// A pick that finds every run in line held by someone else (another pick, or a put-back
+/// looking at it) hands its turn back instead of spending it: the holder may leave the run in
+/// line, and that run would then have no message.
+#[tokio::test]
+async fn a_pick_that_finds_the_line_held_hands_its_turn_back() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let run = accept(&pool, vec![run_of("t")]).await.remove(0);
+    let mut holder = pool.get().await.expect("c");
+    let hold = holder.transaction().await.expect("tx");
+    hold.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", &[&run.id])
+        .await
+        .expect("hold");
+    let mut client = pool.get().await.expect("c");
+    let started = runs::claim_next(&mut client, 1, "w", Duration::from_secs(60))
+        .await
+        .expect("claim");
+    assert!(started.runs.is_empty());
+    assert!(started.cut_short, "the turn is handed back");
+    hold.rollback().await.expect("release");
+    let again = start(&pool, 1, 1).await;
+    assert_eq!(again[0].id, run.id);
+}
