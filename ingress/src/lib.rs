@@ -75,7 +75,9 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_KEY_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub key_cache_ttl: Duration,
 
-    /// Invocations per minute per API key, unless the key sets its own (`rateLimitPerMinute`).
+    /// Invocations per minute per API key on the agent-app door (`POST /api/v1/runs`), as that API
+    /// documents, unless the key sets its own (`rateLimitPerMinute`). The other doors limit a key
+    /// only when it sets a limit.
     #[arg(long, env = "SWITCHYARD_RATE_LIMIT_PER_KEY", default_value_t = 30)]
     pub rate_limit_per_key: u32,
 
@@ -276,7 +278,8 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Deletes expired idempotency keys, duplicate marks and console sessions every ten minutes.
+/// Deletes expired idempotency keys, duplicate marks, console sessions and full rate-limit
+/// buckets every ten minutes.
 async fn purge_expired_guards(pool: Pool, shutdown: CancellationToken) {
     loop {
         tokio::select! {
@@ -289,6 +292,9 @@ async fn purge_expired_guards(pool: Pool, shutdown: CancellationToken) {
             }
             if let Err(err) = auth::sessions::purge_expired(&client).await {
                 tracing::warn!(error = %err, "could not purge expired console sessions");
+            }
+            if let Err(err) = limits::purge_full(&client).await {
+                tracing::warn!(error = %err, "could not purge full rate-limit buckets");
             }
         }
     }
@@ -354,6 +360,11 @@ pub async fn run(
         usage,
     });
     let hub = live::Hub::start(broker.clone(), pool.clone(), background.clone());
+    let limits = Arc::new(limits::RateLimits::new(
+        pool.clone(),
+        config.rate_limit_per_key,
+        config.hook_refusals_per_minute,
+    ));
     let state = AppState {
         pool,
         broker,
@@ -362,10 +373,7 @@ pub async fn run(
         auth,
         compiled: Arc::default(),
         triggers,
-        limits: Arc::new(limits::RateLimits::new(
-            config.rate_limit_per_key,
-            config.hook_refusals_per_minute,
-        )),
+        limits,
         master_key,
         max_api_keys: config.max_api_keys,
         max_webhook_endpoints: config.max_webhook_endpoints,

@@ -1,7 +1,14 @@
-//! Rate limits with governor (GCRA), per API key, per tenant and per trigger, each counted in
-//! this process's memory. A quota of N per minute refills at N per minute and admits a small
-//! burst: a sixth of N at once (at least 1; 5 for the default 30). Across R ingress replicas behind a balancer each replica counts on its own, so the
-//! effective limit is up to R × N; set the configured values to the global limit divided by R.
+//! Rate limits per API key, per tenant and per trigger, shared by every ingress replica.
+//!
+//! A limit of N a minute admits a burst of N and refills at N a minute (GCRA). Each replica first
+//! asks its own governor limiter, in memory: a replica never admits more than the limit by itself,
+//! so a flood is refused there without touching the database. What that pre-check lets through
+//! then takes its call from the shared bucket in PostgreSQL (`switchyard_take`, one statement on an
+//! UNLOGGED table), whose answer holds whatever the number of replicas. A call that no limit
+//! concerns costs nothing here.
+//!
+//! Refused unauthenticated webhooks (`admit_refusal`) stay a per-replica budget: it protects each
+//! process's own work, not a tenant's allowance.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -9,17 +16,19 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deadpool_postgres::Pool;
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use switchyard_common::catalog::api_keys::ApiKey;
 use switchyard_common::problem::ErrorCode;
 
 use crate::verbs::error::VerbError as ApiError;
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
-/// Most limiters of one kind kept; past it they start over (a reset is generous, not unsafe).
+/// Most limiters of one kind kept; past it they start over (a reset is generous, not unsafe:
+/// the shared bucket still decides).
 const CAPACITY: usize = 100_000;
 
 /// One family of limiters, each rebuilt when its quota changes.
@@ -34,9 +43,9 @@ impl<K: Hash + Eq + Clone> Family<K> {
         }
     }
 
-    fn limiter(&self, key: &K, per_minute: u32) -> Arc<Limiter> {
+    fn limiter(&self, key: &K, per_minute: u32, burst: u32) -> Arc<Limiter> {
         let Ok(mut limiters) = self.limiters.lock() else {
-            return Arc::new(build(per_minute));
+            return Arc::new(build(per_minute, burst));
         };
         if let Some((quota, limiter)) = limiters.get(key)
             && *quota == per_minute
@@ -46,180 +55,244 @@ impl<K: Hash + Eq + Clone> Family<K> {
         if limiters.len() >= CAPACITY {
             limiters.clear();
         }
-        let limiter = Arc::new(build(per_minute));
+        let limiter = Arc::new(build(per_minute, burst));
         limiters.insert(key.clone(), (per_minute, limiter.clone()));
         limiter
     }
 }
 
-/// How many calls a quota of `per_minute` admits at once.
-pub fn burst(per_minute: u32) -> u32 {
-    per_minute.div_ceil(6).max(1)
-}
-
-fn build(per_minute: u32) -> Limiter {
+fn build(per_minute: u32, burst: u32) -> Limiter {
     let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-    let b = NonZeroU32::new(burst(per_minute)).unwrap_or(NonZeroU32::MIN);
+    let b = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
     RateLimiter::direct(Quota::per_minute(n).allow_burst(b))
-        .with_middleware::<StateInformationMiddleware>()
 }
 
-/// Seconds for one call's worth of refill.
-fn per_call(per_minute: u32) -> f64 {
-    60.0 / f64::from(per_minute.max(1))
-}
-
-/// Where a request stands against the limit that concerns its caller (the key's).
-#[derive(Debug, Clone, Copy)]
+/// Where a request stands against the limit that concerns its caller (the key's), when one does.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Standing {
-    limit: u32,
-    remaining: u32,
-    reset: Duration,
+    /// (per minute, calls admitted at once now, until the whole burst is back).
+    limit: Option<(u32, u32, Duration)>,
 }
 
 impl Standing {
-    fn of(per_minute: u32, snapshot: &StateSnapshot) -> Self {
-        let remaining = snapshot.remaining_burst_capacity();
-        let per_request = 60.0 / f64::from(per_minute.max(1));
-        Self {
-            limit: per_minute,
-            remaining,
-            reset: Duration::from_secs_f64(
-                per_request * f64::from(per_minute.saturating_sub(remaining)),
-            ),
-        }
-    }
-
     /// The rate-limit headers' names and values: `x-ratelimit-limit` (per minute),
     /// `-remaining` (calls that may come at once now) and `-reset` (seconds until the whole
-    /// burst is available again).
-    pub fn headers(&self) -> [(&'static str, u64); 3] {
-        [
-            ("x-ratelimit-limit", u64::from(self.limit)),
-            ("x-ratelimit-remaining", u64::from(self.remaining)),
-            ("x-ratelimit-reset", self.reset.as_secs_f64().ceil() as u64),
+    /// burst is available again). None when no limit concerns the key.
+    pub fn headers(&self) -> Vec<(&'static str, u64)> {
+        let Some((limit, remaining, reset)) = self.limit else {
+            return Vec::new();
+        };
+        vec![
+            ("x-ratelimit-limit", u64::from(limit)),
+            ("x-ratelimit-remaining", u64::from(remaining)),
+            ("x-ratelimit-reset", reset.as_secs_f64().ceil() as u64),
         ]
     }
 }
 
-/// Every limiter of this process.
-pub struct RateLimits {
-    per_key_default: u32,
-    refusals_per_minute: u32,
-    keys: Family<uuid::Uuid>,
-    tenants: Family<String>,
-    triggers: Family<(String, String)>,
-    /// Refused inbound webhooks, per trigger.
-    refusals: Family<(String, String)>,
-    clock: DefaultClock,
-}
-
 /// Which limit a request ran into.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Scope {
     Key,
     Tenant,
     Trigger,
 }
 
-impl RateLimits {
-    /// Limits with `per_key_default` calls a minute for keys that set none, and
-    /// `refusals_per_minute` refused inbound webhooks a minute per trigger.
-    pub fn new(per_key_default: u32, refusals_per_minute: u32) -> Self {
+/// One limit a call counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Bucket {
+    scope: Scope,
+    /// The shared bucket's name: `k:<key id>`, `t:<tenant>`, `g:<tenant>/<trigger>`.
+    name: String,
+    per_minute: u32,
+}
+
+impl Bucket {
+    fn key(key: &ApiKey, per_minute: u32) -> Self {
         Self {
-            per_key_default: per_key_default.max(1),
+            scope: Scope::Key,
+            name: format!("k:{}", key.id),
+            per_minute,
+        }
+    }
+
+    fn tenant(tenant_id: &str, per_minute: u32) -> Self {
+        Self {
+            scope: Scope::Tenant,
+            name: format!("t:{tenant_id}"),
+            per_minute,
+        }
+    }
+
+    fn trigger(tenant_id: &str, trigger_id: &str, per_minute: u32) -> Self {
+        Self {
+            scope: Scope::Trigger,
+            name: format!("g:{tenant_id}/{trigger_id}"),
+            per_minute,
+        }
+    }
+
+    /// 429 for a call refused by this limit, retriable in `wait`.
+    fn refusal(&self, wait: Duration) -> ApiError {
+        let per_minute = self.per_minute;
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        // Until the whole burst is back: this wait, then one refill per further call.
+        let reset = wait.as_secs_f64()
+            + 60.0 * f64::from(per_minute.saturating_sub(1)) / f64::from(per_minute.max(1));
+        let what = match self.scope {
+            Scope::Key => "this API key",
+            Scope::Tenant => "this tenant",
+            Scope::Trigger => "this trigger",
+        };
+        let refused = ApiError::new(
+            ErrorCode::TooManyRequests,
+            format!("{what} may make {per_minute} invocations a minute; retry in {secs}s"),
+        )
+        .with_rate_limit(per_minute, secs, reset.ceil() as u64);
+        if self.scope == Scope::Tenant {
+            refused.with_quota("rateLimitPerMinute", i64::from(per_minute))
+        } else {
+            refused
+        }
+    }
+}
+
+fn positive(n: Option<i32>) -> Option<u32> {
+    n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
+}
+
+/// Every limiter of this process, and the way to the shared buckets.
+pub struct RateLimits {
+    pool: Pool,
+    agent_app_per_key: u32,
+    refusals_per_minute: u32,
+    local: Family<Bucket>,
+    /// Refused inbound webhooks, per trigger.
+    refusals: Family<(String, String)>,
+    clock: DefaultClock,
+}
+
+impl RateLimits {
+    /// Limits over `pool`'s shared buckets, with `agent_app_per_key` calls a minute for keys that
+    /// set none on the agent-app door, and `refusals_per_minute` refused inbound webhooks a
+    /// minute per trigger (per replica).
+    pub fn new(pool: Pool, agent_app_per_key: u32, refusals_per_minute: u32) -> Self {
+        Self {
+            pool,
+            agent_app_per_key: agent_app_per_key.max(1),
             refusals_per_minute: refusals_per_minute.max(1),
-            keys: Family::new(),
-            tenants: Family::new(),
-            triggers: Family::new(),
+            local: Family::new(),
             refusals: Family::new(),
             clock: DefaultClock::default(),
         }
     }
 
-    fn check(
-        &self,
-        limiter: &Limiter,
-        per_minute: u32,
-        scope: Scope,
-    ) -> Result<StateSnapshot, ApiError> {
-        limiter.check().map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            // Until the whole burst is back: this wait, then one refill per further call.
-            let reset = wait.as_secs_f64()
-                + per_call(per_minute) * f64::from(burst(per_minute).saturating_sub(1));
-            let what = match scope {
-                Scope::Key => "this API key",
-                Scope::Tenant => "this tenant",
-                Scope::Trigger => "this trigger",
-            };
-            ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!("{what} may make {per_minute} invocations a minute; retry in {secs}s"),
+    /// The per-key limit of the agent-app door for keys that set none.
+    pub fn agent_app_default(&self) -> u32 {
+        self.agent_app_per_key
+    }
+
+    /// Counts one call against every bucket, all or none: this replica's limiter first, then the
+    /// shared bucket. The first bucket's standing comes back when it is the key's.
+    async fn take(&self, buckets: &[Bucket]) -> Result<Standing, ApiError> {
+        if buckets.is_empty() {
+            return Ok(Standing::default());
+        }
+        for bucket in buckets {
+            let limiter = self
+                .local
+                .limiter(bucket, bucket.per_minute, bucket.per_minute);
+            if let Err(not_until) = limiter.check() {
+                return Err(bucket.refusal(not_until.wait_time_from(self.clock.now())));
+            }
+        }
+        let names: Vec<&str> = buckets.iter().map(|b| b.name.as_str()).collect();
+        let rates: Vec<i32> = buckets
+            .iter()
+            .map(|b| i32::try_from(b.per_minute).unwrap_or(i32::MAX))
+            .collect();
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT refused, wait_ms, remaining, reset_ms \
+                 FROM switchyard_take($1::text[], $2::integer[])",
             )
-            .with_rate_limit(per_minute, secs, reset.ceil() as u64)
+            .await?;
+        let row = client.query_one(&stmt, &[&names, &rates]).await?;
+        let refused: i32 = row.get(0);
+        if let Some(bucket) = usize::try_from(refused)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| buckets.get(i))
+        {
+            let wait: i64 = row.get(1);
+            return Err(bucket.refusal(Duration::from_millis(wait.max(0) as u64)));
+        }
+        let first = &buckets[0];
+        if first.scope != Scope::Key {
+            return Ok(Standing::default());
+        }
+        let remaining: i32 = row.get(2);
+        let reset: i64 = row.get(3);
+        Ok(Standing {
+            limit: Some((
+                first.per_minute,
+                u32::try_from(remaining).unwrap_or(0),
+                Duration::from_millis(reset.max(0) as u64),
+            )),
         })
     }
 
-    /// Counts one invocation against the key, its tenant and (when given) the trigger. Returns
-    /// the key's standing for the response headers, or 429 with `Retry-After`.
-    pub fn admit(
+    /// Counts one invocation by `key` against its own limit (its `rateLimitPerMinute`, else
+    /// `door_default`), its tenant's ceiling and (when given) the trigger's limit. Returns the
+    /// key's standing for the response headers, or 429 with `Retry-After`.
+    pub async fn admit(
         &self,
-        key: &switchyard_common::catalog::api_keys::ApiKey,
+        key: &ApiKey,
+        door_default: Option<u32>,
         trigger: Option<(&str, u32)>,
     ) -> Result<Standing, ApiError> {
-        let per_key = key
-            .rate_limit_per_minute
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(self.per_key_default);
-        let snapshot = self.check(&self.keys.limiter(&key.id, per_key), per_key, Scope::Key)?;
-        if let Some(per_tenant) = key
-            .tenant_rate_limit_per_minute
-            .and_then(|n| u32::try_from(n).ok())
-        {
-            let limiter = self.tenants.limiter(&key.tenant_id, per_tenant);
-            self.check(&limiter, per_tenant, Scope::Tenant)?;
+        let mut buckets = Vec::with_capacity(3);
+        if let Some(per_key) = positive(key.rate_limit_per_minute).or(door_default) {
+            buckets.push(Bucket::key(key, per_key));
+        }
+        if let Some(per_tenant) = positive(key.tenant_rate_limit_per_minute) {
+            buckets.push(Bucket::tenant(&key.tenant_id, per_tenant));
         }
         if let Some((trigger_id, per_trigger)) = trigger {
-            let limiter = self
-                .triggers
-                .limiter(&(key.tenant_id.clone(), trigger_id.to_owned()), per_trigger);
-            self.check(&limiter, per_trigger, Scope::Trigger)?;
+            buckets.push(Bucket::trigger(&key.tenant_id, trigger_id, per_trigger));
         }
-        Ok(Standing::of(per_key, &snapshot))
+        self.take(&buckets).await
     }
 
-    /// Counts one call that carries no API key (the admin token testing a trigger) against the
-    /// tenant's limit and the trigger's own, when they have them.
-    pub fn admit_unkeyed(
+    /// Counts one call that carries no API key (an inbound webhook, or the admin token testing a
+    /// trigger) against the tenant's ceiling and the trigger's own limit, when they have them.
+    pub async fn admit_unkeyed(
         &self,
         tenant_id: &str,
         per_tenant: Option<i32>,
         trigger: Option<(&str, u32)>,
     ) -> Result<(), ApiError> {
-        if let Some(per_tenant) = per_tenant.and_then(|n| u32::try_from(n).ok()) {
-            let limiter = self.tenants.limiter(&tenant_id.to_owned(), per_tenant);
-            self.check(&limiter, per_tenant, Scope::Tenant)?;
+        let mut buckets = Vec::with_capacity(2);
+        if let Some(per_tenant) = positive(per_tenant) {
+            buckets.push(Bucket::tenant(tenant_id, per_tenant));
         }
         if let Some((trigger_id, per_trigger)) = trigger {
-            let limiter = self
-                .triggers
-                .limiter(&(tenant_id.to_owned(), trigger_id.to_owned()), per_trigger);
-            self.check(&limiter, per_trigger, Scope::Trigger)?;
+            buckets.push(Bucket::trigger(tenant_id, trigger_id, per_trigger));
         }
-        Ok(())
+        self.take(&buckets).await.map(|_| ())
     }
-}
 
-impl RateLimits {
     /// Counts one refused (unauthenticated) inbound webhook against its trigger's refusal budget,
-    /// `SWITCHYARD_HOOK_REFUSALS_PER_MINUTE`: past it the caller gets 429 and nothing is recorded.
+    /// `SWITCHYARD_HOOK_REFUSALS_PER_MINUTE` in each replica: past it the caller gets 429 and
+    /// nothing is recorded.
     pub fn admit_refusal(&self, tenant_id: &str, trigger_id: &str) -> Result<(), ApiError> {
         let per_minute = self.refusals_per_minute;
-        let limiter = self
-            .refusals
-            .limiter(&(tenant_id.to_owned(), trigger_id.to_owned()), per_minute);
+        let limiter = self.refusals.limiter(
+            &(tenant_id.to_owned(), trigger_id.to_owned()),
+            per_minute,
+            per_minute.div_ceil(6),
+        );
         limiter.check().map(|_| ()).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -233,42 +306,15 @@ impl RateLimits {
             .with_rate_limit(per_minute, secs, secs)
         })
     }
-
-    /// Counts one call against a trigger's own limit, when it has one (inbound webhooks carry no
-    /// API key to count against).
-    pub fn admit_trigger(
-        &self,
-        tenant_id: &str,
-        trigger_id: &str,
-        per_minute: Option<i32>,
-    ) -> Result<(), ApiError> {
-        let Some(per_trigger) = per_minute.and_then(|n| u32::try_from(n).ok()) else {
-            return Ok(());
-        };
-        let limiter = self
-            .triggers
-            .limiter(&(tenant_id.to_owned(), trigger_id.to_owned()), per_trigger);
-        self.check(&limiter, per_trigger, Scope::Trigger)
-            .map(|_| ())
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_quota_admits_its_burst_then_refuses_with_a_wait() {
-        let limits = RateLimits::new(3, 60);
-        let family: Family<u8> = Family::new();
-        let limiter = family.limiter(&1, 3);
-        assert_eq!(burst(3), 1);
-        assert_eq!(burst(30), 5);
-        assert!(limits.check(&limiter, 3, Scope::Key).is_ok());
-        let refused = limits.check(&limiter, 3, Scope::Key);
-        assert!(refused.is_err());
-        // A changed quota gets a fresh limiter.
-        let bigger = family.limiter(&1, 10);
-        assert!(limits.check(&bigger, 10, Scope::Key).is_ok());
-    }
+/// Deletes shared buckets that have been full for a minute: such a bucket admits what a missing
+/// one would.
+pub async fn purge_full(client: &deadpool_postgres::Client) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM rate_buckets WHERE tat < now() - interval '1 minute'",
+            &[],
+        )
+        .await
 }

@@ -410,7 +410,7 @@ async fn the_test_route_counts_against_the_limits_and_endpoints_are_capped() {
         &stack,
         &format!("/manage/tenants/{t}/api-keys"),
         &owner,
-        json!({"name": "slow", "scopes": ["manage"], "rateLimitPerMinute": 6}),
+        json!({"name": "slow", "scopes": ["manage"], "rateLimitPerMinute": 1}),
     )
     .await;
     let slow = slow.body["data"]["key"].as_str().expect("key").to_owned();

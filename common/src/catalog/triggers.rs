@@ -237,6 +237,11 @@ pub struct Trigger {
     #[serde(skip)]
     #[schema(ignore)]
     pub stored_authentication: Option<Value>,
+    /// The tenant's ceiling on invocations a minute, loaded with the trigger by [`find`] and
+    /// [`resolve`] (for inbound webhooks, which carry no key to bring it). Never shown.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub tenant_rate_limit_per_minute: Option<i32>,
 }
 
 /// The writable members of a trigger: the body of a create, and what a PATCH merges into.
@@ -670,6 +675,10 @@ const COLUMNS: &str = "id, project_id, agent_id, name, description, enabled, key
     signing_secret_credential_id, webhook_url, ignore_duplicates, wait_for_response, \
     wait_timeout_seconds, rate_limit_per_minute, priority, version, created_at, updated_at";
 
+/// The tenant's ceiling, selected beside [`COLUMNS`] by the lookups inbound calls use.
+const TENANT_LIMIT: &str = "(SELECT t.rate_limit_per_minute FROM tenants t \
+     WHERE t.id = triggers.tenant_id) AS tenant_rate_limit_per_minute";
+
 /// The stored row, with the authentication digests still in it (for merging a PATCH).
 struct Stored {
     trigger: Trigger,
@@ -721,6 +730,11 @@ fn from_row(row: &Row) -> Result<Stored, tokio_postgres::Error> {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             stored_authentication: authentication.clone(),
+            // Only `find` and `resolve` select it.
+            tenant_rate_limit_per_minute: row
+                .try_get::<_, Option<i32>>("tenant_rate_limit_per_minute")
+                .ok()
+                .flatten(),
         },
         authentication,
     })
@@ -820,7 +834,7 @@ pub async fn find(
 ) -> Result<Option<Trigger>, tokio_postgres::Error> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM triggers WHERE tenant_id = $1 AND id = $2"
+            "SELECT {COLUMNS}, {TENANT_LIMIT} FROM triggers WHERE tenant_id = $1 AND id = $2"
         ))
         .await?;
     let row = client.query_opt(&stmt, &[&tenant_id, &id]).await?;
@@ -836,7 +850,7 @@ pub async fn resolve(
 ) -> Result<Option<Trigger>, tokio_postgres::Error> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM triggers \
+            "SELECT {COLUMNS}, {TENANT_LIMIT} FROM triggers \
              WHERE tenant_id = $1 AND project_id = $2 AND lower(key) = lower($3)"
         ))
         .await?;

@@ -141,7 +141,14 @@ pub async fn create(
     };
     // The app API answers at once, whatever `Accept` says: a run is never awaited here.
     let idempotency = crate::extract::idempotency_key(&headers)?;
-    let started = start_run(&state, &principal, input, idempotency).await?;
+    let started = start_run(
+        &state,
+        &principal,
+        input,
+        idempotency,
+        Some(state.limits.agent_app_default()),
+    )
+    .await?;
     let (status, run) = match started.run {
         Started::New(run) => (StatusCode::ACCEPTED, run),
         Started::Replay(run) => (StatusCode::OK, run),

@@ -16,7 +16,7 @@ use crate::extract::{Params, parse_body};
 use crate::render::{self, Errors};
 use crate::verbs::accept;
 use crate::verbs::inbound::{Incoming, authenticate, refuse};
-use crate::verbs::trigger::{Envelope, TriggerCall, TriggerRef, invoke, resolve};
+use crate::verbs::trigger::{Envelope, TriggerCall, TriggerRef, invoke, own_limit, resolve};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
@@ -67,7 +67,12 @@ pub async fn receive(
     // Limited before authenticating: refused requests cost work too.
     state
         .limits
-        .admit_trigger(&path.tenant_id, &trigger.id, trigger.rate_limit_per_minute)?;
+        .admit_unkeyed(
+            &path.tenant_id,
+            trigger.tenant_rate_limit_per_minute,
+            own_limit(&trigger),
+        )
+        .await?;
     let compiled = state.compiled.get(&path.tenant_id, &trigger)?;
     let headers_seen: Vec<(String, Vec<u8>)> = headers
         .iter()

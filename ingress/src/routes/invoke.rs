@@ -77,7 +77,7 @@ pub async fn invoke(
         .await?
         .filter(|t| t.enabled)
         .ok_or_else(missing)?;
-    let standing = admit(&state, key, &trigger)?;
+    let standing = admit(&state, key, &trigger).await?;
     let invoked = trigger::invoke(
         &state,
         TriggerCall {

@@ -67,7 +67,7 @@ pub async fn trigger(
         ..RunInput::default()
     };
     let idempotency = crate::extract::idempotency_key(&headers)?;
-    let started = start_run(&state, &principal, input, idempotency).await?;
+    let started = start_run(&state, &principal, input, idempotency, None).await?;
     let mut response = match started.run {
         Started::New(run) => render::accepted(&run),
         Started::Replay(run) => (StatusCode::OK, Json(run)).into_response(),

@@ -95,7 +95,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateRun>,
 ) -> Result<Response, ApiError> {
     let idempotency = crate::extract::idempotency_key(&headers)?;
-    let started = start_run(&state, &principal, body.into_input(), idempotency).await?;
+    let started = start_run(&state, &principal, body.into_input(), idempotency, None).await?;
     let stream = started.stream
         || headers
             .get(header::ACCEPT)

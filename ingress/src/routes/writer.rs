@@ -173,7 +173,7 @@ async fn start(
             "the body must hold your data under `inputs`, such as {\"inputs\": {\"user_id\": \"123\"}}",
         ));
     }
-    let standing = admit(state, key, &trigger)?;
+    let standing = admit(state, key, &trigger).await?;
     let started = start_trigger(
         state,
         TriggerCall {

@@ -214,9 +214,10 @@ pub(crate) async fn start_run(
     principal: &Principal,
     input: RunInput,
     idempotency: Option<String>,
+    door_default: Option<u32>,
 ) -> Result<RunStart, VerbError> {
     let key = principal.key_with(Scope::Trigger)?;
-    let standing = state.limits.admit(key, None)?;
+    let standing = state.limits.admit(key, door_default, None).await?;
     let compared = serde_json::to_value(&input).unwrap_or_default();
     let request = check(input)?;
     let (wait, stream) = (request.wait, request.stream);

@@ -274,18 +274,20 @@ fn message(
 }
 
 /// Admits a call by `key` to `trigger`: the key's (and tenant's) limit, and the trigger's own.
-pub(crate) fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     key: &switchyard_common::catalog::api_keys::ApiKey,
     trigger: &Trigger,
 ) -> Result<Standing, VerbError> {
-    state.limits.admit(
-        key,
-        trigger
-            .rate_limit_per_minute
-            .and_then(|n| u32::try_from(n).ok())
-            .map(|n| (trigger.id.as_str(), n)),
-    )
+    state.limits.admit(key, None, own_limit(trigger)).await
+}
+
+/// The trigger's own limit, when it has one.
+pub(crate) fn own_limit(trigger: &Trigger) -> Option<(&str, u32)> {
+    trigger
+        .rate_limit_per_minute
+        .and_then(|n| u32::try_from(n).ok())
+        .map(|n| (trigger.id.as_str(), n))
 }
 
 /// A call that reached a trigger, authenticated and admitted.

@@ -15,7 +15,7 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Params, QueryParams};
-use crate::verbs::trigger::{TriggerCall, admit, envelope, invoke};
+use crate::verbs::trigger::{TriggerCall, admit, envelope, invoke, own_limit};
 
 fn owner(p: &AgentPath) -> Owner<'_> {
     Owner {
@@ -247,25 +247,30 @@ pub async fn test(
     let access = principal.manage(&p.tenant_id)?;
     access.project(&p.project_id)?;
     let bytes = crate::extract::body_bytes(bytes)?;
-    let client = state.pool.get().await?;
-    let trigger = triggers::get(&client, item_owner(&p), &p.id).await?;
+    let (trigger, tenant_limit) = {
+        let client = state.pool.get().await?;
+        let trigger = triggers::get(&client, item_owner(&p), &p.id).await?;
+        let tenant_limit = match &principal {
+            Principal::Admin => {
+                switchyard_common::catalog::tenants::get(&client, &p.tenant_id)
+                    .await?
+                    .rate_limit_per_minute
+            }
+            Principal::Key(_) => None,
+        };
+        (trigger, tenant_limit)
+    };
     // A test run costs what a real one does: it counts against the same limits.
     let standing = match &principal {
-        Principal::Key(key) => Some(admit(&state, key, &trigger)?),
+        Principal::Key(key) => Some(admit(&state, key, &trigger).await?),
         Principal::Admin => {
-            let tenant = switchyard_common::catalog::tenants::get(&client, &p.tenant_id).await?;
-            state.limits.admit_unkeyed(
-                &p.tenant_id,
-                tenant.rate_limit_per_minute,
-                trigger
-                    .rate_limit_per_minute
-                    .and_then(|n| u32::try_from(n).ok())
-                    .map(|n| (trigger.id.as_str(), n)),
-            )?;
+            state
+                .limits
+                .admit_unkeyed(&p.tenant_id, tenant_limit, own_limit(&trigger))
+                .await?;
             None
         }
     };
-    drop(client);
     let supplied = crate::extract::parse_body(&bytes)?;
     let body = if supplied.as_object().is_some_and(|m| !m.is_empty()) {
         supplied
