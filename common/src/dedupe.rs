@@ -194,6 +194,25 @@ pub async fn release(
     Ok(())
 }
 
+/// Ends the period of a debounce whose run `run_id` was released before `expires_at` came: the
+/// next call with that key opens a new one.
+pub async fn end_period(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    trigger_id: &str,
+    key_hash: &[u8],
+    run_id: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM trigger_duplicates \
+             WHERE tenant_id = $1 AND trigger_id = $2 AND body_hash = $3 AND run_id = $4",
+            &[&tenant_id, &trigger_id, &key_hash, &run_id],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Deletes expired rows of both tables; returns how many went.
 pub async fn purge_expired(client: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
     let a = client

@@ -100,6 +100,9 @@ pub struct TriggerOrigin {
     pub trigger_id: String,
     pub environment: String,
     pub missing_placeholders: Vec<String>,
+    /// A trailing debounce: the run waits out of line this long, while later calls may replace
+    /// its body ([`replace_debounced`]), then [`release_debounced`] puts it in line.
+    pub hold: Option<Duration>,
 }
 
 /// Counts the runs among `runs` that have ended (`switchyard_runs_finished_total`). Callers call
@@ -238,14 +241,19 @@ pub async fn insert_batch(
     let traces: Vec<Option<&str>> = runs.iter().map(|r| r.trace_id.as_deref()).collect();
     let parents: Vec<Option<&str>> = runs.iter().map(|r| r.traceparent.as_deref()).collect();
     let priorities: Vec<Option<i32>> = runs.iter().map(|r| r.priority).collect();
+    let holds: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| r.trigger.as_ref().and_then(|t| t.hold).map(secs))
+        .collect();
     let sql = format!(
         "WITH n AS ( \
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
                                   $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-                                  $13::float8[], $14::text[], $15::text[], $16::text[], $17::int[]) \
+                                  $13::float8[], $14::text[], $15::text[], $16::text[], $17::int[], \
+                                  $18::float8[]) \
                   WITH ORDINALITY AS n(id, tenant_id, agent_id, message, inputs, metadata, webhook_url, \
                                        projects, trigger_id, environment, session_id, missing, ttl, model, \
-                                       trace, parent, priority, ord)), \
+                                       trace, parent, priority, hold, ord)), \
          ok AS ( \
              SELECT n.*, a.project_id, a.max_attempts, t.weight, t.max_queued, \
                     row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k, \
@@ -274,7 +282,7 @@ pub async fn insert_batch(
          INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
                                 missing_placeholders, expires_at, chat_model_id, trace_id, traceparent, \
-                                priority, turn, concurrency_key, key_cap) \
+                                priority, turn, concurrency_key, key_cap, waiting, not_before) \
          SELECT n.id, n.tenant_id, n.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, n.max_attempts, n.trigger_id, n.environment, n.session_id, \
                 string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
@@ -282,7 +290,8 @@ pub async fn insert_batch(
                 tu.finish - (c.c - n.k + 1)::float8 / c.weight, \
                 CASE WHEN length(n.ckey) > 255 THEN 'sha256:' || encode(sha256(convert_to(n.ckey, 'UTF8')), 'hex') \
                      ELSE n.ckey END, \
-                CASE WHEN n.ckey IS NOT NULL THEN n.key_cap END \
+                CASE WHEN n.ckey IS NOT NULL THEN n.key_cap END, \
+                CASE WHEN n.hold IS NOT NULL THEN 'debounce' END, now() + make_interval(secs => n.hold) \
          FROM admitted n JOIN counts c ON c.tenant_id = n.tenant_id JOIN turns tu ON tu.tenant_id = n.tenant_id \
          RETURNING {COLUMNS}"
     );
@@ -308,6 +317,7 @@ pub async fn insert_batch(
                 &traces,
                 &parents,
                 &priorities,
+                &holds,
             ],
         )
         .await?;
@@ -1294,6 +1304,53 @@ pub async fn sweep_unclaimed(
     rows.iter().map(|r| r.try_get(0)).collect()
 }
 
+/// Puts in line the runs of trailing debounces whose period has ended (at most `limit`), with
+/// fresh turns; returns their ids, to publish. Two workers releasing the same run release it once
+/// (`switchyard_ready` locks, then takes only runs still out of line).
+pub async fn release_debounced(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id FROM switchyard_ready(ARRAY( \
+                 SELECT id FROM runs WHERE status = 'queued' AND waiting = 'debounce' \
+                   AND not_before <= now() ORDER BY not_before LIMIT $1))",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&limit]).await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// Gives the held run of a trailing debounce the body of a later call, while it still waits for
+/// its period to end. Returns the body it had (the call it drops), or `None` when the run is no
+/// longer held (released, cancelled): then the call starts a run of its own.
+pub async fn replace_debounced(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    run_id: Uuid,
+    message: Option<&str>,
+    inputs: &serde_json::Value,
+    missing_placeholders: &[String],
+) -> Result<Option<Option<serde_json::Value>>, tokio_postgres::Error> {
+    let stmt = client
+        .prepare_cached(
+            "WITH held AS ( \
+                 SELECT id, inputs FROM runs \
+                 WHERE tenant_id = $1 AND id = $2 AND status = 'queued' AND waiting = 'debounce' \
+                 FOR UPDATE) \
+             UPDATE runs r SET message = $3, inputs = $4, missing_placeholders = $5 \
+             FROM held WHERE r.id = held.id RETURNING held.inputs",
+        )
+        .await?;
+    let missing: Option<&[String]> =
+        (!missing_placeholders.is_empty()).then_some(missing_placeholders);
+    let row = client
+        .query_opt(&stmt, &[&tenant_id, &run_id, &message, inputs, &missing])
+        .await?;
+    row.map(|r| r.try_get(0)).transpose()
+}
+
 /// Runs waiting out of line for longer than `older_than` whose wait is over (their session's
 /// earlier runs ended; their agent has a free slot and they are its next; their tenant is under
 /// its running quota; their concurrency key under its cap): puts them back in line and returns their ids, to be published. Meant to
@@ -1332,6 +1389,7 @@ pub async fn sweep_waiting(
                                    SELECT 1 FROM runs x WHERE x.tenant_id = q.tenant_id AND x.status = 'running' \
                                    LIMIT t.max_running) c))) AS over \
                          FROM runs q WHERE q.status = 'queued' AND q.waiting IS NOT NULL \
+                           AND q.waiting <> 'debounce' \
                            AND q.enqueued_at < now() - make_interval(secs => $1) \
                          ORDER BY q.enqueued_at LIMIT $2 FOR UPDATE OF q SKIP LOCKED) \
                      UPDATE runs r SET enqueued_at = now() \

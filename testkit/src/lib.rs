@@ -169,6 +169,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V14__console_sessions.sql"),
     include_str!("../../migrations/V15__hostile_tenants.sql"),
     include_str!("../../migrations/V16__fair_scheduling.sql"),
+    include_str!("../../migrations/V17__shared_rate_limits.sql"),
+    include_str!("../../migrations/V18__debounce.sql"),
 ];
 
 /// How many migrations the repository holds.

@@ -969,3 +969,139 @@ async fn a_triggers_or_agents_priority_is_the_default_of_its_runs() {
     assert_problem(&bad, 400, "bad_request");
     f.stack.shutdown().await;
 }
+
+/// The `request_payload`s of a trigger's dropped invocations that name `run_id`, oldest first.
+async fn debounced_into(f: &Fixture, trigger: &str, run_id: &str) -> Vec<Value> {
+    let client = f.stack.db.client().await.expect("client");
+    let run: uuid::Uuid = run_id.parse().expect("uuid");
+    client
+        .query(
+            "SELECT request_payload FROM invocations \
+             WHERE tenant_id = $1 AND trigger_id = $2 AND duplicate_of = $3 AND outcome = 'dropped' \
+             ORDER BY created_at, id",
+            &[&f.tenant, &trigger, &run],
+        )
+        .await
+        .expect("invocations")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_leading_debounce_runs_the_first_call_of_a_burst_and_records_the_rest() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "lead", "name": "Lead", "messageTemplate": "pr {{pr}} v{{n}}",
+               "debounce": {"key": "/pr", "periodSeconds": 2, "mode": "leading"}}),
+    )
+    .await;
+    let (status, first) = f.invoke("lead", json!({"pr": 1, "n": 1})).await;
+    assert_eq!(status, 202, "{first}");
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    for n in 2..=3 {
+        let (status, joined) = f.invoke("lead", json!({"pr": 1, "n": n})).await;
+        assert_eq!(status, 202, "{joined}");
+        assert_eq!(joined["id"], first_id.as_str(), "the burst's run answers");
+    }
+    let (status, other) = f.invoke("lead", json!({"pr": 2, "n": 1})).await;
+    assert_eq!(status, 202);
+    assert_ne!(
+        other["id"],
+        first_id.as_str(),
+        "another key has its own period"
+    );
+    assert_eq!(
+        f.finished(&first_id).await["result"]["output"],
+        "pr 1 v1",
+        "the first body ran"
+    );
+    assert_eq!(
+        debounced_into(&f, "lead", &first_id).await,
+        [json!({"pr": 1, "n": 2}), json!({"pr": 1, "n": 3})],
+        "the dropped calls are recorded, naming the run"
+    );
+    // The period is 2 s from the first call: past it, the key starts a run again.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (status, later) = f.invoke("lead", json!({"pr": 1, "n": 4})).await;
+    assert_eq!(status, 202);
+    assert_ne!(later["id"], first_id.as_str());
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trailing_debounce_runs_the_last_body_once_the_period_ends() {
+    let f = Fixture::new().await;
+    f.trigger(
+        "echo",
+        json!({"id": "trail", "name": "Trail", "messageTemplate": "pr {{pr}} v{{n}}",
+               "debounce": {"key": "/pr", "periodSeconds": 2, "mode": "trailing"}}),
+    )
+    .await;
+    let (status, first) = f.invoke("trail", json!({"pr": 1, "n": 1})).await;
+    assert_eq!(status, 202, "{first}");
+    let run_id = first["id"].as_str().expect("id").to_owned();
+    for n in 2..=4 {
+        let (status, joined) = f.invoke("trail", json!({"pr": 1, "n": n})).await;
+        assert_eq!(status, 202, "{joined}");
+        assert_eq!(joined["id"], run_id.as_str(), "one run for the burst");
+    }
+    let (_, other) = f.invoke("trail", json!({"pr": 2, "n": 9})).await;
+    let other_id = other["id"].as_str().expect("id").to_owned();
+    assert_ne!(other_id, run_id);
+    let done = f.finished(&run_id).await;
+    assert_eq!(done["result"]["output"], "pr 1 v4", "the last body ran");
+    assert_eq!(f.finished(&other_id).await["result"]["output"], "pr 2 v9");
+    // It started once the period was over, not before.
+    let client = f.stack.db.client().await.expect("client");
+    let waited: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM started_at - created_at)::float8 FROM runs WHERE id = $1",
+            &[&run_id.parse::<uuid::Uuid>().expect("uuid")],
+        )
+        .await
+        .expect("run")
+        .get(0);
+    assert!(waited >= 2.0, "started {waited}s after it was accepted");
+    assert_eq!(
+        debounced_into(&f, "trail", &run_id).await,
+        [
+            json!({"pr": 1, "n": 1}),
+            json!({"pr": 1, "n": 2}),
+            json!({"pr": 1, "n": 3})
+        ],
+        "the replaced bodies are recorded as dropped, naming the run"
+    );
+    // The run has started: the next call opens a new period.
+    let (status, next) = f.invoke("trail", json!({"pr": 1, "n": 5})).await;
+    assert_eq!(status, 202);
+    assert_ne!(next["id"], run_id.as_str());
+    f.stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_debounce_outside_its_bounds_is_refused() {
+    let f = Fixture::new().await;
+    for debounce in [
+        json!({"periodSeconds": 0}),
+        json!({"periodSeconds": 3601}),
+        json!({"key": "pr", "periodSeconds": 5}),
+        json!({"periodSeconds": 5, "mode": "sideways"}),
+    ] {
+        let made = post(
+            &f.stack,
+            &f.triggers("echo"),
+            &f.key,
+            json!({"name": "Bad", "debounce": debounce}),
+        )
+        .await;
+        assert!(
+            made.status == 400 || made.status == 422,
+            "{debounce}: {} {}",
+            made.status,
+            made.body
+        );
+    }
+    f.stack.shutdown().await;
+}

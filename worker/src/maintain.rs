@@ -1,5 +1,5 @@
-//! The maintenance loop every worker runs: the reaper (expired leases), the ttl expiry, and the
-//! sweepers of runs and deliveries whose messages may have been lost. `SKIP LOCKED` keeps
+//! The maintenance loop every worker runs: the reaper (expired leases), the ttl expiry, the
+//! release of debounced runs whose period ended, and the sweepers of runs and deliveries whose messages may have been lost. `SKIP LOCKED` keeps
 //! workers from doing the same row twice.
 
 use std::time::Duration;
@@ -110,6 +110,21 @@ async fn maintain_once(ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
             tracing::warn!(error = %err, "cannot sweep runs waiting out of line");
             Vec::new()
         });
+    // Trailing debounces whose period has ended go in line, with a message each.
+    let released = runs::release_debounced(&client, SWEEP_BATCH)
+        .await
+        .unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot release debounced runs");
+            Vec::new()
+        });
+    if !released.is_empty() {
+        let sent = ctx
+            .broker
+            .publish_ids(&topology.runs(), &released)
+            .await
+            .unwrap_or(0);
+        tracing::debug!(released = released.len(), sent, "released debounced runs");
+    }
     if backlog == Some(0) {
         unclaimed.extend(runs::sweep_unclaimed(&client, config.sweep_after, SWEEP_BATCH).await?);
     }

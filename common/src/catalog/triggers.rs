@@ -226,6 +226,8 @@ pub struct Trigger {
     pub rate_limit_per_minute: Option<i32>,
     /// The priority (0 to 100) of the runs it starts; `null` for its agent's.
     pub priority: Option<i32>,
+    /// Calls with the same key within a period become one run.
+    pub debounce: Option<Debounce>,
     /// Bumped by every update.
     pub version: i32,
     #[serde(with = "time::serde::rfc3339")]
@@ -284,6 +286,8 @@ pub struct TriggerSpec {
     /// The priority of the runs it starts (0 to 100; default: its agent's).
     #[schema(minimum = 0, maximum = 100)]
     pub priority: Option<i32>,
+    /// Calls with the same key within a period become one run.
+    pub debounce: Option<Debounce>,
     #[serde(default, skip_serializing)]
     #[schema(value_type = Option<String>)]
     pub created_at: Option<Value>,
@@ -332,6 +336,7 @@ pub struct TriggerPatch {
     rate_limit_per_minute: Option<i32>,
     #[schema(minimum = 0, maximum = 100)]
     priority: Option<i32>,
+    debounce: Option<Debounce>,
     #[schema(value_type = Option<String>)]
     created_at: Option<Value>,
     #[schema(value_type = Option<String>)]
@@ -357,6 +362,64 @@ struct Valid {
     wait_timeout_seconds: i32,
     rate_limit_per_minute: Option<i32>,
     priority: Option<i32>,
+    debounce: Option<Value>,
+}
+
+/// `debounce`: calls whose `key` (a JSON pointer into the body; none: every call) has the same
+/// value within `periodSeconds` become one run. `leading`: the first call's run starts at once
+/// and the later ones are dropped; `trailing`: the run starts when the period (counted from the
+/// first call) ends, with the last call's body, and the earlier bodies are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Debounce {
+    /// A JSON pointer into the call's body (`/pull_request/number`); absent: one key per trigger.
+    #[schema(max_length = 255)]
+    pub key: Option<String>,
+    /// 1 to 3,600.
+    #[schema(minimum = 1, maximum = 3600)]
+    pub period_seconds: i32,
+    /// Default `trailing`.
+    #[serde(default)]
+    pub mode: DebounceMode,
+}
+
+/// Which call of a burst runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DebounceMode {
+    /// The first, at once.
+    Leading,
+    /// The last, when the period ends.
+    #[default]
+    Trailing,
+}
+
+impl Debounce {
+    /// The value of this call's key: the text at the pointer (a string as it is, anything else
+    /// as JSON; missing is empty), or empty when the trigger names no key.
+    pub fn key_of(&self, body: &Value) -> String {
+        match self.key.as_deref().and_then(|p| body.pointer(p)) {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        }
+    }
+}
+
+fn check_debounce(d: &Debounce) -> Result<(), Error> {
+    if !(1..=3600).contains(&d.period_seconds) {
+        return Err(Error::invalid(
+            "`debounce.periodSeconds` must be from 1 to 3600",
+        ));
+    }
+    if let Some(key) = &d.key
+        && (!key.starts_with('/') || key.len() > 255)
+    {
+        return Err(Error::invalid(
+            "`debounce.key` must be a JSON pointer (`/member/...`) of at most 255 bytes",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `key` is a valid trigger key: `[a-zA-Z0-9_-]`, 1 to 255.
@@ -636,6 +699,13 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
     if spec.priority.is_some_and(|p| !(0..=100).contains(&p)) {
         return Err(Error::invalid("`priority` must be from 0 to 100"));
     }
+    let debounce = match &spec.debounce {
+        Some(d) => {
+            check_debounce(d)?;
+            Some(serde_json::to_value(d).map_err(|e| Error::invalid(e.to_string()))?)
+        }
+        None => None,
+    };
     if spec
         .rate_limit_per_minute
         .is_some_and(|n| !(1..=1_000_000).contains(&n))
@@ -667,13 +737,14 @@ fn validate(spec: TriggerSpec, may_use_credentials: bool) -> Result<Valid, Error
         wait_timeout_seconds,
         rate_limit_per_minute: spec.rate_limit_per_minute,
         priority: spec.priority,
+        debounce,
     })
 }
 
 const COLUMNS: &str = "id, project_id, agent_id, name, description, enabled, key, input_schema, \
     message_template, output_transform, filters, authentication, signature_verification, \
     signing_secret_credential_id, webhook_url, ignore_duplicates, wait_for_response, \
-    wait_timeout_seconds, rate_limit_per_minute, priority, version, created_at, updated_at";
+    wait_timeout_seconds, rate_limit_per_minute, priority, debounce, version, created_at, updated_at";
 
 /// The tenant's ceiling, selected beside [`COLUMNS`] by the lookups inbound calls use.
 const TENANT_LIMIT: &str = "(SELECT t.rate_limit_per_minute FROM tenants t \
@@ -726,6 +797,7 @@ fn from_row(row: &Row) -> Result<Stored, tokio_postgres::Error> {
             wait_timeout_seconds: row.try_get("wait_timeout_seconds")?,
             rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
             priority: row.try_get("priority")?,
+            debounce: parse("debounce")?.and_then(|v| serde_json::from_value(v).ok()),
             version: row.try_get("version")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
@@ -766,9 +838,9 @@ pub async fn create(
                      key, input_schema, message_template, output_transform, filters, authentication, \
                      signature_verification, signing_secret_credential_id, webhook_url, \
                      ignore_duplicates, wait_for_response, wait_timeout_seconds, rate_limit_per_minute, \
-                     priority) \
+                     priority, debounce) \
                  SELECT a.tenant_id, $4, a.project_id, a.id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                        $15, $16, $17, $18, $19, $20, $21 \
+                        $15, $16, $17, $18, $19, $20, $21, $22 \
                  FROM agents a WHERE a.tenant_id = $1 AND a.project_id = $2 AND a.id = $3 \
                  RETURNING {COLUMNS}"
             ),
@@ -794,6 +866,7 @@ pub async fn create(
                 &v.wait_timeout_seconds,
                 &v.rate_limit_per_minute,
                 &v.priority,
+                &v.debounce,
             ],
         )
         .await
@@ -944,6 +1017,7 @@ pub async fn update(
         "waitTimeoutSeconds": t.wait_timeout_seconds,
         "rateLimitPerMinute": t.rate_limit_per_minute,
         "priority": t.priority,
+        "debounce": t.debounce,
     });
     merge_top_level(
         &mut merged,
@@ -972,7 +1046,7 @@ pub async fn update(
                      authentication = $13, signature_verification = $14, \
                      signing_secret_credential_id = $15, webhook_url = $16, ignore_duplicates = $17, \
                      wait_for_response = $18, wait_timeout_seconds = $19, rate_limit_per_minute = $20, \
-                     priority = $21, version = version + 1, \
+                     priority = $21, debounce = $22, version = version + 1, \
                      updated_at = now() \
                  WHERE tenant_id = $1 AND project_id = $2 AND agent_id = $3 AND id = $4 \
                  RETURNING {COLUMNS}"
@@ -999,6 +1073,7 @@ pub async fn update(
                 &v.wait_timeout_seconds,
                 &v.rate_limit_per_minute,
                 &v.priority,
+                &v.debounce,
             ],
         )
         .await

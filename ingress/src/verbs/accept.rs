@@ -227,6 +227,7 @@ pub(crate) async fn start_run(
         principal: &owner,
         idempotency: idempotency.as_deref().map(|k| (k, "POST /v1/runs")),
         duplicates_of: None,
+        debounce: None,
     };
     if let Guarded::Replay(run) = guard(
         state,
@@ -279,6 +280,8 @@ pub enum Guarded {
     Replay(Box<Run>),
     /// `ignoreDuplicates`: the same body reached the trigger before, and started this run.
     Duplicate(Uuid),
+    /// `debounce`: a call with the same key opened the trigger's period, with this run.
+    Debounced(Uuid),
 }
 
 /// Who an `Idempotency-Key` belongs to: the API key that sent it. Keys never meet across
@@ -301,6 +304,8 @@ pub struct Guards<'a> {
     pub idempotency: Option<(&'a str, &'a str)>,
     /// `ignoreDuplicates`: the trigger whose earlier bodies count.
     pub duplicates_of: Option<&'a str>,
+    /// `debounce`: the trigger, the digest of the call's key, and the period.
+    pub debounce: Option<(&'a str, Vec<u8>, Duration)>,
 }
 
 /// Claims the guards for `run_id`. The body is compared as canonical JSON.
@@ -312,7 +317,7 @@ pub async fn guard(
     guards: &Guards<'_>,
     body: &Value,
 ) -> Result<Guarded, VerbError> {
-    if guards.idempotency.is_none() && guards.duplicates_of.is_none() {
+    if guards.idempotency.is_none() && guards.duplicates_of.is_none() && guards.debounce.is_none() {
         return Ok(Guarded::Proceed);
     }
     let canonical = dedupe::canonical(body);
@@ -374,6 +379,14 @@ pub async fn guard(
             dedupe::release(&client, tenant_id, run_id).await?;
             return Ok(Guarded::Duplicate(original));
         }
+    }
+    if let Some((trigger_id, hash, period)) = &guards.debounce
+        && let Slot::Taken { run_id: original } =
+            dedupe::claim_trigger_body(&client, tenant_id, trigger_id, hash, run_id, *period)
+                .await?
+    {
+        dedupe::release(&client, tenant_id, run_id).await?;
+        return Ok(Guarded::Debounced(original));
     }
     Ok(Guarded::Proceed)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_common::Run;
 use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
-use switchyard_common::catalog::triggers::{self, Trigger};
+use switchyard_common::catalog::triggers::{self, DebounceMode, Trigger};
 use switchyard_common::filters::Filter;
 use switchyard_common::inbound::Verifier;
 use switchyard_common::problem::{ErrorCode, Violation};
@@ -415,7 +415,7 @@ pub(crate) async fn start_trigger(
         }
     }
     // Rendered before the once-only guards, so that a refused render holds no slot.
-    let (message, missing_placeholders) = match message(&compiled, &envelope, &body) {
+    let message = match message(&compiled, &envelope, &body) {
         Ok(rendered) => rendered,
         Err(too_large) => {
             let reason = format!("the trigger's messageTemplate cannot be rendered: {too_large}");
@@ -426,39 +426,129 @@ pub(crate) async fn start_trigger(
         }
     };
     drop(client);
-    let run_id = Uuid::now_v7();
+    // A test run is never debounced, as it is never taken for a duplicate.
+    let debounce = trigger.debounce.as_ref().filter(|_| !test);
+    let debounce_hash = debounce
+        .map(|d| switchyard_common::dedupe::digest(&[b"debounce\0", d.key_of(&body).as_bytes()]));
     let route = format!("trigger {}", trigger.id);
-    let guards = Guards {
-        principal: &principal,
-        idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
-        duplicates_of: (trigger.ignore_duplicates && !test).then_some(trigger.id.as_str()),
-    };
-    match accept::guard(
-        state,
-        tenant_id,
-        projects.as_deref(),
-        run_id,
-        &guards,
-        &body,
-    )
-    .await?
-    {
-        Guarded::Proceed => {}
-        Guarded::Replay(run) => return Ok(Started::Replay(shown(*run, viewer))),
-        Guarded::Duplicate(original) => {
-            let mut dropped = refusal(
-                Refusal::Dropped,
-                format!("a duplicate of the body that started run {original}"),
-            );
-            dropped.duplicate_of = Some(original);
-            record_drop(state, &dropped).await?;
-            return Err(VerbError::new(
-                ErrorCode::Conflict,
-                "the event was dropped: the trigger ignores duplicates, and this body came before",
-            )
-            .with_run(original));
+    // A trailing debounce's held run may be released between the guard and the replacement: then
+    // its period is over, and the call opens a period of its own (a second pass).
+    let mut passes = 0;
+    let run_id = loop {
+        passes += 1;
+        let run_id = Uuid::now_v7();
+        let guards = Guards {
+            principal: &principal,
+            idempotency: idempotency.as_deref().map(|k| (k, route.as_str())),
+            duplicates_of: (trigger.ignore_duplicates && !test && debounce.is_none())
+                .then_some(trigger.id.as_str()),
+            debounce: debounce.zip(debounce_hash.as_ref()).map(|(d, hash)| {
+                (
+                    trigger.id.as_str(),
+                    hash.clone(),
+                    Duration::from_secs(u64::try_from(d.period_seconds).unwrap_or(1)),
+                )
+            }),
+        };
+        match accept::guard(
+            state,
+            tenant_id,
+            projects.as_deref(),
+            run_id,
+            &guards,
+            &body,
+        )
+        .await?
+        {
+            Guarded::Proceed => break run_id,
+            Guarded::Replay(run) => return Ok(Started::Replay(shown(*run, viewer))),
+            Guarded::Duplicate(original) => {
+                let mut dropped = refusal(
+                    Refusal::Dropped,
+                    format!("a duplicate of the body that started run {original}"),
+                );
+                dropped.duplicate_of = Some(original);
+                record_drop(state, &dropped).await?;
+                return Err(VerbError::new(
+                    ErrorCode::Conflict,
+                    "the event was dropped: the trigger ignores duplicates, and this body came \
+                     before",
+                )
+                .with_run(original));
+            }
+            Guarded::Debounced(original) => {
+                let (Some(d), Some(hash)) = (debounce, debounce_hash.as_ref()) else {
+                    return Err(VerbError::internal("a debounce without its settings"));
+                };
+                let client = state.pool.get().await?;
+                match d.mode {
+                    DebounceMode::Leading => {
+                        drop(client);
+                        let mut dropped = refusal(
+                            Refusal::Dropped,
+                            format!(
+                                "debounced: run {original} started from an earlier call with \
+                                 the same key within {}s",
+                                d.period_seconds
+                            ),
+                        );
+                        dropped.duplicate_of = Some(original);
+                        record_drop(state, &dropped).await?;
+                    }
+                    DebounceMode::Trailing => {
+                        let replaced = switchyard_common::runs::replace_debounced(
+                            &client,
+                            tenant_id,
+                            original,
+                            message.0.as_deref(),
+                            &body,
+                            &message.1,
+                        )
+                        .await?;
+                        let Some(earlier) = replaced else {
+                            // Released meanwhile: end its period, and open one.
+                            switchyard_common::dedupe::end_period(
+                                &client,
+                                tenant_id,
+                                &trigger.id,
+                                hash,
+                                original,
+                            )
+                            .await?;
+                            drop(client);
+                            if passes < 3 {
+                                continue;
+                            }
+                            return Err(VerbError::new(
+                                ErrorCode::Conflict,
+                                "the debounced run started while this call joined it; retry",
+                            ));
+                        };
+                        drop(client);
+                        let earlier = earlier.unwrap_or(Value::Null);
+                        let mut dropped = refusal(
+                            Refusal::Dropped,
+                            format!(
+                                "debounced: a later call with the same key replaced this body in \
+                                 run {original}"
+                            ),
+                        );
+                        dropped.request_payload = &earlier;
+                        dropped.duplicate_of = Some(original);
+                        record_drop(state, &dropped).await?;
+                    }
+                }
+                let client = state.pool.get().await?;
+                let run = switchyard_common::runs::get(&client, tenant_id, original)
+                    .await?
+                    .ok_or_else(|| {
+                        VerbError::new(ErrorCode::Conflict, "the debounced run is gone; retry")
+                    })?;
+                return Ok(Started::New(shown(run, viewer)));
+            }
         }
-    }
+    };
+    let (message, missing_placeholders) = message;
 
     let guarded = idempotency.is_some() || (trigger.ignore_duplicates && !test);
     let new = NewRun {
@@ -481,6 +571,9 @@ pub(crate) async fn start_trigger(
             trigger_id: trigger.id.clone(),
             environment: envelope.environment,
             missing_placeholders,
+            hold: debounce
+                .filter(|d| d.mode == DebounceMode::Trailing)
+                .map(|d| Duration::from_secs(u64::try_from(d.period_seconds).unwrap_or(1))),
         }),
         trace_id: switchyard_common::telemetry::current_trace_id(),
         traceparent: switchyard_common::telemetry::current_traceparent(),
