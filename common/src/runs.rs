@@ -257,6 +257,7 @@ pub async fn insert_batch(
          ok AS ( \
              SELECT n.*, a.project_id, a.max_attempts, t.weight, t.max_queued, \
                     row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k, \
+                    row_number() OVER (PARTITION BY n.tenant_id, n.agent_id, {RUN_KEY} ORDER BY n.ord) AS kj, \
                     {RUN_KEY} AS ckey, a.max_concurrency_per_key AS key_cap, a.priority AS agent_priority \
              FROM n JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
                     JOIN tenants t ON t.id = n.tenant_id \
@@ -266,7 +267,10 @@ pub async fn insert_batch(
                         WHERE x.tenant_id = q.tenant_id AND x.status = 'queued' LIMIT q.max_queued) c) AS left_ \
              FROM (SELECT DISTINCT tenant_id, max_queued FROM ok WHERE max_queued IS NOT NULL) q), \
          admitted AS ( \
-             SELECT ok.* FROM ok LEFT JOIN room ON room.tenant_id = ok.tenant_id \
+             SELECT ok.*, CASE WHEN length(ok.ckey) > 255 \
+                              THEN 'sha256:' || encode(sha256(convert_to(ok.ckey, 'UTF8')), 'hex') \
+                              ELSE ok.ckey END AS skey \
+             FROM ok LEFT JOIN room ON room.tenant_id = ok.tenant_id \
              WHERE room.left_ IS NULL OR ok.k <= room.left_), \
          counts AS ( \
              SELECT tenant_id, count(*)::float8 / max(weight) AS span, max(weight) AS weight, count(*) AS c \
@@ -278,21 +282,37 @@ pub async fn insert_batch(
              ON CONFLICT (tenant_id) DO UPDATE \
                  SET finish = greatest(tt.finish, (SELECT v FROM head)) \
                               + (SELECT c.span FROM counts c WHERE c.tenant_id = tt.tenant_id) \
-             RETURNING tt.tenant_id, tt.finish) \
+             RETURNING tt.tenant_id, tt.finish), \
+         keyed AS ( \
+             SELECT tenant_id, agent_id, skey, count(*)::float8 / max(weight) AS span, \
+                    max(weight) AS weight, count(*) AS c \
+             FROM admitted WHERE skey IS NOT NULL GROUP BY tenant_id, agent_id, skey), \
+         kturns AS ( \
+             INSERT INTO key_turns AS kt (tenant_id, agent_id, key, finish) \
+             SELECT k.tenant_id, k.agent_id, k.skey, h.v + k.span FROM keyed k CROSS JOIN head h \
+             ORDER BY k.tenant_id, k.agent_id, k.skey \
+             ON CONFLICT (tenant_id, agent_id, key) DO UPDATE \
+                 SET finish = greatest(kt.finish, (SELECT v FROM head)) \
+                              + (SELECT k.span FROM keyed k WHERE k.tenant_id = kt.tenant_id \
+                                   AND k.agent_id = kt.agent_id AND k.skey = kt.key) \
+             RETURNING kt.tenant_id, kt.agent_id, kt.key, kt.finish) \
          INSERT INTO runs AS r (id, tenant_id, project_id, agent_id, status, message, inputs, metadata, \
                                 webhook_url, max_attempts, trigger_id, environment, session_id, \
                                 missing_placeholders, expires_at, chat_model_id, trace_id, traceparent, \
-                                priority, turn, concurrency_key, key_cap, waiting, not_before) \
+                                priority, turn, key_turn, concurrency_key, key_cap, waiting, not_before) \
          SELECT n.id, n.tenant_id, n.project_id, n.agent_id, 'queued', n.message, n.inputs, n.metadata, \
                 n.webhook_url, n.max_attempts, n.trigger_id, n.environment, n.session_id, \
                 string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
                 n.parent, coalesce(n.priority, n.agent_priority), \
                 tu.finish - (c.c - n.k + 1)::float8 / c.weight, \
-                CASE WHEN length(n.ckey) > 255 THEN 'sha256:' || encode(sha256(convert_to(n.ckey, 'UTF8')), 'hex') \
-                     ELSE n.ckey END, \
+                CASE WHEN n.skey IS NULL THEN tu.finish - (c.c - n.k + 1)::float8 / c.weight \
+                     ELSE kt.finish - (kc.c - n.kj + 1)::float8 / kc.weight END, \
+                n.skey, \
                 CASE WHEN n.ckey IS NOT NULL THEN n.key_cap END, \
                 CASE WHEN n.hold IS NOT NULL THEN 'debounce' END, now() + make_interval(secs => n.hold) \
          FROM admitted n JOIN counts c ON c.tenant_id = n.tenant_id JOIN turns tu ON tu.tenant_id = n.tenant_id \
+              LEFT JOIN keyed kc ON kc.tenant_id = n.tenant_id AND kc.agent_id = n.agent_id AND kc.skey = n.skey \
+              LEFT JOIN kturns kt ON kt.tenant_id = n.tenant_id AND kt.agent_id = n.agent_id AND kt.key = n.skey \
          RETURNING {COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;

@@ -171,6 +171,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V16__fair_scheduling.sql"),
     include_str!("../../migrations/V17__shared_rate_limits.sql"),
     include_str!("../../migrations/V18__debounce.sql"),
+    include_str!("../../migrations/V19__fair_keys.sql"),
 ];
 
 /// How many migrations the repository holds.

@@ -412,6 +412,53 @@ async fn a_concurrency_key_at_its_cap_holds_up_no_other_key() {
 }
 
 #[tokio::test]
+async fn keys_below_their_caps_take_turns_within_a_tenant() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let client = pool.get().await.expect("c");
+    client
+        .execute(
+            "INSERT INTO agents (tenant_id, id, project_id, name, kind, concurrency_key, \
+                                 max_concurrency_per_key) \
+             VALUES ('t', 'keyed', 'p', 'k', 'echo', '/inputs/customer', 100)",
+            &[],
+        )
+        .await
+        .expect("agent");
+    let of = |customer: &str| NewRun {
+        agent_id: "keyed".into(),
+        inputs: Some(serde_json::json!({ "customer": customer })),
+        ..run_of("t")
+    };
+    // Customer a floods the tenant's agent; b and then c send three runs each, later.
+    let flood = accept(&pool, (0..40).map(|_| of("a")).collect()).await;
+    let b = accept(&pool, (0..3).map(|_| of("b")).collect()).await;
+    let c = accept(&pool, (0..3).map(|_| of("c")).collect()).await;
+    // No key is at its cap, so nothing waits: the tenant's starts go round the keys, not down
+    // the flood first. Within the first nine starts, b's and c's runs have all started.
+    let started = start(&pool, 9, 1).await;
+    let key_of = |run: &Run| run.concurrency_key.clone().unwrap_or_default();
+    let order: Vec<String> = started.iter().map(key_of).collect();
+    for (name, runs) in [("b", &b), ("c", &c)] {
+        for run in runs.iter() {
+            assert!(
+                started.iter().any(|s| s.id == run.id),
+                "{name}'s runs start within the first nine: {order:?}"
+            );
+        }
+    }
+    // Each key's own runs keep their acceptance order.
+    let a_started: Vec<Uuid> = started
+        .iter()
+        .filter(|r| key_of(r) == "a")
+        .map(|r| r.id)
+        .collect();
+    let a_first: Vec<Uuid> = flood.iter().take(a_started.len()).map(|r| r.id).collect();
+    assert_eq!(a_started, a_first);
+}
+
+#[tokio::test]
 async fn a_concurrency_key_is_read_from_inputs_metadata_or_the_session() {
     let db = TestDb::create().await.expect("test db");
     let pool = pool(&db);
