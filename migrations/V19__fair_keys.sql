@@ -3,7 +3,7 @@
 -- Within a tenant's share, runs start by priority and then by `key_turn`: the tenant's turns are
 -- handed out per concurrency key as they are per tenant, so a key that floods its agent spreads
 -- its runs far down and another key's runs are placed between them (round robin by key). A run
--- with no key has `key_turn = turn`: the runs without a key are one more flow of the tenant's.
+-- with no key has `key_turn = turn` (no upsert on the accept path for it).
 ALTER TABLE runs ADD COLUMN key_turn float8 NOT NULL DEFAULT 0;
 UPDATE runs SET key_turn = turn WHERE status = 'queued';
 

@@ -152,18 +152,15 @@ pub async fn claim_trigger_body(
              WHERE tenant_id = $1 AND trigger_id = $2 AND body_hash = $3 AND NOT EXISTS (SELECT 1 FROM claim)",
         )
         .await?;
-    let row = client
-        .query_one(
-            &stmt,
-            &[
-                &tenant_id,
-                &trigger_id,
-                &body_hash,
-                &run_id,
-                &window.as_secs_f64(),
-            ],
-        )
-        .await?;
+    // As with idempotency keys: a row committed by a concurrent claim after this statement began
+    // is seen by ON CONFLICT but not by the SELECT; then a second statement sees it.
+    let window = window.as_secs_f64();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&tenant_id, &trigger_id, &body_hash, &run_id, &window];
+    let row = match client.query_opt(&stmt, &params).await? {
+        Some(row) => row,
+        None => client.query_one(&stmt, &params).await?,
+    };
     if row.try_get::<_, bool>(0)? {
         Ok(Slot::Claimed)
     } else {
@@ -189,6 +186,23 @@ pub async fn release(
         .execute(
             "DELETE FROM trigger_duplicates WHERE tenant_id = $1 AND run_id = $2",
             &[&tenant_id, &run_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Points the idempotency keys claimed for `from` (a call that joined a debounce, so its own run
+/// will never exist) at `to`, the run that carries the call: a retry replays that run.
+pub async fn repoint(
+    client: &impl GenericClient,
+    tenant_id: &str,
+    from: Uuid,
+    to: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE idempotency_keys SET run_id = $3 WHERE tenant_id = $1 AND run_id = $2",
+            &[&tenant_id, &from, &to],
         )
         .await?;
     Ok(())

@@ -294,7 +294,7 @@ async fn purge_expired_guards(pool: Pool, shutdown: CancellationToken) {
                 tracing::warn!(error = %err, "could not purge expired console sessions");
             }
             if let Err(err) = limits::purge_full(&client).await {
-                tracing::warn!(error = %err, "could not purge full rate-limit buckets");
+                tracing::warn!(error = %err, "could not purge full rate-limit buckets and passed key turns");
             }
         }
     }

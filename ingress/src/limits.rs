@@ -309,12 +309,20 @@ impl RateLimits {
 }
 
 /// Deletes shared buckets that have been full for a minute: such a bucket admits what a missing
-/// one would.
+/// one would. Also the concurrency keys' next turns that the line has passed, which place a
+/// key's next runs as a missing row would (tenants name keys, so the rows would otherwise pile up).
 pub async fn purge_full(client: &deadpool_postgres::Client) -> Result<u64, tokio_postgres::Error> {
-    client
+    let buckets = client
         .execute(
             "DELETE FROM rate_buckets WHERE tat < now() - interval '1 minute'",
             &[],
         )
-        .await
+        .await?;
+    let keys = client
+        .execute(
+            "DELETE FROM key_turns WHERE finish < switchyard_now_turn()",
+            &[],
+        )
+        .await?;
+    Ok(buckets + keys)
 }

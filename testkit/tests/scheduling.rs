@@ -623,3 +623,60 @@ async fn a_pick_that_finds_the_line_held_hands_its_turn_back() {
     let again = start(&pool, 1, 1).await;
     assert_eq!(again[0].id, run.id);
 }
+
+#[tokio::test]
+async fn a_debounced_run_stays_out_of_line_until_its_period_ends_whoever_asks() {
+    let db = TestDb::create().await.expect("test db");
+    let pool = pool(&db);
+    tenant(&pool, "t", 1, None, None).await;
+    let held = NewRun {
+        trigger: Some(runs::TriggerOrigin {
+            hold: Some(Duration::from_secs(60)),
+            ..Default::default()
+        }),
+        ..run_of("t")
+    };
+    let runs = accept(&pool, vec![held]).await;
+    let client = pool.get().await.expect("c");
+    // A put-back (the session's next run, a sweep) asks for it: it stays held.
+    let released = client
+        .query("SELECT id FROM switchyard_ready($1)", &[&vec![runs[0].id]])
+        .await
+        .expect("ready");
+    assert!(released.is_empty(), "released before its period ended");
+    assert!(
+        runs::release_debounced(&client, 10)
+            .await
+            .expect("release")
+            .is_empty()
+    );
+    assert!(start_none(&pool).await, "nothing in line to start");
+    // Its period over, the release puts it in line, once.
+    client
+        .execute(
+            "UPDATE runs SET not_before = now() - interval '1 second' WHERE id = $1",
+            &[&runs[0].id],
+        )
+        .await
+        .expect("period ends");
+    let out = runs::release_debounced(&client, 10).await.expect("release");
+    assert_eq!(out, vec![runs[0].id]);
+    assert!(
+        runs::release_debounced(&client, 10)
+            .await
+            .expect("again")
+            .is_empty()
+    );
+    let started = start(&pool, 1, 1).await;
+    assert_eq!(started[0].id, runs[0].id);
+}
+
+/// Whether a pick finds nothing to start.
+async fn start_none(pool: &Pool) -> bool {
+    let mut client = pool.get().await.expect("connection");
+    runs::claim_next(&mut client, 1, "w", Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .runs
+        .is_empty()
+}

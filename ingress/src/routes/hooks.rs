@@ -65,13 +65,11 @@ pub async fn receive(
             ))
         })?;
     // Limited before authenticating: refused requests cost work too.
+    // The trigger's own limit only: a forger must not spend the tenant's ceiling, which its
+    // keys share, so that is taken once the webhook is authenticated.
     state
         .limits
-        .admit_unkeyed(
-            &path.tenant_id,
-            trigger.tenant_rate_limit_per_minute,
-            own_limit(&trigger),
-        )
+        .admit_unkeyed(&path.tenant_id, None, own_limit(&trigger))
         .await?;
     let compiled = state.compiled.get(&path.tenant_id, &trigger)?;
     let headers_seen: Vec<(String, Vec<u8>)> = headers
@@ -98,6 +96,10 @@ pub async fn receive(
         // the tenant's invocation history nothing.
         return Err(refuse(&state, &path.tenant_id, &trigger, &reason, bytes.len()).await);
     }
+    state
+        .limits
+        .admit_unkeyed(&path.tenant_id, trigger.tenant_rate_limit_per_minute, None)
+        .await?;
     let body = parse_body(&bytes)?;
     let invoked = invoke(
         &state,

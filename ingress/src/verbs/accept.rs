@@ -385,7 +385,8 @@ pub async fn guard(
             dedupe::claim_trigger_body(&client, tenant_id, trigger_id, hash, run_id, *period)
                 .await?
     {
-        dedupe::release(&client, tenant_id, run_id).await?;
+        // The call's Idempotency-Key (if any) stays claimed for `run_id`: the caller points it
+        // at the run that carries the call (`dedupe::repoint`) or releases it.
         return Ok(Guarded::Debounced(original));
     }
     Ok(Guarded::Proceed)

@@ -483,6 +483,21 @@ pub(crate) async fn start_trigger(
                 let client = state.pool.get().await?;
                 match d.mode {
                     DebounceMode::Leading => {
+                        // The run of the call that opened the period may still be being
+                        // recorded (or was refused): nothing is dropped into a run not there.
+                        if switchyard_common::runs::get(&client, tenant_id, original)
+                            .await?
+                            .is_none()
+                        {
+                            switchyard_common::dedupe::release(&client, tenant_id, run_id).await?;
+                            return Err(VerbError::new(
+                                ErrorCode::Conflict,
+                                "the call that opened this debounce period is still being \
+                                 recorded; retry shortly",
+                            ));
+                        }
+                        switchyard_common::dedupe::repoint(&client, tenant_id, run_id, original)
+                            .await?;
                         drop(client);
                         let mut dropped = refusal(
                             Refusal::Dropped,
@@ -506,7 +521,8 @@ pub(crate) async fn start_trigger(
                         )
                         .await?;
                         let Some(earlier) = replaced else {
-                            // Released meanwhile: end its period, and open one.
+                            // Released meanwhile: end its period, and open one (this call's
+                            // Idempotency-Key is claimed again on the next pass).
                             switchyard_common::dedupe::end_period(
                                 &client,
                                 tenant_id,
@@ -515,6 +531,7 @@ pub(crate) async fn start_trigger(
                                 original,
                             )
                             .await?;
+                            switchyard_common::dedupe::release(&client, tenant_id, run_id).await?;
                             drop(client);
                             if passes < 3 {
                                 continue;
@@ -524,6 +541,8 @@ pub(crate) async fn start_trigger(
                                 "the debounced run started while this call joined it; retry",
                             ));
                         };
+                        switchyard_common::dedupe::repoint(&client, tenant_id, run_id, original)
+                            .await?;
                         drop(client);
                         let earlier = earlier.unwrap_or(Value::Null);
                         let mut dropped = refusal(
@@ -550,7 +569,8 @@ pub(crate) async fn start_trigger(
     };
     let (message, missing_placeholders) = message;
 
-    let guarded = idempotency.is_some() || (trigger.ignore_duplicates && !test);
+    let guarded =
+        idempotency.is_some() || (trigger.ignore_duplicates && !test) || debounce.is_some();
     let new = NewRun {
         id: run_id,
         tenant_id: tenant_id.to_owned(),
