@@ -10,13 +10,14 @@ use std::time::Duration;
 use serde_json::Value;
 use switchyard_common::Run;
 use switchyard_common::catalog::invocations::{self, NewRefusal, Refusal};
-use switchyard_common::catalog::triggers::{self, DebounceMode, Trigger};
+use switchyard_common::catalog::triggers::{self, Debounce, DebounceMode, Trigger};
 use switchyard_common::filters::Filter;
 use switchyard_common::inbound::Verifier;
 use switchyard_common::problem::{ErrorCode, Violation};
 use switchyard_common::runs::{NewRun, TriggerOrigin};
 use switchyard_common::template::{Template, TooLarge, limit_for};
 use switchyard_common::transform::Transform;
+use switchyard_common::{dedupe, runs};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -428,8 +429,8 @@ pub(crate) async fn start_trigger(
     drop(client);
     // A test run is never debounced, as it is never taken for a duplicate.
     let debounce = trigger.debounce.as_ref().filter(|_| !test);
-    let debounce_hash = debounce
-        .map(|d| switchyard_common::dedupe::digest(&[b"debounce\0", d.key_of(&body).as_bytes()]));
+    let debounce_hash =
+        debounce.map(|d| dedupe::digest(&[b"debounce\0", d.key_of(&body).as_bytes()]));
     let route = format!("trigger {}", trigger.id);
     // A trailing debounce's held run may be released between the guard and the replacement: then
     // its period is over, and the call opens a period of its own (a second pass).
@@ -477,93 +478,30 @@ pub(crate) async fn start_trigger(
                 .with_run(original));
             }
             Guarded::Debounced(original) => {
-                let (Some(d), Some(hash)) = (debounce, debounce_hash.as_ref()) else {
+                let (Some(debounce), Some(key_hash)) = (debounce, debounce_hash.as_ref()) else {
                     return Err(VerbError::internal("a debounce without its settings"));
                 };
-                let client = state.pool.get().await?;
-                match d.mode {
-                    DebounceMode::Leading => {
-                        // The run of the call that opened the period may still be being
-                        // recorded (or was refused): nothing is dropped into a run not there.
-                        if switchyard_common::runs::get(&client, tenant_id, original)
-                            .await?
-                            .is_none()
-                        {
-                            switchyard_common::dedupe::release(&client, tenant_id, run_id).await?;
-                            return Err(VerbError::new(
-                                ErrorCode::Conflict,
-                                "the call that opened this debounce period is still being \
-                                 recorded; retry shortly",
-                            ));
-                        }
-                        switchyard_common::dedupe::repoint(&client, tenant_id, run_id, original)
-                            .await?;
-                        drop(client);
-                        let mut dropped = refusal(
-                            Refusal::Dropped,
-                            format!(
-                                "debounced: run {original} started from an earlier call with \
-                                 the same key within {}s",
-                                d.period_seconds
-                            ),
-                        );
-                        dropped.duplicate_of = Some(original);
-                        record_drop(state, &dropped).await?;
-                    }
-                    DebounceMode::Trailing => {
-                        let replaced = switchyard_common::runs::replace_debounced(
-                            &client,
-                            tenant_id,
-                            original,
-                            message.0.as_deref(),
-                            &body,
-                            &message.1,
-                        )
-                        .await?;
-                        let Some(earlier) = replaced else {
-                            // Released meanwhile: end its period, and open one (this call's
-                            // Idempotency-Key is claimed again on the next pass).
-                            switchyard_common::dedupe::end_period(
-                                &client,
-                                tenant_id,
-                                &trigger.id,
-                                hash,
-                                original,
-                            )
-                            .await?;
-                            switchyard_common::dedupe::release(&client, tenant_id, run_id).await?;
-                            drop(client);
-                            if passes < 3 {
-                                continue;
-                            }
-                            return Err(VerbError::new(
-                                ErrorCode::Conflict,
-                                "the debounced run started while this call joined it; retry",
-                            ));
-                        };
-                        switchyard_common::dedupe::repoint(&client, tenant_id, run_id, original)
-                            .await?;
-                        drop(client);
-                        let earlier = earlier.unwrap_or(Value::Null);
-                        let mut dropped = refusal(
-                            Refusal::Dropped,
-                            format!(
-                                "debounced: a later call with the same key replaced this body in \
-                                 run {original}"
-                            ),
-                        );
-                        dropped.request_payload = &earlier;
-                        dropped.duplicate_of = Some(original);
-                        record_drop(state, &dropped).await?;
+                let joining = Joining {
+                    tenant_id,
+                    trigger_id: &trigger.id,
+                    debounce,
+                    key_hash,
+                    original,
+                    run_id,
+                    message: message.0.as_deref(),
+                    missing: &message.1,
+                    body: &body,
+                };
+                match join_debounce(state, &joining, &refusal).await? {
+                    Joined::Run(run) => return Ok(Started::New(shown(run, viewer))),
+                    Joined::PeriodOver if passes < 3 => continue,
+                    Joined::PeriodOver => {
+                        return Err(VerbError::new(
+                            ErrorCode::Conflict,
+                            "the debounced run started while this call joined it; retry",
+                        ));
                     }
                 }
-                let client = state.pool.get().await?;
-                let run = switchyard_common::runs::get(&client, tenant_id, original)
-                    .await?
-                    .ok_or_else(|| {
-                        VerbError::new(ErrorCode::Conflict, "the debounced run is gone; retry")
-                    })?;
-                return Ok(Started::New(shown(run, viewer)));
             }
         }
     };
@@ -603,6 +541,102 @@ pub(crate) async fn start_trigger(
         accept::enqueue_guarded(state, new, guarded).await?,
         viewer,
     )))
+}
+
+/// A call that found its key's debounce period open.
+struct Joining<'a> {
+    tenant_id: &'a str,
+    trigger_id: &'a str,
+    debounce: &'a Debounce,
+    /// The digest naming the period (the call's key).
+    key_hash: &'a [u8],
+    /// The period's run.
+    original: Uuid,
+    /// The id the call's own guards were claimed for.
+    run_id: Uuid,
+    message: Option<&'a str>,
+    missing: &'a [String],
+    body: &'a Value,
+}
+
+/// What joining a debounce period came to.
+enum Joined {
+    /// The run that carries the call.
+    Run(Run),
+    /// The period's run was released meanwhile: the period is ended and the call's claims given
+    /// back, for the call to open a period of its own.
+    PeriodOver,
+}
+
+/// Joins a call to its key's open period. Leading: the call is dropped, naming the period's run.
+/// Trailing: its body replaces the held run's, and the body replaced is dropped. Either way the
+/// call's `Idempotency-Key` now names the run that carries it.
+async fn join_debounce<'a>(
+    state: &AppState,
+    call: &Joining<'a>,
+    refusal: &(dyn Fn(Refusal, String) -> NewRefusal<'a> + Sync),
+) -> Result<Joined, VerbError> {
+    let Joining {
+        tenant_id,
+        original,
+        run_id,
+        ..
+    } = *call;
+    let client = state.pool.get().await?;
+    let earlier = match call.debounce.mode {
+        DebounceMode::Leading => None,
+        DebounceMode::Trailing => {
+            let replaced = runs::replace_debounced(
+                &client,
+                tenant_id,
+                original,
+                call.message,
+                call.body,
+                call.missing,
+            )
+            .await?;
+            let Some(earlier) = replaced else {
+                dedupe::end_period(&client, tenant_id, call.trigger_id, call.key_hash, original)
+                    .await?;
+                dedupe::release(&client, tenant_id, run_id).await?;
+                return Ok(Joined::PeriodOver);
+            };
+            Some(earlier.unwrap_or(Value::Null))
+        }
+    };
+    // A leading period's run may still be being recorded (or was refused): nothing is dropped
+    // into a run that is not there.
+    let Some(run) = runs::get(&client, tenant_id, original).await? else {
+        dedupe::release(&client, tenant_id, run_id).await?;
+        return Err(VerbError::new(
+            ErrorCode::Conflict,
+            "the call that opened this debounce period is still being recorded; retry shortly",
+        ));
+    };
+    dedupe::repoint(&client, tenant_id, run_id, original).await?;
+    drop(client);
+    let mut dropped = match &earlier {
+        None => refusal(
+            Refusal::Dropped,
+            format!(
+                "debounced: run {original} started from an earlier call with the same key \
+                 within {}s",
+                call.debounce.period_seconds
+            ),
+        ),
+        Some(_) => refusal(
+            Refusal::Dropped,
+            format!(
+                "debounced: a later call with the same key replaced this body in run {original}"
+            ),
+        ),
+    };
+    if let Some(earlier) = &earlier {
+        dropped.request_payload = earlier;
+    }
+    dropped.duplicate_of = Some(original);
+    record_drop(state, &dropped).await?;
+    Ok(Joined::Run(run))
 }
 
 /// The run accepted; or, when the trigger waits for the response, the finished run (its result
