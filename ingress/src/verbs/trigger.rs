@@ -493,7 +493,7 @@ pub(crate) async fn start_trigger(
                     body: &body,
                 };
                 match join_debounce(state, &joining, &refusal).await? {
-                    Joined::Run(run) => return Ok(Started::New(shown(run, viewer))),
+                    Joined::Run(run) => return Ok(Started::New(shown(*run, viewer))),
                     Joined::PeriodOver if passes < 3 => continue,
                     Joined::PeriodOver => {
                         return Err(VerbError::new(
@@ -562,7 +562,7 @@ struct Joining<'a> {
 /// What joining a debounce period came to.
 enum Joined {
     /// The run that carries the call.
-    Run(Run),
+    Run(Box<Run>),
     /// The period's run was released meanwhile: the period is ended and the call's claims given
     /// back, for the call to open a period of its own.
     PeriodOver,
@@ -636,7 +636,7 @@ async fn join_debounce<'a>(
     }
     dropped.duplicate_of = Some(original);
     record_drop(state, &dropped).await?;
-    Ok(Joined::Run(run))
+    Ok(Joined::Run(Box::new(run)))
 }
 
 /// The run accepted; or, when the trigger waits for the response, the finished run (its result
