@@ -2,10 +2,13 @@
 --
 -- Within a tenant's share, runs start by priority and then by `key_turn`: the tenant's turns are
 -- handed out per concurrency key as they are per tenant, so a key that floods its agent spreads
--- its runs far down and another key's runs are placed between them (round robin by key). A run
--- with no key has `key_turn = turn` (no upsert on the accept path for it).
+-- its runs far down and another key's runs are placed between them (round robin by key). A
+-- tenant's runs without a key are one more flow, whose next turn is a column of the tenant's
+-- `tenant_turns` row, which the accept statement upserts anyway.
 ALTER TABLE runs ADD COLUMN key_turn float8 NOT NULL DEFAULT 0;
 UPDATE runs SET key_turn = turn WHERE status = 'queued';
+ALTER TABLE tenant_turns ADD COLUMN plain_finish float8 NOT NULL DEFAULT 0;
+UPDATE tenant_turns SET plain_finish = finish;
 
 -- Each concurrency key's next turn.
 CREATE TABLE key_turns (

@@ -258,6 +258,7 @@ pub async fn insert_batch(
              SELECT n.*, a.project_id, a.max_attempts, t.weight, t.max_queued, \
                     row_number() OVER (PARTITION BY n.tenant_id ORDER BY n.ord) AS k, \
                     row_number() OVER (PARTITION BY n.tenant_id, n.agent_id, {RUN_KEY} ORDER BY n.ord) AS kj, \
+                    row_number() OVER (PARTITION BY n.tenant_id, ({RUN_KEY}) IS NULL ORDER BY n.ord) AS pk, \
                     {RUN_KEY} AS ckey, a.max_concurrency_per_key AS key_cap, a.priority AS agent_priority \
              FROM n JOIN agents a ON a.tenant_id = n.tenant_id AND a.id = n.agent_id \
                     JOIN tenants t ON t.id = n.tenant_id \
@@ -273,16 +274,20 @@ pub async fn insert_batch(
              FROM ok LEFT JOIN room ON room.tenant_id = ok.tenant_id \
              WHERE room.left_ IS NULL OR ok.k <= room.left_), \
          counts AS ( \
-             SELECT tenant_id, count(*)::float8 / max(weight) AS span, max(weight) AS weight, count(*) AS c \
+             SELECT tenant_id, count(*)::float8 / max(weight) AS span, max(weight) AS weight, count(*) AS c, \
+                    count(*) FILTER (WHERE skey IS NULL) AS pc \
              FROM admitted GROUP BY tenant_id), \
          {HEAD_OF_LINE}, \
          turns AS ( \
-             INSERT INTO tenant_turns AS tt (tenant_id, finish) \
-             SELECT c.tenant_id, h.v + c.span FROM counts c CROSS JOIN head h ORDER BY c.tenant_id \
+             INSERT INTO tenant_turns AS tt (tenant_id, finish, plain_finish) \
+             SELECT c.tenant_id, h.v + c.span, h.v + c.pc::float8 / c.weight \
+             FROM counts c CROSS JOIN head h ORDER BY c.tenant_id \
              ON CONFLICT (tenant_id) DO UPDATE \
                  SET finish = greatest(tt.finish, (SELECT v FROM head)) \
-                              + (SELECT c.span FROM counts c WHERE c.tenant_id = tt.tenant_id) \
-             RETURNING tt.tenant_id, tt.finish), \
+                              + (SELECT c.span FROM counts c WHERE c.tenant_id = tt.tenant_id), \
+                     plain_finish = greatest(tt.plain_finish, (SELECT v FROM head)) \
+                              + (SELECT c.pc::float8 / c.weight FROM counts c WHERE c.tenant_id = tt.tenant_id) \
+             RETURNING tt.tenant_id, tt.finish, tt.plain_finish), \
          keyed AS ( \
              SELECT tenant_id, agent_id, skey, count(*)::float8 / max(weight) AS span, \
                     max(weight) AS weight, count(*) AS c \
@@ -305,7 +310,7 @@ pub async fn insert_batch(
                 string_to_array(n.missing, E'\\n'), now() + make_interval(secs => n.ttl), n.model, n.trace, \
                 n.parent, coalesce(n.priority, n.agent_priority), \
                 tu.finish - (c.c - n.k + 1)::float8 / c.weight, \
-                CASE WHEN n.skey IS NULL THEN tu.finish - (c.c - n.k + 1)::float8 / c.weight \
+                CASE WHEN n.skey IS NULL THEN tu.plain_finish - (c.pc - n.pk + 1)::float8 / c.weight \
                      ELSE kt.finish - (kc.c - n.kj + 1)::float8 / kc.weight END, \
                 n.skey, \
                 CASE WHEN n.ckey IS NOT NULL THEN n.key_cap END, \

@@ -431,20 +431,23 @@ async fn keys_below_their_caps_take_turns_within_a_tenant() {
         inputs: Some(serde_json::json!({ "customer": customer })),
         ..run_of("t")
     };
-    // Customer a floods the tenant's agent; b and then c send three runs each, later.
+    // Customer a floods the tenant's agent; b and then c send three runs each, later, and so
+    // does another agent of the tenant's, which has no key.
     let flood = accept(&pool, (0..40).map(|_| of("a")).collect()).await;
     let b = accept(&pool, (0..3).map(|_| of("b")).collect()).await;
     let c = accept(&pool, (0..3).map(|_| of("c")).collect()).await;
-    // No key is at its cap, so nothing waits: the tenant's starts go round the keys, not down
-    // the flood first. Within the first nine starts, b's and c's runs have all started.
-    let started = start(&pool, 9, 1).await;
+    let plain = accept(&pool, (0..3).map(|_| run_of("t")).collect()).await;
+    // No key is at its cap, so nothing waits: the tenant's starts go round the keys (the runs
+    // without one are a flow of their own), not down the flood first. Within the first thirteen
+    // starts, b's, c's and the keyless runs have all started.
+    let started = start(&pool, 13, 1).await;
     let key_of = |run: &Run| run.concurrency_key.clone().unwrap_or_default();
     let order: Vec<String> = started.iter().map(key_of).collect();
-    for (name, runs) in [("b", &b), ("c", &c)] {
+    for (name, runs) in [("b", &b), ("c", &c), ("keyless", &plain)] {
         for run in runs.iter() {
             assert!(
                 started.iter().any(|s| s.id == run.id),
-                "{name}'s runs start within the first nine: {order:?}"
+                "{name}'s runs start within the first thirteen: {order:?}"
             );
         }
     }
