@@ -84,6 +84,9 @@ struct Args {
     /// The endpoints' `maxConcurrency` values to measure delivery at (10 is the default).
     #[arg(long, value_delimiter = ',', default_value = "10,64")]
     delivery_max_concurrency: Vec<u32>,
+    /// Measure only pgbench and the fixed-rate end to end (with its breakdown per hop).
+    #[arg(long)]
+    only_rates: bool,
 }
 
 /// One row of the delivery table: `deliveries` webhooks made while the notifier is down (runs
@@ -596,6 +599,106 @@ fn e2e_latencies(
     (latencies, verified, last)
 }
 
+/// Maps the bench's `Instant`s to wall-clock seconds since the epoch, to set them beside the
+/// database's timestamps (one host, one clock).
+struct WallClock {
+    wall: f64,
+    at: Instant,
+}
+
+impl WallClock {
+    fn now() -> Self {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        Self {
+            wall,
+            at: Instant::now(),
+        }
+    }
+
+    fn of(&self, at: Instant) -> f64 {
+        if at >= self.at {
+            self.wall + at.duration_since(self.at).as_secs_f64()
+        } else {
+            self.wall - self.at.duration_since(at).as_secs_f64()
+        }
+    }
+}
+
+/// The database's commit count (this database) and WAL bytes (the cluster), for per-run deltas.
+async fn db_work(stack: &Stack) -> anyhow::Result<(i64, f64)> {
+    let client = stack.db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), \
+                    (SELECT wal_bytes::float8 FROM pg_stat_wal)",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Where the time of the runs in `load` went, hop by hop, from the runs' own timestamps (each is
+/// its statement's transaction start, `now()`) and the bench's send and receipt times: p50 and
+/// p99 in ms of each hop, as a Markdown row.
+async fn hops(
+    stack: &Stack,
+    received: &[switchyard_testkit::Received],
+    load: &Load,
+    clock: &WallClock,
+) -> anyhow::Result<String> {
+    let ids: Vec<uuid::Uuid> = load
+        .sent_at
+        .keys()
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    let client = stack.db.client().await?;
+    let rows = client
+        .query(
+            "SELECT r.id::text, extract(epoch FROM r.created_at)::float8, \
+                    extract(epoch FROM r.started_at)::float8, extract(epoch FROM r.completed_at)::float8, \
+                    extract(epoch FROM a.created_at)::float8 - a.latency_ms / 1000.0, \
+                    extract(epoch FROM a.created_at)::float8 \
+             FROM runs r JOIN deliveries d ON d.run_id = r.id \
+                  JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = 1 \
+             WHERE r.id = ANY($1) AND r.started_at IS NOT NULL AND r.completed_at IS NOT NULL",
+            &[&ids],
+        )
+        .await?;
+    let receipts: HashMap<&str, Instant> = received
+        .iter()
+        .filter_map(|r| Some((r.body["data"]["id"].as_str()?, r.at)))
+        .collect();
+    // send → accept txn, accept → claim, claim → completion, completion → POST, POST, completion → receipt.
+    let mut hops: [Vec<Duration>; 6] = Default::default();
+    let span = |from: f64, to: f64| Duration::from_secs_f64((to - from).max(0.0));
+    for row in &rows {
+        let id: String = row.get(0);
+        let (Some(sent), Some(got)) = (load.sent_at.get(&id), receipts.get(id.as_str())) else {
+            continue;
+        };
+        let (sent, got) = (clock.of(*sent), clock.of(*got));
+        let (created, started, completed, post, posted): (f64, f64, f64, f64, f64) =
+            (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+        hops[0].push(span(sent, created));
+        hops[1].push(span(created, started));
+        hops[2].push(span(started, completed));
+        hops[3].push(span(completed, post));
+        hops[4].push(span(post, posted));
+        hops[5].push(span(completed, got));
+    }
+    for hop in &mut hops {
+        hop.sort();
+    }
+    let cells: Vec<String> = hops
+        .iter()
+        .map(|h| format!("{} / {}", ms(percentile(h, 50.0)), ms(percentile(h, 99.0))))
+        .collect();
+    Ok(format!("| {} | {} |", hops[0].len(), cells.join(" | ")))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -616,90 +719,92 @@ async fn main() -> anyhow::Result<()> {
     println!("| clients | INSERT commits/s |\n|---|---|");
     println!("| 1 | {pg1:.0} |\n| 32 | {pg32:.0} |\n");
 
-    println!("### Durable accept (`POST /v1/runs` → 202; workers off)\n");
-    println!(
-        "| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|"
-    );
-    for &c in &args.accept_concurrency {
-        eprintln!("[bench] accept at concurrency {c}");
+    if !args.only_rates {
+        println!("### Durable accept (`POST /v1/runs` → 202; workers off)\n");
         println!(
-            "{}",
-            accept_row(&Door::Runs, c, args.accept_requests).await?
+            "| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|"
         );
-    }
+        for &c in &args.accept_concurrency {
+            eprintln!("[bench] accept at concurrency {c}");
+            println!(
+                "{}",
+                accept_row(&Door::Runs, c, args.accept_requests).await?
+            );
+        }
 
-    println!(
-        "\n### Durable accept through the trigger route (`POST /api/v1.0/project/…/trigger/{{key}}`; workers off)\n"
-    );
-    println!(
-        "The trigger renders a template; each call also reads the trigger (one indexed SELECT).\n"
-    );
-    println!(
-        "| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|"
-    );
-    for &c in &args.trigger_concurrency {
-        eprintln!("[bench] trigger accept at concurrency {c}");
         println!(
-            "{}",
-            accept_row(&Door::Trigger("bench"), c, args.accept_requests).await?
+            "\n### Durable accept through the trigger route (`POST /api/v1.0/project/…/trigger/{{key}}`; workers off)\n"
         );
-    }
+        println!(
+            "The trigger renders a template; each call also reads the trigger (one indexed SELECT).\n"
+        );
+        println!(
+            "| concurrency | requests | accepted/s | p50 ms | p99 ms | failures |\n|---|---|---|---|---|---|"
+        );
+        for &c in &args.trigger_concurrency {
+            eprintln!("[bench] trigger accept at concurrency {c}");
+            println!(
+                "{}",
+                accept_row(&Door::Trigger("bench"), c, args.accept_requests).await?
+            );
+        }
 
-    println!(
-        "\n### End to end, saturated (invocation → echo run → verified webhook; {} workers)\n",
-        args.workers
-    );
-    println!(
-        "Closed loop: each client sends its next run as soon as the last was accepted, so runs queue up"
-    );
-    println!(
-        "and latency is mostly waiting in the queue. CPU in ms per run: Switchyard / PostgreSQL / RabbitMQ | total,"
-    );
-    println!("and Switchyard's by binary: ingress / workers (all) / notifier.\n");
-    println!(
-        "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run | total | by binary |\n|---|---|---|---|---|---|---|---|---|"
-    );
-    for &c in &args.e2e_concurrency {
-        eprintln!("[bench] end to end at concurrency {c}");
-        let stack = Stack::start(StackOptions {
-            workers: args.workers,
-            ..StackOptions::default()
-        })
-        .await?;
-        let hook = stack.receiver.url.clone();
-        let _ = load(&stack, 200.min(args.e2e_runs), c, Some(&hook)).await;
-        stack
-            .receiver
-            .wait_for(Duration::from_secs(60), |r| {
-                r.len() >= 200.min(args.e2e_runs)
+        println!(
+            "\n### End to end, saturated (invocation → echo run → verified webhook; {} workers)\n",
+            args.workers
+        );
+        println!(
+            "Closed loop: each client sends its next run as soon as the last was accepted, so runs queue up"
+        );
+        println!(
+            "and latency is mostly waiting in the queue. CPU in ms per run: Switchyard / PostgreSQL / RabbitMQ | total,"
+        );
+        println!("and Switchyard's by binary: ingress / workers (all) / notifier.\n");
+        println!(
+            "| concurrency | runs | completed/s | p50 ms | p99 ms | verified | CPU ms per run | total | by binary |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for &c in &args.e2e_concurrency {
+            eprintln!("[bench] end to end at concurrency {c}");
+            let stack = Stack::start(StackOptions {
+                workers: args.workers,
+                ..StackOptions::default()
             })
             .await?;
-        let base = stack.receiver.received().len();
-        let cpu_before = Cpu::now(&stack);
-        let started = Instant::now();
-        let run = load(&stack, args.e2e_runs, c, Some(&hook)).await;
-        let expected = base + run.sent_at.len();
-        let received = stack
-            .receiver
-            .wait_for(Duration::from_secs(300), |r| r.len() >= expected)
-            .await?;
-        let cpu = Cpu::now(&stack).since(cpu_before);
-        let (e2e, verified, last) = e2e_latencies(&received[base..], &run);
-        println!(
-            "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {} | {} |",
-            run.sent_at.len(),
-            e2e.len() as f64
-                / last
-                    .unwrap_or(started)
-                    .duration_since(started)
-                    .as_secs_f64(),
-            ms(percentile(&e2e, 50.0)),
-            ms(percentile(&e2e, 99.0)),
-            e2e.len(),
-            cpu.per_run(e2e.len()),
-            cpu.by_binary(e2e.len()),
-        );
-        stack.shutdown().await;
+            let hook = stack.receiver.url.clone();
+            let _ = load(&stack, 200.min(args.e2e_runs), c, Some(&hook)).await;
+            stack
+                .receiver
+                .wait_for(Duration::from_secs(60), |r| {
+                    r.len() >= 200.min(args.e2e_runs)
+                })
+                .await?;
+            let base = stack.receiver.received().len();
+            let cpu_before = Cpu::now(&stack);
+            let started = Instant::now();
+            let run = load(&stack, args.e2e_runs, c, Some(&hook)).await;
+            let expected = base + run.sent_at.len();
+            let received = stack
+                .receiver
+                .wait_for(Duration::from_secs(300), |r| r.len() >= expected)
+                .await?;
+            let cpu = Cpu::now(&stack).since(cpu_before);
+            let (e2e, verified, last) = e2e_latencies(&received[base..], &run);
+            println!(
+                "| {c} | {} | {:.0} | {} | {} | {verified}/{} | {} | {} |",
+                run.sent_at.len(),
+                e2e.len() as f64
+                    / last
+                        .unwrap_or(started)
+                        .duration_since(started)
+                        .as_secs_f64(),
+                ms(percentile(&e2e, 50.0)),
+                ms(percentile(&e2e, 99.0)),
+                e2e.len(),
+                cpu.per_run(e2e.len()),
+                cpu.by_binary(e2e.len()),
+            );
+            stack.shutdown().await;
+        }
     }
 
     println!(
@@ -711,8 +816,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("generator and the webhook receiver (the bench process) are not counted.\n");
     println!(
-        "| offered/s | runs | p50 ms | p99 ms | max ms | verified | CPU ms per run | total |\n|---|---|---|---|---|---|---|---|"
+        "| offered/s | runs | p50 ms | p99 ms | max ms | verified | CPU ms per run | total | commits per run | WAL bytes per run |\n|---|---|---|---|---|---|---|---|---|---|"
     );
+    let mut breakdown = Vec::new();
     for &rate in &args.e2e_rates {
         eprintln!("[bench] end to end at {rate}/s");
         let stack = Stack::start(StackOptions {
@@ -729,6 +835,8 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let base = stack.receiver.received().len();
         let cpu_before = Cpu::now(&stack);
+        let work_before = db_work(&stack).await?;
+        let clock = WallClock::now();
         let run = paced(&stack, rate, args.e2e_seconds, &hook).await;
         let expected = base + run.sent_at.len();
         let received = stack
@@ -736,17 +844,41 @@ async fn main() -> anyhow::Result<()> {
             .wait_for(Duration::from_secs(300), |r| r.len() >= expected)
             .await?;
         let cpu = Cpu::now(&stack).since(cpu_before);
+        // Backends publish their statistics when idle, at most every 10 s.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let work_after = db_work(&stack).await?;
         let (e2e, verified, _) = e2e_latencies(&received[base..], &run);
+        let runs = e2e.len().max(1) as f64;
         println!(
-            "| {rate} | {} | {} | {} | {} | {verified}/{} | {} |",
+            "| {rate} | {} | {} | {} | {} | {verified}/{} | {} | {:.1} | {:.0} |",
             run.sent_at.len(),
             ms(percentile(&e2e, 50.0)),
             ms(percentile(&e2e, 99.0)),
             ms(e2e.last().copied().unwrap_or_default()),
             e2e.len(),
             cpu.per_run(e2e.len()),
+            (work_after.0 - work_before.0) as f64 / runs,
+            (work_after.1 - work_before.1) / runs,
         );
+        breakdown.push((rate, hops(&stack, &received[base..], &run, &clock).await?));
         stack.shutdown().await;
+    }
+    println!(
+        "\nWhere the time goes, p50 / p99 ms per hop, from the runs' own timestamps (each its \
+         transaction's start) and the bench's send and receipt: send → accept (HTTP, the accept \
+         batch's wait), accept → claim (commit, publish, queue, pick), claim → completion (the echo \
+         run), completion → POST (delivery publish, the notifier's claim), POST (signing, the \
+         receiver), completion → receipt. Commits count every transaction of the database in the \
+         window (the maintenance loops' included); WAL bytes are the cluster's.\n"
+    );
+    println!(
+        "| offered/s | runs | send → accept | accept → claim | claim → completion | completion → POST | POST | completion → receipt |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (rate, row) in breakdown {
+        println!("| {rate} |{}", row.trim_start_matches('|'));
+    }
+    if args.only_rates {
+        return Ok(());
     }
 
     println!("\n### SSE fan-out (one run's live events to many clients, 2 ingress replicas)\n");
