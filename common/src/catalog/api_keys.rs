@@ -73,7 +73,8 @@ pub struct ApiKey {
     pub last_used_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
-    /// Invocations per minute this key may make; `null` means the server's default.
+    /// Invocations per minute this key may make; `null`: none of its own (on the agent-app door,
+    /// the server's default).
     pub rate_limit_per_minute: Option<i32>,
     /// The tenant's own limit, shared by all its keys (filled in when authenticating).
     #[serde(skip)]
@@ -100,7 +101,8 @@ pub struct NewApiKey {
     pub scopes: Option<Vec<Scope>>,
     /// Limit the key to these projects; absent or `null` for all.
     pub project_ids: Option<Vec<String>>,
-    /// Invocations per minute (1 to 1,000,000); absent for the server's default.
+    /// Invocations per minute (1 to 1,000,000); absent for none of its own (on the agent-app
+    /// door, the server's default).
     #[schema(minimum = 1, maximum = 1000000)]
     pub rate_limit_per_minute: Option<i32>,
 }
