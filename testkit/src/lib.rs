@@ -172,6 +172,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/V17__shared_rate_limits.sql"),
     include_str!("../../migrations/V18__debounce.sql"),
     include_str!("../../migrations/V19__fair_keys.sql"),
+    include_str!("../../migrations/V20__cheaper_turns.sql"),
 ];
 
 /// How many migrations the repository holds.

@@ -122,7 +122,10 @@ fn outgoing(row: &tokio_postgres::Row) -> Result<Outgoing, tokio_postgres::Error
 /// claimed in one statement. One to an endpoint is claimed in a transaction that locks the
 /// endpoint, so that across every notifier it never has more than `maxConcurrency` attempts in
 /// flight nor starts more than `rateLimit` a second: one over a limit is deferred (no attempt
-/// counted), and one whose endpoint is disabled fails at once.
+/// counted), and one whose endpoint is disabled fails at once. Both lock the ids by key first and
+/// test the rest on the locked rows (a materialized CTE): given the conditions on the table, the
+/// planner ANDed the partial indexes whose predicates name them, and with stale statistics read
+/// every direct delivery of the table for each claim (BENCHMARKS.md, issue 18).
 pub async fn claim_many(
     client: &mut deadpool_postgres::Client,
     ids: &[Uuid],
@@ -132,12 +135,12 @@ pub async fn claim_many(
         .query(
             &client
                 .prepare_cached(&format!(
-                    "WITH c AS (SELECT id FROM deliveries WHERE id = ANY($1) AND status = 'pending' \
-                                  AND endpoint_id IS NULL \
-                                  AND next_attempt_at <= now() + interval '1 second' ORDER BY id FOR UPDATE) \
+                    "WITH c AS MATERIALIZED (SELECT id, status, endpoint_id, next_attempt_at FROM deliveries \
+                                               WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
                      UPDATE deliveries d SET status = 'sending', attempts = d.attempts + 1, \
                             lease_expires_at = now() + make_interval(secs => $2), updated_at = now() \
-                     FROM c, tenants t WHERE d.id = c.id AND d.status = 'pending' AND t.id = d.tenant_id \
+                     FROM c, tenants t WHERE d.id = c.id AND c.status = 'pending' AND c.endpoint_id IS NULL \
+                          AND c.next_attempt_at <= now() + interval '1 second' AND t.id = d.tenant_id \
                      RETURNING {RETURNING}, t.webhook_secret, \
                          CASE WHEN t.previous_webhook_secret_expires_at > now() \
                               THEN t.previous_webhook_secret END AS previous_webhook_secret, \
@@ -198,9 +201,11 @@ async fn claim_for_endpoints(
     let candidates = tx
         .query(
             &tx.prepare_cached(
-                "SELECT id, tenant_id, endpoint_id FROM deliveries \
-                 WHERE id = ANY($1) AND status = 'pending' AND endpoint_id IS NOT NULL \
-                   AND next_attempt_at <= now() + interval '1 second' ORDER BY id FOR UPDATE",
+                "WITH c AS MATERIALIZED (SELECT id, tenant_id, endpoint_id, status, next_attempt_at \
+                                         FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE) \
+                 SELECT id, tenant_id, endpoint_id FROM c WHERE status = 'pending' \
+                   AND endpoint_id IS NOT NULL AND next_attempt_at <= now() + interval '1 second' \
+                 ORDER BY id",
             )
             .await?,
             &[&ids],
@@ -415,8 +420,8 @@ pub struct Finished {
     pub woken: Vec<Uuid>,
 }
 
-/// [`finish`] for many attempts in one transaction: one INSERT of the attempts, one UPDATE of
-/// the deliveries, and for deliveries to endpoints, the endpoints' health: a success ends the
+/// [`finish`] for many attempts in one transaction: one statement records the attempts and
+/// updates the deliveries, and for deliveries to endpoints, the endpoints' health: a success ends the
 /// failure window, a 410 disables the endpoint, and so does an exhausted delivery once the
 /// endpoint has failed every attempt for longer than `disable_after`.
 pub async fn finish_many(
@@ -465,43 +470,53 @@ pub async fn finish_many(
             }),
         });
     }
-    let tx = client.transaction().await?;
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO delivery_attempts (delivery_id, tenant_id, attempt, response_status, \
-                                            response_body, error, latency_ms) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], \
-                                  $6::text[], $7::int[]) \
-             ON CONFLICT (delivery_id, attempt) DO NOTHING",
-        )
-        .await?,
-        &[
-            &ids, &tenants, &numbers, &statuses, &bodies, &errors, &latencies,
-        ],
-    )
-    .await?;
-    let rows = tx
-        .query(
-            &tx.prepare_cached(
-                "UPDATE deliveries d SET status = f.status, \
-                        delivered_at = CASE WHEN f.status = 'delivered' THEN now() END, \
-                        next_attempt_at = CASE WHEN f.status = 'pending' \
-                            THEN now() + make_interval(secs => f.delay) ELSE d.next_attempt_at END, \
-                        lease_expires_at = NULL, last_error = f.last_error, updated_at = now() \
-                 FROM unnest($1::uuid[], $2::int[], $3::text[], $4::float8[], $5::text[]) \
-                      AS f(id, attempt, status, delay, last_error) \
-                 WHERE d.id = f.id AND d.status = 'sending' AND d.attempts = f.attempt \
-                   AND f.status IN ('delivered', 'pending', 'failed') \
-                 RETURNING d.id",
-            )
-            .await?,
-            &[&ids, &numbers, &next_statuses, &delays, &last_errors],
+    // One statement records the attempts and moves the deliveries on. Deliveries to a run's own
+    // `webhookUrl` need nothing else: that statement commits on its own (one round trip). Those
+    // to endpoints also update the endpoints' health, in the same transaction.
+    let statement = client
+        .prepare_cached(
+            "WITH attempts AS ( \
+                 INSERT INTO delivery_attempts (delivery_id, tenant_id, attempt, response_status, \
+                                                response_body, error, latency_ms) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::text[], \
+                                      $6::text[], $7::int[]) \
+                 ON CONFLICT (delivery_id, attempt) DO NOTHING) \
+             UPDATE deliveries d SET status = f.status, \
+                    delivered_at = CASE WHEN f.status = 'delivered' THEN now() END, \
+                    next_attempt_at = CASE WHEN f.status = 'pending' \
+                        THEN now() + make_interval(secs => f.delay) ELSE d.next_attempt_at END, \
+                    lease_expires_at = NULL, last_error = f.last_error, updated_at = now() \
+             FROM unnest($1::uuid[], $3::int[], $8::text[], $9::float8[], $10::text[]) \
+                  AS f(id, attempt, status, delay, last_error) \
+             WHERE d.id = f.id AND d.status = 'sending' AND d.attempts = f.attempt \
+               AND f.status IN ('delivered', 'pending', 'failed') \
+             RETURNING d.id",
         )
         .await?;
-    let moved: Vec<Uuid> = rows
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+        &ids,
+        &tenants,
+        &numbers,
+        &statuses,
+        &bodies,
+        &errors,
+        &latencies,
+        &next_statuses,
+        &delays,
+        &last_errors,
+    ];
+    let moved_of = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<Uuid>, tokio_postgres::Error> {
+        rows.iter().map(|r| r.try_get(0)).collect()
+    };
+    if items.iter().all(|(out, _, _)| out.endpoint_id.is_none()) {
+        let moved = moved_of(client.query(&statement, &params).await?)?;
+        return Ok(Finished {
+            moved,
+            ..Finished::default()
+        });
+    }
+    let tx = client.transaction().await?;
+    let moved = moved_of(tx.query(&statement, &params).await?)?;
     let (disabled, created, woken) = endpoint_health(&tx, items, &moved, disable_after).await?;
     tx.commit().await?;
     Ok(Finished {

@@ -87,6 +87,10 @@ struct Args {
     /// Measure only pgbench and the fixed-rate end to end (with its breakdown per hop).
     #[arg(long)]
     only_rates: bool,
+    /// At each fixed rate, list the N statements that took PostgreSQL the most time (needs
+    /// `pg_stat_statements` in `shared_preload_libraries`; 0: none).
+    #[arg(long, default_value_t = 0)]
+    statements: usize,
 }
 
 /// One row of the delivery table: `deliveries` webhooks made while the notifier is down (runs
@@ -401,6 +405,8 @@ struct Load {
     latencies: Vec<Duration>,
     elapsed: Duration,
     sent_at: HashMap<String, Instant>,
+    /// When each accepted run's 202 came back (its headers).
+    answered_at: HashMap<String, Instant>,
     failures: usize,
 }
 
@@ -428,12 +434,14 @@ impl Load {
             latencies: Vec::with_capacity(tasks.len()),
             elapsed: Duration::ZERO,
             sent_at: HashMap::new(),
+            answered_at: HashMap::new(),
             failures: 0,
         };
         for task in tasks {
             match task.await {
                 Ok((Some(id), sent, latency)) => {
                     load.latencies.push(latency);
+                    load.answered_at.insert(id.clone(), sent + latency);
                     load.sent_at.insert(id, sent);
                 }
                 _ => load.failures += 1,
@@ -627,6 +635,73 @@ impl WallClock {
     }
 }
 
+/// The PostgreSQL settings that move these figures, as `name=value` pairs. Stock PostgreSQL runs
+/// autovacuum; a machine that turns it off measures bloated tables and plans never re-made.
+async fn postgres_settings() -> anyhow::Result<String> {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{}/postgres", postgres_base()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .context("connecting to PostgreSQL")?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT name || '=' || current_setting(name) FROM pg_settings \
+             WHERE name IN ('autovacuum', 'synchronous_commit', 'shared_buffers', 'fsync', \
+                            'shared_preload_libraries') ORDER BY name",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Empties `pg_stat_statements` (created in the stack's database when the library is loaded).
+async fn reset_statements(stack: &Stack) -> anyhow::Result<()> {
+    let client = stack.db.client().await?;
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();",
+        )
+        .await
+        .context("pg_stat_statements (is it in shared_preload_libraries?)")?;
+    Ok(())
+}
+
+/// The `n` statements with the most execution and planning time since the reset, per run.
+async fn top_statements(stack: &Stack, n: usize, runs: f64) -> anyhow::Result<String> {
+    let client = stack.db.client().await?;
+    let rows = client
+        .query(
+            "SELECT calls::float8, total_exec_time, total_plan_time, shared_blks_hit::float8, \
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 90) \
+             FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT $1",
+            &[&(n as i64)],
+        )
+        .await?;
+    let mut table = String::from(
+        "| calls per run | exec ms per run | plan ms per run | buffer hits per call | statement |\n|---|---|---|---|---|",
+    );
+    for row in rows {
+        let (calls, exec, plan, hits): (f64, f64, f64, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let query: String = row.get(4);
+        table.push_str(&format!(
+            "\n| {:.2} | {:.3} | {:.3} | {:.0} | `{}` |",
+            calls / runs,
+            exec / runs,
+            plan / runs,
+            hits / calls.max(1.0),
+            query.replace('|', "\\|").replace('`', "'"),
+        ));
+    }
+    Ok(table)
+}
+
 /// The database's commit count (this database) and WAL bytes (the cluster), for per-run deltas.
 async fn db_work(stack: &Stack) -> anyhow::Result<(i64, f64)> {
     let client = stack.db.client().await?;
@@ -671,23 +746,28 @@ async fn hops(
         .iter()
         .filter_map(|r| Some((r.body["data"]["id"].as_str()?, r.at)))
         .collect();
-    // send → accept txn, accept → claim, claim → completion, completion → POST, POST, completion → receipt.
-    let mut hops: [Vec<Duration>; 6] = Default::default();
+    // send → accept txn, accept → 202, 202 → claim, claim → completion, completion → POST, POST,
+    // completion → receipt.
+    let mut hops: [Vec<Duration>; 7] = Default::default();
     let span = |from: f64, to: f64| Duration::from_secs_f64((to - from).max(0.0));
     for row in &rows {
         let id: String = row.get(0);
         let (Some(sent), Some(got)) = (load.sent_at.get(&id), receipts.get(id.as_str())) else {
             continue;
         };
-        let (sent, got) = (clock.of(*sent), clock.of(*got));
+        let Some(answered) = load.answered_at.get(&id) else {
+            continue;
+        };
+        let (sent, got, answered) = (clock.of(*sent), clock.of(*got), clock.of(*answered));
         let (created, started, completed, post, posted): (f64, f64, f64, f64, f64) =
             (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
         hops[0].push(span(sent, created));
-        hops[1].push(span(created, started));
-        hops[2].push(span(started, completed));
-        hops[3].push(span(completed, post));
-        hops[4].push(span(post, posted));
-        hops[5].push(span(completed, got));
+        hops[1].push(span(created, answered));
+        hops[2].push(span(answered, started));
+        hops[3].push(span(started, completed));
+        hops[4].push(span(completed, post));
+        hops[5].push(span(post, posted));
+        hops[6].push(span(completed, got));
     }
     for hop in &mut hops {
         hop.sort();
@@ -710,7 +790,8 @@ async fn main() -> anyhow::Result<()> {
         "Machine: {cores} cores, shared by PostgreSQL, RabbitMQ, Switchyard and the load generator."
     );
     let threads = std::env::var("SWITCHYARD_RUNTIME_THREADS").unwrap_or_else(|_| "0".into());
-    println!("Switchyard processes run with SWITCHYARD_RUNTIME_THREADS={threads}.\n");
+    println!("Switchyard processes run with SWITCHYARD_RUNTIME_THREADS={threads}.");
+    println!("PostgreSQL: {}.\n", postgres_settings().await?);
 
     eprintln!("[bench] pgbench");
     let pg1 = pgbench(1, args.pgbench_seconds)?;
@@ -819,6 +900,7 @@ async fn main() -> anyhow::Result<()> {
         "| offered/s | runs | p50 ms | p99 ms | max ms | verified | CPU ms per run | total | commits per run | WAL bytes per run |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut breakdown = Vec::new();
+    let mut statements = Vec::new();
     for &rate in &args.e2e_rates {
         eprintln!("[bench] end to end at {rate}/s");
         let stack = Stack::start(StackOptions {
@@ -836,6 +918,9 @@ async fn main() -> anyhow::Result<()> {
         let base = stack.receiver.received().len();
         let cpu_before = Cpu::now(&stack);
         let work_before = db_work(&stack).await?;
+        if args.statements > 0 {
+            reset_statements(&stack).await?;
+        }
         let clock = WallClock::now();
         let run = paced(&stack, rate, args.e2e_seconds, &hook).await;
         let expected = base + run.sent_at.len();
@@ -861,21 +946,31 @@ async fn main() -> anyhow::Result<()> {
             (work_after.1 - work_before.1) / runs,
         );
         breakdown.push((rate, hops(&stack, &received[base..], &run, &clock).await?));
+        if args.statements > 0 {
+            statements.push((rate, top_statements(&stack, args.statements, runs).await?));
+        }
         stack.shutdown().await;
     }
     println!(
         "\nWhere the time goes, p50 / p99 ms per hop, from the runs' own timestamps (each its \
          transaction's start) and the bench's send and receipt: send → accept (HTTP, the accept \
-         batch's wait), accept → claim (commit, publish, queue, pick), claim → completion (the echo \
-         run), completion → POST (delivery publish, the notifier's claim), POST (signing, the \
+         batch's wait), accept → 202 (commit, publish confirm, answer), 202 → claim (broker delivery, \
+         the claim batch's wait, pick), claim → completion (the echo run), completion → POST (delivery publish, the notifier's claim), POST (signing, the \
          receiver), completion → receipt. Commits count every transaction of the database in the \
          window (the maintenance loops' included); WAL bytes are the cluster's.\n"
     );
     println!(
-        "| offered/s | runs | send → accept | accept → claim | claim → completion | completion → POST | POST | completion → receipt |\n|---|---|---|---|---|---|---|---|"
+        "| offered/s | runs | send → accept | accept → 202 | 202 → claim | claim → completion | completion → POST | POST | completion → receipt |\n|---|---|---|---|---|---|---|---|---|"
     );
     for (rate, row) in breakdown {
         println!("| {rate} |{}", row.trim_start_matches('|'));
+    }
+    for (rate, table) in statements {
+        println!(
+            "\nAt {rate}/s, the statements that took PostgreSQL the most time (`pg_stat_statements`, \
+             every database; execution time includes lock waits, not the commit):\n"
+        );
+        println!("{table}");
     }
     if args.only_rates {
         return Ok(());

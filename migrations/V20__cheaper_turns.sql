@@ -1,0 +1,79 @@
+-- Cheaper scheduling state per accepted run (issue 18, item 3).
+--
+-- `switchyard_now_turn` was a SQL function with sub-selects: PostgreSQL does not inline it and
+-- plans a non-inlined SQL function's statement on every call, once per accept statement. As
+-- PL/pgSQL its statement's plan is kept for the session.
+CREATE OR REPLACE FUNCTION switchyard_now_turn() RETURNS double precision
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN coalesce(
+        (SELECT max(r.turn) FROM runs r WHERE r.status = 'running'),
+        (SELECT l.turn FROM runs l WHERE l.status = 'queued' AND l.waiting IS NULL
+         ORDER BY l.turn, l.id LIMIT 1),
+        (SELECT max(f.finish) FROM tenant_turns f),
+        0);
+END
+$$;
+
+-- Every accept statement moves its tenant's `finish` (and a key's). With an index on the column,
+-- no such update could be HOT: each left a dead row version and a new index entry behind, in a
+-- table that every accept of the tenant reads. Without it, and with room left on each page, the
+-- updates are HOT and their dead versions are pruned in place. `max(finish)` is only read when
+-- nothing runs and nothing waits in line (an idle system), by a scan of one row per tenant.
+DROP INDEX tenant_turns_by_finish;
+ALTER TABLE tenant_turns SET (fillfactor = 50);
+ALTER TABLE key_turns SET (fillfactor = 50);
+
+-- `switchyard_take` as before, with every statement on one bucket by its key. The set-based
+-- statements of V17 (`name = ANY (names)`, an UPDATE joined to `unnest`) were planned again on
+-- every call, and their generic plan scanned the whole table: with many limited keys, each call
+-- would have read every bucket. Buckets are still created and locked in name order, so two takes
+-- never deadlock.
+CREATE OR REPLACE FUNCTION switchyard_take(names text[], per_minute integer[],
+                                OUT refused integer, OUT wait_ms bigint,
+                                OUT remaining integer, OUT reset_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    at_ timestamptz := clock_timestamp();
+    n integer := coalesce(array_length(names, 1), 0);
+    tats timestamptz[] := '{}';
+    i integer;
+    bucket text;
+    held timestamptz;
+    step interval;
+    window_ interval;
+    next_ timestamptz;
+BEGIN
+    refused := 0; wait_ms := 0; remaining := 0; reset_ms := 0;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    FOREACH bucket IN ARRAY (SELECT array_agg(DISTINCT x ORDER BY x) FROM unnest(names) AS x) LOOP
+        PERFORM 1 FROM rate_buckets WHERE name = bucket FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO rate_buckets (name, tat) VALUES (bucket, at_) ON CONFLICT (name) DO NOTHING;
+            PERFORM 1 FROM rate_buckets WHERE name = bucket FOR UPDATE;
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. n LOOP
+        SELECT tat INTO held FROM rate_buckets WHERE name = names[i];
+        step := make_interval(secs => 60.0 / greatest(per_minute[i], 1));
+        window_ := step * greatest(per_minute[i], 1);
+        next_ := greatest(held, at_) + step;
+        IF next_ - at_ > window_ THEN
+            refused := i;
+            wait_ms := ceil(extract(epoch FROM (next_ - at_ - window_)) * 1000);
+            RETURN;
+        END IF;
+        tats := tats || next_;
+        IF i = 1 THEN
+            remaining := floor(extract(epoch FROM (window_ - (next_ - at_)))
+                               / extract(epoch FROM step));
+            reset_ms := ceil(extract(epoch FROM (next_ - at_)) * 1000);
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. n LOOP
+        UPDATE rate_buckets SET tat = tats[i] WHERE name = names[i];
+    END LOOP;
+END
+$$;
