@@ -77,3 +77,79 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Takes for many calls at once, in one statement (the ingress batches concurrent calls): element
+-- `i` is a bucket (`names[i]`, a limit of `per_minute[i]`) of call `request[i]`, a call's buckets
+-- being contiguous and in its own order. Calls are taken in order, each all or none, against the
+-- buckets as the calls before it left them. One row per call, in order, with `refused` (the
+-- 1-based index within the call of the first bucket that had no room, else 0), `wait_ms`,
+-- `remaining` and `reset_ms` as `switchyard_take` gives them.
+CREATE FUNCTION switchyard_take_many(request integer[], names text[], per_minute integer[])
+RETURNS TABLE (req integer, refused integer, wait_ms bigint, remaining integer, reset_ms bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    at_ timestamptz := clock_timestamp();
+    n integer := coalesce(array_length(names, 1), 0);
+    keys text[];
+    tats timestamptz[] := '{}';
+    trial timestamptz[];
+    bucket text;
+    held timestamptz;
+    i integer := 1;
+    j integer;
+    last_ integer;
+    pos integer;
+    step interval;
+    window_ interval;
+    next_ timestamptz;
+BEGIN
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    -- Every bucket of the batch, created if missing and locked in name order.
+    keys := (SELECT array_agg(DISTINCT x ORDER BY x) FROM unnest(names) AS x);
+    FOREACH bucket IN ARRAY keys LOOP
+        SELECT b.tat INTO held FROM rate_buckets b WHERE b.name = bucket FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO rate_buckets (name, tat) VALUES (bucket, at_) ON CONFLICT (name) DO NOTHING;
+            SELECT b.tat INTO held FROM rate_buckets b WHERE b.name = bucket FOR UPDATE;
+        END IF;
+        tats := tats || held;
+    END LOOP;
+    WHILE i <= n LOOP
+        req := request[i];
+        last_ := i;
+        WHILE last_ < n AND request[last_ + 1] = req LOOP
+            last_ := last_ + 1;
+        END LOOP;
+        refused := 0; wait_ms := 0; remaining := 0; reset_ms := 0;
+        trial := tats;
+        FOR j IN i .. last_ LOOP
+            pos := array_position(keys, names[j]);
+            step := make_interval(secs => 60.0 / greatest(per_minute[j], 1));
+            window_ := step * greatest(per_minute[j], 1);
+            next_ := greatest(trial[pos], at_) + step;
+            IF next_ - at_ > window_ THEN
+                refused := j - i + 1;
+                wait_ms := ceil(extract(epoch FROM (next_ - at_ - window_)) * 1000);
+                remaining := 0; reset_ms := 0;
+                EXIT;
+            END IF;
+            trial[pos] := next_;
+            IF j = i THEN
+                remaining := floor(extract(epoch FROM (window_ - (next_ - at_)))
+                                   / extract(epoch FROM step));
+                reset_ms := ceil(extract(epoch FROM (next_ - at_)) * 1000);
+            END IF;
+        END LOOP;
+        IF refused = 0 THEN
+            tats := trial;
+        END IF;
+        RETURN NEXT;
+        i := last_ + 1;
+    END LOOP;
+    FOR j IN 1 .. array_length(keys, 1) LOOP
+        UPDATE rate_buckets b SET tat = tats[j] WHERE b.name = keys[j] AND b.tat IS DISTINCT FROM tats[j];
+    END LOOP;
+END
+$$;

@@ -3,9 +3,9 @@
 //! A limit of N a minute admits a burst of N and refills at N a minute (GCRA). Each replica first
 //! asks its own governor limiter, in memory: a replica never admits more than the limit by itself,
 //! so a flood is refused there without touching the database. What that pre-check lets through
-//! then takes its call from the shared bucket in PostgreSQL (`switchyard_take`, one statement on an
-//! UNLOGGED table), whose answer holds whatever the number of replicas. A call that no limit
-//! concerns costs nothing here.
+//! then takes its call from the shared bucket in PostgreSQL (`switchyard_take_many`, one statement
+//! on an UNLOGGED table, shared by the calls that arrive together), whose answer holds whatever the
+//! number of replicas. A call that no limit concerns costs nothing here.
 //!
 //! Refused unauthenticated webhooks (`admit_refusal`) stay a per-replica budget: it protects each
 //! process's own work, not a tenant's allowance.
@@ -20,7 +20,9 @@ use deadpool_postgres::Pool;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use switchyard_common::batch::Batcher;
 use switchyard_common::catalog::api_keys::ApiKey;
+use switchyard_common::db;
 use switchyard_common::problem::ErrorCode;
 
 use crate::verbs::error::VerbError as ApiError;
@@ -161,9 +163,33 @@ fn positive(n: Option<i32>) -> Option<u32> {
     n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0)
 }
 
+/// One call's take from the shared buckets: (bucket name, limit per minute) each, in order.
+type Take = Vec<(String, i32)>;
+
+/// The shared buckets' answer to one call: the 1-based index of the bucket that refused it (0:
+/// admitted), the wait until it has room, and the first bucket's remaining calls and reset.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    refused: i32,
+    wait_ms: i64,
+    remaining: i32,
+    reset_ms: i64,
+}
+
+/// Why a batch of takes got no answer.
+#[derive(Debug, Clone)]
+enum TakeFailure {
+    Unavailable,
+    Internal(String),
+}
+
+/// Most calls one take statement serves; how many such statements run at once.
+const TAKE_BATCH: usize = 128;
+const TAKES_IN_FLIGHT: usize = 4;
+
 /// Every limiter of this process, and the way to the shared buckets.
 pub struct RateLimits {
-    pool: Pool,
+    shared: Batcher<Take, Result<Taken, TakeFailure>>,
     agent_app_per_key: u32,
     refusals_per_minute: u32,
     local: Family<Bucket>,
@@ -177,8 +203,25 @@ impl RateLimits {
     /// set none on the agent-app door, and `refusals_per_minute` refused inbound webhooks a
     /// minute per trigger (per replica).
     pub fn new(pool: Pool, agent_app_per_key: u32, refusals_per_minute: u32) -> Self {
+        let shared = Batcher::start(TAKE_BATCH, TAKES_IN_FLIGHT, move |takes: Vec<Take>| {
+            let pool = pool.clone();
+            async move {
+                let answers = take_many(&pool, &takes).await;
+                match answers {
+                    Ok(rows) if rows.len() == takes.len() => rows.into_iter().map(Ok).collect(),
+                    Ok(rows) => {
+                        let cause = format!("{} answers to {} takes", rows.len(), takes.len());
+                        takes
+                            .iter()
+                            .map(|_| Err(TakeFailure::Internal(cause.clone())))
+                            .collect()
+                    }
+                    Err(failure) => takes.iter().map(|_| Err(failure.clone())).collect(),
+                }
+            }
+        });
         Self {
-            pool,
+            shared,
             agent_app_per_key: agent_app_per_key.max(1),
             refusals_per_minute: refusals_per_minute.max(1),
             local: Family::new(),
@@ -206,34 +249,33 @@ impl RateLimits {
                 return Err(bucket.refusal(not_until.wait_time_from(self.clock.now())));
             }
         }
-        let names: Vec<&str> = buckets.iter().map(|b| b.name.as_str()).collect();
-        let rates: Vec<i32> = buckets
+        let take: Take = buckets
             .iter()
-            .map(|b| i32::try_from(b.per_minute).unwrap_or(i32::MAX))
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    i32::try_from(b.per_minute).unwrap_or(i32::MAX),
+                )
+            })
             .collect();
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT refused, wait_ms, remaining, reset_ms \
-                 FROM switchyard_take($1::text[], $2::integer[])",
-            )
-            .await?;
-        let row = client.query_one(&stmt, &[&names, &rates]).await?;
-        let refused: i32 = row.get(0);
-        if let Some(bucket) = usize::try_from(refused)
+        let taken = match self.shared.submit(take).await {
+            Ok(Ok(taken)) => taken,
+            Ok(Err(TakeFailure::Unavailable)) => return Err(ApiError::unavailable()),
+            Ok(Err(TakeFailure::Internal(cause))) => return Err(ApiError::internal(cause)),
+            Err(gone) => return Err(ApiError::internal(gone)),
+        };
+        if let Some(bucket) = usize::try_from(taken.refused)
             .ok()
             .and_then(|i| i.checked_sub(1))
             .and_then(|i| buckets.get(i))
         {
-            let wait: i64 = row.get(1);
-            return Err(bucket.refusal(Duration::from_millis(wait.max(0) as u64)));
+            return Err(bucket.refusal(Duration::from_millis(taken.wait_ms.max(0) as u64)));
         }
         let first = &buckets[0];
         if first.scope != Scope::Key {
             return Ok(Standing::default());
         }
-        let remaining: i32 = row.get(2);
-        let reset: i64 = row.get(3);
+        let (remaining, reset) = (taken.remaining, taken.reset_ms);
         Ok(Standing {
             limit: Some((
                 first.per_minute,
@@ -306,6 +348,58 @@ impl RateLimits {
             .with_rate_limit(per_minute, secs, secs)
         })
     }
+}
+
+/// The takes of concurrent calls in one statement (`switchyard_take_many`), one answer per call in
+/// order.
+async fn take_many(pool: &Pool, takes: &[Take]) -> Result<Vec<Taken>, TakeFailure> {
+    let mut request = Vec::new();
+    let mut names = Vec::new();
+    let mut rates = Vec::new();
+    for (i, take) in takes.iter().enumerate() {
+        for (name, per_minute) in take {
+            request.push(i32::try_from(i + 1).unwrap_or(i32::MAX));
+            names.push(name.as_str());
+            rates.push(*per_minute);
+        }
+    }
+    let client = pool.get().await.map_err(|err| {
+        if db::is_unavailable(&err) {
+            TakeFailure::Unavailable
+        } else {
+            TakeFailure::Internal(err.to_string())
+        }
+    })?;
+    let failed = |err: tokio_postgres::Error| {
+        if db::pg_unavailable(&err) {
+            TakeFailure::Unavailable
+        } else {
+            TakeFailure::Internal(format!("{err:#}"))
+        }
+    };
+    let statement = client
+        .prepare_cached(
+            "SELECT req, refused, wait_ms, remaining, reset_ms \
+             FROM switchyard_take_many($1::integer[], $2::text[], $3::integer[])",
+        )
+        .await
+        .map_err(failed)?;
+    let rows = client
+        .query(&statement, &[&request, &names, &rates])
+        .await
+        .map_err(failed)?;
+    // Every take names at least one bucket, so each has its row, in request order.
+    rows.iter()
+        .map(|row| {
+            Ok(Taken {
+                refused: row.try_get(1)?,
+                wait_ms: row.try_get(2)?,
+                remaining: row.try_get(3)?,
+                reset_ms: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+        .map_err(failed)
 }
 
 /// Deletes shared buckets that have been full for a minute: such a bucket admits what a missing

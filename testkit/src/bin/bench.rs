@@ -91,6 +91,9 @@ struct Args {
     /// `pg_stat_statements` in `shared_preload_libraries`; 0: none).
     #[arg(long, default_value_t = 0)]
     statements: usize,
+    /// Before the fixed rates, measure the CPU of an idle stack for this many seconds (0: not).
+    #[arg(long, default_value_t = 0)]
+    idle_seconds: u32,
 }
 
 /// One row of the delivery table: `deliveries` webhooks made while the notifier is down (runs
@@ -888,6 +891,41 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if args.idle_seconds > 0 {
+        eprintln!("[bench] idle stack");
+        let stack = Stack::start(StackOptions {
+            workers: args.workers,
+            ..StackOptions::default()
+        })
+        .await?;
+        // Past the start-up: one run end to end, then a few quiet seconds.
+        let hook = stack.receiver.url.clone();
+        let _ = paced(&stack, 1, 1, &hook).await;
+        stack
+            .receiver
+            .wait_for(Duration::from_secs(60), |r| !r.is_empty())
+            .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (before, work_before) = (Cpu::now(&stack), db_work(&stack).await?);
+        tokio::time::sleep(Duration::from_secs(u64::from(args.idle_seconds))).await;
+        let cpu = Cpu::now(&stack).since(before);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let work_after = db_work(&stack).await?;
+        let per_s = |s: f64| s * 1e3 / f64::from(args.idle_seconds);
+        println!(
+            "\n### Idle\n\nIdle stack ({} workers, {} s, no runs): CPU ms per second {:.1} / {:.1} / {:.1} \
+             (Switchyard / PostgreSQL / RabbitMQ), {:.1} commits per second (the {} s of \
+             statistics flush after it included).\n",
+            args.workers,
+            args.idle_seconds,
+            per_s(cpu.switchyard),
+            per_s(cpu.postgres),
+            per_s(cpu.rabbitmq),
+            (work_after.0 - work_before.0) as f64 / (f64::from(args.idle_seconds) + 11.0),
+            11,
+        );
+        stack.shutdown().await;
+    }
     println!(
         "\n### End to end at a fixed offered rate ({} workers, {} s each)\n",
         args.workers, args.e2e_seconds
