@@ -24,66 +24,13 @@ DROP INDEX tenant_turns_by_finish;
 ALTER TABLE tenant_turns SET (fillfactor = 50);
 ALTER TABLE key_turns SET (fillfactor = 50);
 
--- `switchyard_take` as before, with every statement on one bucket by its key. The set-based
--- statements of V17 (`name = ANY (names)`, an UPDATE joined to `unnest`) were planned again on
--- every call, and their generic plan scanned the whole table: with many limited keys, each call
--- would have read every bucket. Buckets are still created and locked in name order, so two takes
--- never deadlock.
-CREATE OR REPLACE FUNCTION switchyard_take(names text[], per_minute integer[],
-                                OUT refused integer, OUT wait_ms bigint,
-                                OUT remaining integer, OUT reset_ms bigint)
-LANGUAGE plpgsql AS $$
-DECLARE
-    at_ timestamptz := clock_timestamp();
-    n integer := coalesce(array_length(names, 1), 0);
-    tats timestamptz[] := '{}';
-    i integer;
-    bucket text;
-    held timestamptz;
-    step interval;
-    window_ interval;
-    next_ timestamptz;
-BEGIN
-    refused := 0; wait_ms := 0; remaining := 0; reset_ms := 0;
-    IF n = 0 THEN
-        RETURN;
-    END IF;
-    FOREACH bucket IN ARRAY (SELECT array_agg(DISTINCT x ORDER BY x) FROM unnest(names) AS x) LOOP
-        PERFORM 1 FROM rate_buckets WHERE name = bucket FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO rate_buckets (name, tat) VALUES (bucket, at_) ON CONFLICT (name) DO NOTHING;
-            PERFORM 1 FROM rate_buckets WHERE name = bucket FOR UPDATE;
-        END IF;
-    END LOOP;
-    FOR i IN 1 .. n LOOP
-        SELECT tat INTO held FROM rate_buckets WHERE name = names[i];
-        step := make_interval(secs => 60.0 / greatest(per_minute[i], 1));
-        window_ := step * greatest(per_minute[i], 1);
-        next_ := greatest(held, at_) + step;
-        IF next_ - at_ > window_ THEN
-            refused := i;
-            wait_ms := ceil(extract(epoch FROM (next_ - at_ - window_)) * 1000);
-            RETURN;
-        END IF;
-        tats := tats || next_;
-        IF i = 1 THEN
-            remaining := floor(extract(epoch FROM (window_ - (next_ - at_)))
-                               / extract(epoch FROM step));
-            reset_ms := ceil(extract(epoch FROM (next_ - at_)) * 1000);
-        END IF;
-    END LOOP;
-    FOR i IN 1 .. n LOOP
-        UPDATE rate_buckets SET tat = tats[i] WHERE name = names[i];
-    END LOOP;
-END
-$$;
-
 -- Takes for many calls at once, in one statement (the ingress batches concurrent calls): element
 -- `i` is a bucket (`names[i]`, a limit of `per_minute[i]`) of call `request[i]`, a call's buckets
 -- being contiguous and in its own order. Calls are taken in order, each all or none, against the
 -- buckets as the calls before it left them. One row per call, in order, with `refused` (the
 -- 1-based index within the call of the first bucket that had no room, else 0), `wait_ms`,
--- `remaining` and `reset_ms` as `switchyard_take` gives them.
+-- `remaining` and `reset_ms`: calls the first bucket still admits at once, and milliseconds
+-- until it is full. Every statement works on one bucket by its key, so plans are kept.
 CREATE FUNCTION switchyard_take_many(request integer[], names text[], per_minute integer[])
 RETURNS TABLE (req integer, refused integer, wait_ms bigint, remaining integer, reset_ms bigint)
 LANGUAGE plpgsql AS $$
@@ -151,5 +98,23 @@ BEGIN
     FOR j IN 1 .. array_length(keys, 1) LOOP
         UPDATE rate_buckets b SET tat = tats[j] WHERE b.name = keys[j] AND b.tat IS DISTINCT FROM tats[j];
     END LOOP;
+END
+$$;
+
+-- `switchyard_take` (one call), as ingress replicas older than this migration still call it: one
+-- call of `switchyard_take_many`. Its V17 statements were set-based (`name = ANY (names)`, an
+-- UPDATE joined to `unnest`), planned again on every call, and their generic plan scanned the
+-- whole table.
+CREATE OR REPLACE FUNCTION switchyard_take(names text[], per_minute integer[],
+                                OUT refused integer, OUT wait_ms bigint,
+                                OUT remaining integer, OUT reset_ms bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT t.refused, t.wait_ms, t.remaining, t.reset_ms INTO refused, wait_ms, remaining, reset_ms
+    FROM switchyard_take_many(array_fill(1, ARRAY[coalesce(array_length(names, 1), 0)]),
+                              names, per_minute) AS t;
+    IF NOT FOUND THEN
+        refused := 0; wait_ms := 0; remaining := 0; reset_ms := 0;
+    END IF;
 END
 $$;

@@ -187,6 +187,22 @@ async fn one_take_statement_serves_many_calls_in_order_each_all_or_none() {
     // The batch's takes were written: key a is empty, key c was never charged.
     assert_eq!(take(vec![1], vec!["k:a"], vec![2]).await, vec![(1, 1, 0)]);
     assert_eq!(take(vec![1], vec!["k:c"], vec![2]).await, vec![(1, 0, 1)]);
+    // The one-call function that older replicas call is the same take.
+    let one = |name: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT refused, remaining FROM switchyard_take($1, $2)",
+                    &[&vec![name], &vec![2i32]],
+                )
+                .await
+                .expect("take");
+            (row.get::<_, i32>(0), row.get::<_, i32>(1))
+        }
+    };
+    assert_eq!(one("k:c").await, (0, 0), "key c's second call of two");
+    assert_eq!(one("k:c").await, (1, 0), "key c is empty");
 }
 
 /// Sixty calls at once over three replicas, with a key of 20 a minute: each replica's pre-check
